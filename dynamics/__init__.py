@@ -1,0 +1,17 @@
+"""Plants as batched, differentiable simulators, and their registry.
+
+>>> import dynamics
+>>> dynamics.names()  # doctest: +SKIP
+['cartpole', 'double_integrator', 'linear', 'pendulum', 'rocket', 'van_der_pol']
+>>> plant = dynamics.make("double_integrator", dt=0.33, u_min=-4, u_max=4)
+"""
+
+from .errors import *  # noqa: F401,F403
+from .errors import __all__ as _errors_all
+from .plant import Plant
+from .registry import get, make, names, register
+
+# Each module registers its plant(s) on import.
+from . import double_integrator, van_der_pol  # noqa: E402,F401
+
+__all__ = ["Plant", "make", "names", "register", "get", *_errors_all]

@@ -1,0 +1,369 @@
+"""The :class:`Plant` base class: a batched, differentiable simulator of a controlled system.
+
+A plant defines the continuous-time vector field ``f(x, u)``; the base class turns it into a
+zero-order-hold discrete-time map with :mod:`torchdiffeq` (fixed-step RK4 by default), rolls
+control sequences out over a horizon, linearises with torch autograd and converts to
+python-control systems.
+
+Conventions (batch first, as everywhere in TRC):
+
+* states ``x``: ``(batch, state_dim)``
+* controls ``u``: ``(batch, control_dim)``
+* control sequences: ``(batch, horizon, control_dim)``
+* trajectories: ``(batch, horizon + 1, state_dim)``, the initial state first.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import control as ct
+import numpy as np
+import torch
+from torch import nn
+from torchdiffeq import odeint
+
+from .errors import DimensionError, NonFiniteError
+
+__all__ = ["Plant", "FIXED_STEP_METHODS"]
+
+#: torchdiffeq methods that step on the control grid (optionally with sub-steps).
+FIXED_STEP_METHODS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams")
+
+
+def _as_bound(value, dim: int, default: float, what: str) -> torch.Tensor:
+    """A bound given as ``None``, a scalar or a sequence, as a float64 tensor of shape ``(dim,)``."""
+    if value is None:
+        return torch.full((dim,), default, dtype=torch.float64)
+    t = torch.as_tensor(value, dtype=torch.float64).flatten()
+    if t.numel() == 1:
+        t = t.expand(dim).clone()
+    if t.shape != (dim,):
+        raise DimensionError(f"{what} has {t.numel()} entries; expected 1 or {dim}")
+    if torch.isnan(t).any():
+        raise NonFiniteError(f"{what} contains NaN: {t.tolist()}")
+    return t
+
+
+class Plant(nn.Module):
+    """Base class of every plant: a batched, differentiable simulator.
+
+    Subclasses set the class attributes ``state_names``, ``state_units``, ``control_names``,
+    ``control_units``, call ``super().__init__`` and :meth:`set_params` in their constructor,
+    and implement :meth:`f` (or :meth:`discrete_step` for discrete-time plants).
+
+    Parameters
+    ----------
+    dt : float
+        Sample time of the zero-order hold in seconds (time steps for discrete plants).
+    u_min, u_max : float or sequence of float, optional
+        Control bounds, scalar or of length ``control_dim``; default unbounded.
+    x_min, x_max : float or sequence of float, optional
+        State bounds where the problem has them; default unbounded.
+    method : str
+        A torchdiffeq method (``"rk4"`` by default; ``"dopri5"`` and the other adaptive
+        methods are accepted and stop at every control switch).
+    substeps : int
+        Integrator steps per control interval for fixed-step methods.
+    rtol, atol : float
+        Tolerances of adaptive methods.
+
+    Notes
+    -----
+    Physical parameters are stored as float buffers, so ``plant.double()`` and ``plant.to``
+    move them, and ``plant.get_buffer(name).requires_grad_()`` makes rollouts differentiable
+    with respect to them. They are not ``nn.Parameter`` s, so a plant inside a model does not
+    add to the model's trainable parameters.
+    """
+
+    name: str = "plant"
+    state_names: tuple[str, ...] = ()
+    state_units: tuple[str, ...] = ()
+    control_names: tuple[str, ...] = ()
+    control_units: tuple[str, ...] = ()
+    #: True for plants defined by a difference equation ``x[k+1] = F(x[k], u[k])``.
+    discrete: bool = False
+
+    def __init__(
+        self,
+        *,
+        dt: float = 0.1,
+        u_min=None,
+        u_max=None,
+        x_min=None,
+        x_max=None,
+        method: str = "rk4",
+        substeps: int = 1,
+        rtol: float = 1e-7,
+        atol: float = 1e-9,
+    ):
+        super().__init__()
+        if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+            raise ValueError(f"dt must be a positive finite number of seconds, got {dt!r}")
+        if int(substeps) != substeps or substeps < 1:
+            raise ValueError(f"substeps must be a positive integer, got {substeps!r}")
+        self.dt = float(dt)
+        self.method = method
+        self.substeps = int(substeps)
+        self.rtol, self.atol = float(rtol), float(atol)
+        self._param_names: list[str] = []
+        n, m = self.state_dim, self.control_dim
+        self.register_buffer("u_min", _as_bound(u_min, m, -math.inf, "u_min").float())
+        self.register_buffer("u_max", _as_bound(u_max, m, math.inf, "u_max").float())
+        self.register_buffer("x_min", _as_bound(x_min, n, -math.inf, "x_min").float())
+        self.register_buffer("x_max", _as_bound(x_max, n, math.inf, "x_max").float())
+        for lo, hi, what in ((self.u_min, self.u_max, "u"), (self.x_min, self.x_max, "x")):
+            if (lo > hi).any():
+                raise ValueError(f"{what}_min {lo.tolist()} exceeds {what}_max {hi.tolist()}")
+
+    # ------------------------------------------------------------------ description
+    @property
+    def state_dim(self) -> int:
+        """Number of states ``n``."""
+        return len(self.state_names)
+
+    @property
+    def control_dim(self) -> int:
+        """Number of controls ``m``."""
+        return len(self.control_names)
+
+    def set_params(self, **params) -> None:
+        """Store physical parameters as float buffers (scalars or arrays); see the class notes."""
+        for key, value in params.items():
+            t = torch.as_tensor(value, dtype=torch.get_default_dtype())
+            if not torch.isfinite(t).all():
+                raise NonFiniteError(f"plant parameter {key!r} must be finite, got {value!r}")
+            if key in self._buffers:
+                self._buffers[key] = t.to(self._buffers[key])
+            else:
+                self.register_buffer(key, t)
+                self._param_names.append(key)
+
+    @property
+    def params(self) -> dict:
+        """Physical parameters as plain Python numbers or nested lists (JSON-serialisable)."""
+        return {k: getattr(self, k).detach().cpu().tolist() for k in self._param_names}
+
+    def config(self) -> dict:
+        """Everything :func:`dynamics.make` needs to rebuild this plant (JSON-serialisable)."""
+        bounds = {}
+        for key in ("u_min", "u_max", "x_min", "x_max"):
+            values = getattr(self, key).tolist()
+            if any(math.isfinite(v) for v in values):
+                bounds[key] = [v if math.isfinite(v) else (math.inf if v > 0 else -math.inf) for v in values]
+        return {
+            "name": self.name,
+            **self.params,
+            **bounds,
+            "dt": self.dt,
+            "method": self.method,
+            "substeps": self.substeps,
+        }
+
+    def extra_repr(self) -> str:
+        return f"state_dim={self.state_dim}, control_dim={self.control_dim}, dt={self.dt}, method={self.method!r}"
+
+    # ------------------------------------------------------------------ validation
+    def check_state(self, x: torch.Tensor, what: str = "x") -> torch.Tensor:
+        """Validate a batch of states ``(batch, state_dim)``; return it as a tensor.
+
+        Raises
+        ------
+        DimensionError
+            If ``x`` is not two-dimensional with ``state_dim`` columns.
+        NonFiniteError
+            If ``x`` contains NaN or infinity.
+        """
+        return self._check(x, self.state_dim, what, "state_dim")
+
+    def check_control(self, u: torch.Tensor, what: str = "u") -> torch.Tensor:
+        """Validate a batch of controls ``(batch, control_dim)``; see :meth:`check_state`."""
+        return self._check(u, self.control_dim, what, "control_dim")
+
+    def _check(self, t, dim: int, what: str, dim_name: str, ndim: int = 2) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=self.u_min.dtype if not torch.is_tensor(t) else None)
+        if t.ndim != ndim or t.shape[-1] != dim:
+            expected = "(batch, " + ("horizon, " if ndim == 3 else "") + f"{dim_name}={dim})"
+            raise DimensionError(f"{self.name}: {what} has shape {tuple(t.shape)}; expected {expected}")
+        if not torch.isfinite(t).all():
+            raise NonFiniteError(f"{self.name}: {what} contains NaN or infinity")
+        return t
+
+    # ------------------------------------------------------------------ dynamics
+    def f(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Continuous-time vector field ``dx/dt = f(x, u)``.
+
+        Parameters
+        ----------
+        x : Tensor, shape ``(batch, state_dim)``
+        u : Tensor, shape ``(batch, control_dim)``
+
+        Returns
+        -------
+        Tensor, shape ``(batch, state_dim)``
+            Time derivative of the state, in state units per second.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement f(x, u)")
+
+    def discrete_step(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Difference map ``x[k+1] = F(x[k], u[k])`` of a discrete-time plant."""
+        raise NotImplementedError(f"{type(self).__name__} is continuous-time; use step()")
+
+    def _integrate(self, x0: torch.Tensor, controls: torch.Tensor, dt: float) -> torch.Tensor:
+        """Integrate ``f`` under zero-order hold; returns ``(horizon + 1, batch, state_dim)``."""
+        horizon = controls.shape[1]
+        fixed = self.method in FIXED_STEP_METHODS
+        per_interval = self.substeps if fixed else 1
+        grid = torch.arange(horizon * per_interval + 1, dtype=x0.dtype, device=x0.device) * (dt / per_interval)
+        switch = grid[::per_interval]  # the control switching times
+
+        def field(t, x):
+            # The solver nudges t to the correct side of a switch (perturb / jump_t), so the
+            # interval index from the exact switching grid implements the zero-order hold.
+            k = torch.searchsorted(switch, t.reshape(1).to(switch.dtype), right=True) - 1
+            return self.f(x, controls[:, int(k.clamp(0, horizon - 1))])
+
+        options = {"perturb": True} if fixed else {"jump_t": switch[1:-1]}
+        kwargs = {} if fixed else {"rtol": self.rtol, "atol": self.atol}
+        states = odeint(field, x0, grid, method=self.method, options=options, **kwargs)
+        return states[::per_interval]
+
+    def step(self, x: torch.Tensor, u: torch.Tensor, dt: float | None = None) -> torch.Tensor:
+        """One zero-order-hold step: the state after holding ``u`` for ``dt`` seconds.
+
+        Parameters
+        ----------
+        x : Tensor, shape ``(batch, state_dim)``
+        u : Tensor, shape ``(batch, control_dim)``
+        dt : float, optional
+            Step in seconds; default ``self.dt``. Ignored by discrete-time plants.
+
+        Returns
+        -------
+        Tensor, shape ``(batch, state_dim)``
+
+        Raises
+        ------
+        DimensionError, NonFiniteError
+            On a malformed or non-finite ``x`` or ``u``.
+        """
+        x = self.check_state(x)
+        u = self.check_control(u)
+        if u.shape[0] != x.shape[0]:
+            raise DimensionError(f"{self.name}: u has batch {u.shape[0]} but x has batch {x.shape[0]}")
+        if self.discrete:
+            return self.discrete_step(x, u)
+        return self._integrate(x, u.unsqueeze(1), self.dt if dt is None else float(dt))[-1]
+
+    def rollout(self, x0: torch.Tensor, controls: torch.Tensor, dt: float | None = None) -> torch.Tensor:
+        """Simulate a control sequence from ``x0`` under zero-order hold.
+
+        Parameters
+        ----------
+        x0 : Tensor, shape ``(batch, state_dim)``
+            Initial states.
+        controls : Tensor, shape ``(batch, horizon, control_dim)``
+            Control sequence, ``controls[:, k]`` held on ``[k dt, (k + 1) dt)``.
+        dt : float, optional
+            Sample time in seconds; default ``self.dt``.
+
+        Returns
+        -------
+        Tensor, shape ``(batch, horizon + 1, state_dim)``
+            The trajectory, ``x0`` first. Differentiable with respect to ``x0``, ``controls``
+            and the physical parameters.
+
+        Raises
+        ------
+        DimensionError, NonFiniteError
+            On malformed or non-finite inputs, or batch sizes that differ.
+        """
+        x0 = self.check_state(x0, "x0")
+        controls = self._check(controls, self.control_dim, "controls", "control_dim", ndim=3)
+        if controls.shape[0] != x0.shape[0]:
+            raise DimensionError(
+                f"{self.name}: controls has batch {controls.shape[0]} but x0 has batch {x0.shape[0]}"
+            )
+        if controls.shape[1] == 0:
+            return x0.unsqueeze(1)
+        if self.discrete:
+            states = [x0]
+            for k in range(controls.shape[1]):
+                states.append(self.discrete_step(states[-1], controls[:, k]))
+            return torch.stack(states, dim=1)
+        return self._integrate(x0, controls, self.dt if dt is None else float(dt)).transpose(0, 1)
+
+    # ------------------------------------------------------------------ python-control
+    def _jacobians(self, fun, x_eq, u_eq):
+        x_eq = torch.as_tensor(np.asarray(x_eq, dtype=float).reshape(1, -1), dtype=torch.float64)
+        u_eq = torch.as_tensor(np.asarray(u_eq, dtype=float).reshape(1, -1), dtype=torch.float64)
+        self.check_state(x_eq, "x_eq")
+        self.check_control(u_eq, "u_eq")
+        plant = self if self.u_min.dtype == torch.float64 else _float64_copy(self)
+        A, B = torch.autograd.functional.jacobian(lambda x, u: fun(plant, x, u)[0], (x_eq[0:1], u_eq[0:1]))
+        return A.reshape(self.state_dim, self.state_dim).numpy(), B.reshape(self.state_dim, self.control_dim).numpy()
+
+    def linearize(self, x_eq, u_eq) -> ct.StateSpace:
+        """Linearisation about ``(x_eq, u_eq)`` as a python-control :class:`~control.StateSpace`.
+
+        ``A = df/dx`` and ``B = df/du`` come from torch autograd in float64. For continuous
+        plants the system is continuous-time (``dt = 0``); for discrete plants it is the
+        discrete-time linearisation with sample time ``self.dt``. ``C = I``, ``D = 0``.
+
+        Parameters
+        ----------
+        x_eq : array_like, shape ``(state_dim,)``
+        u_eq : array_like, shape ``(control_dim,)``
+
+        Returns
+        -------
+        control.StateSpace
+        """
+        if self.discrete:
+            A, B = self._jacobians(lambda p, x, u: p.discrete_step(x, u), x_eq, u_eq)
+            dt = self.dt
+        else:
+            A, B = self._jacobians(lambda p, x, u: p.f(x, u), x_eq, u_eq)
+            dt = 0
+        n, m = A.shape[0], B.shape[1]
+        return ct.ss(
+            A, B, np.eye(n), np.zeros((n, m)), dt,
+            inputs=list(self.control_names), outputs=list(self.state_names), states=list(self.state_names),
+            name=f"{self.name}_linearized",
+        )
+
+    def to_iosys(self, name: str | None = None) -> ct.NonlinearIOSystem:
+        """The plant as a python-control :class:`~control.NonlinearIOSystem`.
+
+        Inputs are the controls, outputs the full state. A continuous plant gives a
+        continuous-time system whose update function is ``f``; a discrete plant a
+        discrete-time system with sample time ``self.dt``. The system evaluates the torch
+        model in float64 on one state at a time.
+        """
+        plant = _float64_copy(self)
+
+        def updfcn(t, x, u, params):
+            with torch.no_grad():
+                xt = torch.as_tensor(np.asarray(x, dtype=float).reshape(1, -1))
+                ut = torch.as_tensor(np.asarray(u, dtype=float).reshape(1, -1))
+                out = plant.discrete_step(xt, ut) if plant.discrete else plant.f(xt, ut)
+            return out[0].numpy()
+
+        return ct.nlsys(
+            updfcn, lambda t, x, u, params: np.asarray(x), dt=self.dt if self.discrete else 0,
+            inputs=list(self.control_names), outputs=list(self.state_names), states=list(self.state_names),
+            name=name or self.name,
+        )
+
+    # ------------------------------------------------------------------ helpers for users
+    def clamp_controls(self, controls: torch.Tensor) -> torch.Tensor:
+        """Controls clipped to ``[u_min, u_max]`` (any leading shape, last dim ``control_dim``)."""
+        return torch.maximum(torch.minimum(controls, self.u_max.to(controls)), self.u_min.to(controls))
+
+
+def _float64_copy(plant: Plant) -> Plant:
+    import copy
+
+    clone = copy.deepcopy(plant)
+    return clone.double()

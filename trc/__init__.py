@@ -1,0 +1,8 @@
+"""Tiny Recursive Control: tiny recursive networks trained on optimal control solutions."""
+
+__version__ = "0.1.0"
+
+from dynamics.errors import *  # noqa: F401,F403
+from .problem import Box, Problem
+
+__all__ = ["Box", "Problem", "__version__"]
