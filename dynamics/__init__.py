@@ -13,5 +13,8 @@ from .registry import get, make, names, register
 
 # Each module registers its plant(s) on import.
 from . import double_integrator, van_der_pol  # noqa: E402,F401
+from . import cartpole, linear, pendulum  # noqa: E402,F401
+from . import rocket  # noqa: E402,F401
+from .env import PlantEnv, make_env  # noqa: E402  (keep last: registers gym ids of the plants above)
 
-__all__ = ["Plant", "make", "names", "register", "get", *_errors_all]
+__all__ = ["Plant", "make", "names", "register", "get", "make_env", "PlantEnv", *_errors_all]

@@ -1,0 +1,514 @@
+"""Gymnasium environments for the continuous-time plants.
+
+Every registered continuous plant that can be built with its default parameters gets a
+Gymnasium id ``trc/<Name>-v0`` (``trc/Pendulum-v0``, ``trc/CartPole-v0``,
+``trc/DoubleIntegrator-v0``, ``trc/VanDerPol-v0``, ...) when :mod:`dynamics` is imported::
+
+    import gymnasium as gym
+    import dynamics  # registers the ids
+
+    env = gym.make("trc/Pendulum-v0", horizon=100)
+    obs, info = env.reset(seed=0)
+
+or build one directly with :func:`make_env` or :meth:`PlantEnv.from_problem`.
+
+Design
+------
+* **Task.** An episode is one instance of a TRC optimal-control problem: an initial state
+  ``x0`` and a target ``x*`` drawn uniformly from boxes, ``horizon`` steps of ``dt`` seconds
+  under zero-order hold, quadratic cost with weights ``Q, R, Qf``.
+* **Observation** ``= concatenate(x, x*)``, a flat ``float32`` vector of shape
+  ``(2 * state_dim,)``: a goal-conditioned task in the form every RL library takes without
+  wrappers. ``info["state"]`` and ``info["target"]`` hold the float64 values. The space's
+  bounds are the plant's state bounds (infinite where the plant has none) for both halves.
+* **Action** ``= u``, a ``float32`` vector ``(control_dim,)`` in the Box of the plant's control
+  bounds; actions outside it are clipped (the reward uses the clipped control).
+* **Reward** ``= -dt [(x_k - x*)' Q (x_k - x*) + u_k' R u_k]`` (minus the stage cost of
+  :mod:`trc.cost`); the last step of an episode also subtracts the terminal cost
+  ``(x_N - x*)' Qf (x_N - x*)``, so the return of an episode that runs to the horizon is
+  exactly ``-J``. With ``cost="fuel"`` (rocket) the reward is minus the propellant burnt in the
+  step (the last state is the mass, as in :func:`trc.cost.fuel_cost`).
+* **terminated** when ``||x - x*||_2 < tolerance`` (``info["is_success"]``, can be switched off
+  with ``terminate_at_target=False``), or when the state leaves the plant's state bounds or
+  becomes non-finite (``info["out_of_bounds"]``; the observation is then clipped to the
+  observation space and ``info["state"]`` holds the true state). **truncated** at the horizon.
+* **Seeding.** ``reset(seed=...)`` seeds ``self.np_random``; ``reset(options={"x0": ...,
+  "target": ...})`` fixes the initial state and/or the target.
+
+The plant is simulated in float64 with its own integrator (:meth:`dynamics.Plant.step`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Mapping
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from .errors import ConfigError, DimensionError, NonFiniteError, TRCError
+from .plant import Plant
+from .registry import get, make, names
+
+__all__ = ["PlantEnv", "make_env", "register_envs", "env_id", "DEFAULT_TASKS"]
+
+#: Default task of each plant for :func:`make_env`: constructor arguments of the plant
+#: (``"plant"``) and of :class:`PlantEnv`. A plant class may instead define a class attribute
+#: ``default_task`` of the same form; plants with neither get a generic regulation task.
+DEFAULT_TASKS: dict[str, dict] = {
+    # The double-integrator problem of trc.problem's docstring.
+    "double_integrator": {
+        "plant": {"dt": 0.33, "u_min": -4.0, "u_max": 4.0},
+        "horizon": 15,
+        "Q": [10.0, 5.0],
+        "R": [0.1],
+        "Qf": [200.0, 100.0],
+        "initial_state": {"low": [-2.0, -2.0], "high": [2.0, 2.0]},
+        "target_state": {"low": [-2.0, -2.0], "high": [2.0, 2.0]},
+        "tolerance": 0.1,
+    },
+    # Regulation of the forced Van der Pol oscillator to the origin.
+    "van_der_pol": {
+        "plant": {"dt": 0.1, "u_max": 2.0, "u_min": -2.0},
+        "horizon": 50,
+        "Q": [1.0, 1.0],
+        "R": [0.1],
+        "Qf": [10.0, 10.0],
+        "initial_state": {"low": [-2.0, -2.0], "high": [2.0, 2.0]},
+        "target_state": {"low": [0.0, 0.0], "high": [0.0, 0.0]},
+        "tolerance": 0.1,
+    },
+    # Torque-limited swing-up from near hanging (theta = 0) to upright (theta = pi).
+    "pendulum": {
+        "plant": {"dt": 0.05, "u_max": 3.0},
+        "horizon": 200,
+        "Q": [10.0, 1.0],
+        "R": [0.1],
+        "Qf": [100.0, 10.0],
+        "initial_state": {"low": [-0.2, -0.2], "high": [0.2, 0.2]},
+        "target_state": {"low": [math.pi, 0.0], "high": [math.pi, 0.0]},
+        "tolerance": 0.1,
+    },
+    # Swing-up from hanging (theta = pi) to upright (theta = 0) on Barto's 4.8 m track.
+    "cartpole": {
+        "plant": {"dt": 0.05, "u_max": 10.0, "track_limit": 2.4},
+        "horizon": 100,
+        "Q": [1.0, 0.1, 10.0, 0.1],
+        "R": [0.01],
+        "Qf": [10.0, 1.0, 100.0, 1.0],
+        "initial_state": {"low": [-0.5, -0.1, math.pi - 0.2, -0.1], "high": [0.5, 0.1, math.pi + 0.2, 0.1]},
+        "target_state": {"low": [0.0, 0.0, 0.0, 0.0], "high": [0.0, 0.0, 0.0, 0.0]},
+        "tolerance": 0.1,
+    },
+}
+
+#: Gymnasium names of plants whose CamelCase name is not the usual one.
+_GYM_NAMES = {"cartpole": "CartPole"}
+
+_ENV_KEYS = ("Q", "R", "Qf", "horizon", "initial_state", "target_state", "tolerance", "cost",
+             "terminate_at_target", "render_mode")
+
+
+def env_id(name: str) -> str:
+    """Gymnasium id of plant ``name``: ``"pendulum"`` -> ``"trc/Pendulum-v0"``."""
+    camel = _GYM_NAMES.get(name) or "".join(part.capitalize() for part in name.split("_"))
+    return f"trc/{camel}-v0"
+
+
+# ---------------------------------------------------------------------- validation helpers
+def _vector(value, dim: int, what: str) -> np.ndarray:
+    """``value`` as a finite float64 vector of shape ``(dim,)``."""
+    try:
+        v = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DimensionError(f"{what} must be a vector of {dim} numbers, got {value!r}") from exc
+    if v.shape != (dim,):
+        raise DimensionError(f"{what} has shape {v.shape}; expected ({dim},)")
+    if not np.isfinite(v).all():
+        raise NonFiniteError(f"{what} contains NaN or infinity: {v.tolist()}")
+    return v
+
+
+def _weight(value, dim: int, what: str) -> np.ndarray:
+    """A weight given as a scalar, a diagonal or a full matrix, as a PSD ``(dim, dim)`` array."""
+    a = np.asarray(value, dtype=np.float64)
+    if a.ndim == 0:
+        a = a * np.eye(dim)
+    elif a.ndim == 1:
+        if a.size != dim:
+            raise DimensionError(f"{what} diagonal has {a.size} entries; expected {dim}")
+        a = np.diag(a)
+    if a.shape != (dim, dim):
+        raise DimensionError(f"{what} has shape {a.shape}; expected ({dim}, {dim})")
+    if not np.isfinite(a).all():
+        raise NonFiniteError(f"{what} contains NaN or infinity")
+    if not np.allclose(a, a.T) or np.linalg.eigvalsh(a).min() < -1e-12:
+        raise ConfigError(f"{what} must be symmetric positive semi-definite, got {a.tolist()}")
+    return a
+
+
+def _box(value, dim: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """A sampling box given as ``{"low", "high"}``, ``(low, high)`` or an object with them."""
+    if isinstance(value, Mapping):
+        if set(value) != {"low", "high"}:
+            raise ConfigError(f"{what} must have exactly the keys 'low' and 'high', got {sorted(value)}")
+        low, high = value["low"], value["high"]
+    elif hasattr(value, "low") and hasattr(value, "high"):  # trc.problem.Box
+        low, high = value.low, value.high
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        low, high = value
+    else:
+        raise ConfigError(f"{what} must be {{'low': [...], 'high': [...]}} or (low, high), got {value!r}")
+    low, high = _vector(low, dim, f"{what}.low"), _vector(high, dim, f"{what}.high")
+    if (low > high).any():
+        raise ConfigError(f"{what}.low {low.tolist()} exceeds {what}.high {high.tolist()}")
+    return low, high
+
+
+# ---------------------------------------------------------------------- environment
+class PlantEnv(gymnasium.Env):
+    """A plant and a quadratic regulation/tracking task as a :class:`gymnasium.Env`.
+
+    See the module docstring for the observation, action, reward and termination design.
+
+    Parameters
+    ----------
+    plant : Plant or str
+        A continuous-time plant (copied and converted to float64), or a registered name built
+        with ``plant_kwargs``.
+    Q, R : scalar, diagonal or matrix
+        Stage-cost weights, shapes ``(state_dim, state_dim)`` and ``(control_dim,
+        control_dim)``; default identity.
+    Qf : scalar, diagonal or matrix, optional
+        Terminal weight, default ``Q``.
+    horizon : int
+        Steps per episode ``N`` (``truncated`` after the ``N``-th step). Default 100.
+    initial_state, target_state : {"low": list, "high": list} or (low, high), optional
+        Uniform sampling boxes of ``x0`` and ``x*`` (``low == high`` fixes them). Default: the
+        plant's state bounds where finite, else ``[-1, 1]`` for ``x0`` and the origin for
+        ``x*``. Both must lie inside the plant's state bounds.
+    tolerance : float
+        Success radius on ``||x - x*||_2`` in state units, > 0. Default 0.1.
+    cost : {"quadratic", "fuel"}
+        Reward definition; see the module docstring.
+    terminate_at_target : bool
+        End the episode (``terminated``) when the state reaches the tolerance ball.
+    render_mode : None
+        No rendering is implemented; only ``None`` is accepted.
+    **plant_kwargs
+        Constructor arguments of the plant when ``plant`` is a name.
+
+    Attributes
+    ----------
+    plant : Plant
+        The float64 copy of the plant being simulated.
+    Q, R, Qf : ndarray
+        Weights as float64 matrices.
+    dt : float
+        Sample time in seconds.
+
+    Raises
+    ------
+    ConfigError
+        On a discrete-time plant, invalid weights, boxes outside the state bounds, or a
+        non-positive horizon or tolerance.
+    DimensionError, NonFiniteError
+        On weights or boxes of the wrong size or with non-finite entries.
+    UnknownNameError
+        If ``plant`` is an unknown name.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        plant: Plant | str,
+        *,
+        Q=1.0,
+        R=1.0,
+        Qf=None,
+        horizon: int = 100,
+        initial_state=None,
+        target_state=None,
+        tolerance: float = 0.1,
+        cost: str = "quadratic",
+        terminate_at_target: bool = True,
+        render_mode: str | None = None,
+        **plant_kwargs,
+    ):
+        super().__init__()
+        if isinstance(plant, str):
+            plant = make(plant, **plant_kwargs)
+        elif plant_kwargs:
+            raise ConfigError(f"plant arguments {sorted(plant_kwargs)} need a plant name, not a built plant")
+        if not isinstance(plant, Plant):
+            raise ConfigError(f"plant must be a dynamics.Plant or a registered name, got {type(plant).__name__}")
+        if plant.discrete:
+            raise ConfigError(f"{plant.name}: PlantEnv needs a continuous-time plant; this one is discrete-time")
+        if render_mode is not None:
+            raise ConfigError(f"render_mode {render_mode!r} is not supported; choose None")
+        if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+            raise ConfigError(f"horizon must be a positive integer number of steps, got {horizon!r}")
+        if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance > 0):
+            raise ConfigError(f"tolerance must be a positive finite number, got {tolerance!r}")
+        if cost not in ("quadratic", "fuel"):
+            raise ConfigError(f"cost must be 'quadratic' or 'fuel', got {cost!r}")
+
+        self.plant = copy.deepcopy(plant).double().requires_grad_(False)
+        n, m = self.plant.state_dim, self.plant.control_dim
+        self.dt = self.plant.dt
+        self.horizon = int(horizon)
+        self.tolerance = float(tolerance)
+        self.cost = cost
+        self.terminate_at_target = bool(terminate_at_target)
+        self.render_mode = render_mode
+        self.Q = _weight(Q, n, "Q")
+        self.R = _weight(R, m, "R")
+        self.Qf = self.Q.copy() if Qf is None else _weight(Qf, n, "Qf")
+
+        self.x_min = self.plant.x_min.numpy().astype(np.float64)
+        self.x_max = self.plant.x_max.numpy().astype(np.float64)
+        self.u_min = self.plant.u_min.numpy().astype(np.float64)
+        self.u_max = self.plant.u_max.numpy().astype(np.float64)
+        finite = np.isfinite(self.x_min) & np.isfinite(self.x_max)
+        if initial_state is None:
+            initial_state = (np.where(finite, self.x_min, -1.0), np.where(finite, self.x_max, 1.0))
+        if target_state is None:
+            origin = np.clip(np.zeros(n), self.x_min, self.x_max)
+            target_state = (origin, origin)
+        self.initial_low, self.initial_high = _box(initial_state, n, "initial_state")
+        self.target_low, self.target_high = _box(target_state, n, "target_state")
+        for low, high, what in ((self.initial_low, self.initial_high, "initial_state"),
+                                (self.target_low, self.target_high, "target_state")):
+            if (low < self.x_min).any() or (high > self.x_max).any():
+                raise ConfigError(
+                    f"{what} box [{low.tolist()}, {high.tolist()}] leaves the plant's state bounds "
+                    f"[{self.x_min.tolist()}, {self.x_max.tolist()}]"
+                )
+
+        obs_low = np.concatenate([self.x_min, self.x_min]).astype(np.float32)
+        obs_high = np.concatenate([self.x_max, self.x_max]).astype(np.float32)
+        self.observation_space = spaces.Box(obs_low, obs_high, shape=(2 * n,), dtype=np.float32)
+        self.action_space = spaces.Box(
+            self.u_min.astype(np.float32), self.u_max.astype(np.float32), shape=(m,), dtype=np.float32
+        )
+        self._x: np.ndarray | None = None
+        self._target: np.ndarray | None = None
+        self._k = 0
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_problem(cls, problem, **overrides) -> "PlantEnv":
+        """The environment of a :class:`trc.problem.Problem` (or any object with its fields).
+
+        Uses the problem's plant (with its ``dt``), ``Q, R, Qf`` (``problem.weights``),
+        ``horizon``, ``initial_state``/``target_state`` boxes, ``tolerance`` and ``cost``.
+
+        Parameters
+        ----------
+        problem : trc.problem.Problem
+        **overrides
+            Keyword arguments of :class:`PlantEnv` that replace the problem's values.
+        """
+        Q, R, Qf = problem.weights
+        kwargs = dict(
+            Q=Q, R=R, Qf=Qf, horizon=problem.horizon, initial_state=problem.initial_state,
+            target_state=problem.target_state, tolerance=problem.tolerance, cost=problem.cost,
+        )
+        kwargs.update(overrides)
+        return cls(problem.make_plant(torch.float64), **kwargs)
+
+    # ------------------------------------------------------------------ gymnasium API
+    @property
+    def state(self) -> np.ndarray:
+        """Current plant state ``(state_dim,)``, float64 (a copy)."""
+        if self._x is None:
+            raise gymnasium.error.ResetNeeded("call reset() before reading the state")
+        return self._x.copy()
+
+    @property
+    def target(self) -> np.ndarray:
+        """Current target state ``(state_dim,)``, float64 (a copy)."""
+        if self._target is None:
+            raise gymnasium.error.ResetNeeded("call reset() before reading the target")
+        return self._target.copy()
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode: draw ``x0`` and ``x*`` (or take ``options["x0"]``/``["target"]``).
+
+        Returns
+        -------
+        observation : ndarray, float32, shape ``(2 * state_dim,)``
+        info : dict
+            ``state``, ``target`` (float64 copies), ``is_success``, ``out_of_bounds``.
+        """
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = sorted(set(options) - {"x0", "target"})
+        if unknown:
+            raise ConfigError(f"unknown reset option(s) {unknown}; allowed: ['target', 'x0']")
+        n = self.plant.state_dim
+        if options.get("x0") is not None:
+            x0 = _vector(options["x0"], n, "options['x0']")
+            if (x0 < self.x_min).any() or (x0 > self.x_max).any():
+                raise ConfigError(f"options['x0'] {x0.tolist()} leaves the state bounds")
+        else:
+            x0 = self.np_random.uniform(self.initial_low, self.initial_high)
+        if options.get("target") is not None:
+            target = _vector(options["target"], n, "options['target']")
+            if (target < self.x_min).any() or (target > self.x_max).any():
+                raise ConfigError(f"options['target'] {target.tolist()} leaves the state bounds")
+        else:
+            target = self.np_random.uniform(self.target_low, self.target_high)
+        self._x, self._target, self._k = x0.astype(np.float64), target.astype(np.float64), 0
+        obs, info = self._observe(self._x)
+        return obs, info
+
+    def step(self, action):
+        """Hold ``action`` for ``dt`` seconds; see the module docstring for the reward.
+
+        Parameters
+        ----------
+        action : array_like, shape ``(control_dim,)``
+            Control; clipped to the action space.
+
+        Returns
+        -------
+        observation, reward, terminated, truncated, info
+            ``info`` as in :meth:`reset`, plus ``stage_cost`` and ``terminal_cost``.
+
+        Raises
+        ------
+        gymnasium.error.ResetNeeded
+            If called before :meth:`reset`.
+        DimensionError, NonFiniteError
+            On a malformed or non-finite action.
+        """
+        if self._x is None:
+            raise gymnasium.error.ResetNeeded("call reset() before step()")
+        u = _vector(action, self.plant.control_dim, "action")
+        u = np.clip(u, self.u_min, self.u_max)
+        x = self._x
+        err = x - self._target
+        if self.cost == "quadratic":
+            stage = self.dt * float(err @ self.Q @ err + u @ self.R @ u)
+        else:
+            stage = 0.0
+        with torch.no_grad():
+            x_next = self.plant.step(torch.as_tensor(x).unsqueeze(0), torch.as_tensor(u).unsqueeze(0))[0].numpy()
+        if self.cost == "fuel":
+            stage = float(x[-1] - x_next[-1])
+        self._x = x_next.copy()
+        self._k += 1
+        obs, info = self._observe(self._x)
+        terminated = info["out_of_bounds"] or (self.terminate_at_target and info["is_success"])
+        truncated = not terminated and self._k >= self.horizon
+        terminal = 0.0
+        if (terminated or truncated) and self.cost == "quadratic" and np.isfinite(x_next).all():
+            e = x_next - self._target
+            terminal = float(e @ self.Qf @ e)
+        info["stage_cost"] = stage
+        info["terminal_cost"] = terminal
+        return obs, -(stage + terminal), bool(terminated), bool(truncated), info
+
+    def _observe(self, x: np.ndarray) -> tuple[np.ndarray, dict]:
+        finite = bool(np.isfinite(x).all())
+        out = not finite or bool((x < self.x_min).any() or (x > self.x_max).any())
+        reached = finite and float(np.linalg.norm(x - self._target)) < self.tolerance
+        obs = np.concatenate([np.nan_to_num(x), self._target]).astype(np.float32)
+        obs = np.clip(obs, self.observation_space.low, self.observation_space.high)
+        info = {
+            "state": x.copy(),
+            "target": self._target.copy(),
+            "is_success": bool(reached),
+            "out_of_bounds": out,
+        }
+        return obs, info
+
+
+# ---------------------------------------------------------------------- factories
+def _task(name: str) -> dict:
+    cls = get(name)
+    task = getattr(cls, "default_task", None)
+    if task is None:
+        task = DEFAULT_TASKS.get(name, {})
+    return copy.deepcopy(dict(task))
+
+
+def make_env(name: str, **kwargs) -> PlantEnv:
+    """The Gymnasium environment of plant ``name`` with its default task.
+
+    Parameters
+    ----------
+    name : str
+        A registered continuous-time plant.
+    **kwargs
+        Arguments of :class:`PlantEnv` (``Q``, ``R``, ``Qf``, ``horizon``, ``initial_state``,
+        ``target_state``, ``tolerance``, ``cost``, ``terminate_at_target``, ``render_mode``)
+        replace the default task's; all other keywords go to the plant's constructor on top
+        of the task's plant arguments (e.g. ``dt``, ``u_max``, ``m``).
+
+    Returns
+    -------
+    PlantEnv
+
+    Raises
+    ------
+    UnknownNameError
+        If ``name`` is not registered (the message lists the names).
+
+    Examples
+    --------
+    >>> import dynamics
+    >>> env = dynamics.make_env("pendulum", horizon=50, u_max=2.0)
+    >>> obs, info = env.reset(seed=0)
+    >>> obs.shape
+    (4,)
+    """
+    task = _task(name)
+    plant_kwargs = task.pop("plant", {})
+    env_kwargs = task
+    for key, value in kwargs.items():
+        (env_kwargs if key in _ENV_KEYS else plant_kwargs)[key] = value
+    plant = make(name, **plant_kwargs)
+    return PlantEnv(plant, **env_kwargs)
+
+
+def _has_env(name: str) -> bool:
+    """Whether plant ``name`` is continuous-time and buildable with its default task."""
+    cls = get(name)
+    if getattr(cls, "discrete", False) is True:
+        return False
+    try:
+        make_env(name)
+    except (TRCError, TypeError, ValueError, NotImplementedError):
+        return False
+    return True
+
+
+def register_envs() -> list[str]:
+    """Register ``trc/<Name>-v0`` with Gymnasium for every suitable registered plant.
+
+    Called when :mod:`dynamics` is imported; call it again after registering a new plant.
+    Ids already registered are left alone.
+
+    Returns
+    -------
+    list of str
+        The Gymnasium ids of all TRC environments.
+    """
+    ids = []
+    for name in names():
+        gym_id = env_id(name)
+        if gym_id not in gymnasium.registry:
+            if not _has_env(name):
+                continue
+            gymnasium.register(id=gym_id, entry_point="dynamics.env:make_env", kwargs={"name": name})
+        ids.append(gym_id)
+    return ids
+
+
+register_envs()

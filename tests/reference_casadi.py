@@ -1,0 +1,266 @@
+"""Independent reference: CasADi models of the plants and an IPOPT multiple-shooting solver.
+
+The vector fields below are written from the equations in the cited textbooks, not from the
+torch plants in :mod:`dynamics`; only the numerical parameter values (masses, lengths,
+bounds, integrator) are read from the plant's :meth:`~dynamics.Plant.config`. The tests use
+this module to check the nonlinear generator (:mod:`trc.generators.nonlinear`) and the plants
+themselves; the benchmarks use it as the solver TRC's generator is compared with.
+
+The optimal-control problem is the TRC convention (:mod:`trc.cost`)::
+
+    min  dt * sum_{k<N} [(x_k - x*)' Q (x_k - x*) + u_k' R u_k] + (x_N - x*)' Qf (x_N - x*)
+    s.t. x_{k+1} = F(x_k, u_k),  x_0 given,  u_min <= u_k <= u_max,  x_min <= x_k <= x_max
+
+with ``F`` the zero-order-hold step of the plant's explicit Runge-Kutta scheme, transcribed
+by direct multiple shooting (Bock & Plitt, *IFAC Proc.* 17 (1984) 1603) and solved by IPOPT
+(Waechter & Biegler, *Math. Program.* 106 (2006) 25) with exact Hessians from CasADi's
+algorithmic differentiation (Andersson et al., *Math. Prog. Comp.* 11 (2019) 1).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import casadi as ca
+import numpy as np
+
+__all__ = ["MODELS", "vector_field", "discrete_step", "IpoptReference", "ReferenceResult"]
+
+
+# ----------------------------------------------------------------------------- models
+def _van_der_pol(p):
+    """Forced Van der Pol oscillator, ``x'' - mu (1 - x^2) x' + x = u``.
+
+    B. van der Pol, *Phil. Mag.* 2 (1926) 978; Khalil, *Nonlinear Systems*, 3rd ed., eq. (1.14)
+    with an additive input.
+    """
+    mu = p["mu"]
+
+    def f(x, u):
+        return ca.vertcat(x[1], mu * (1 - x[0] ** 2) * x[1] - x[0] + u[0])
+
+    return f
+
+
+def _double_integrator(p):
+    """Unit mass pushed by a force, ``x'' = u``."""
+
+    def f(x, u):
+        return ca.vertcat(x[1], u[0])
+
+    return f
+
+
+def _pendulum(p):
+    """Torque-driven rigid pendulum, ``I theta'' = u - m g lc sin(theta) - b theta'``.
+
+    Tedrake, *Underactuated Robotics*, ch. 2, eq. (2.1), for a rigid body with its centre of
+    mass at ``lc`` from the pivot; ``theta = 0`` hangs down.
+    """
+    m, g, lc, inertia, b = p["m"], p["g"], p["lc"], p["I"], p["b"]
+
+    def f(x, u):
+        return ca.vertcat(x[1], (u[0] - m * g * lc * ca.sin(x[0]) - b * x[1]) / inertia)
+
+    return f
+
+
+def _cartpole(p):
+    """Cart-pole with a uniform pole of half-length ``l``; ``theta = 0`` upright.
+
+    Florian, "Correct equations for the dynamics of the cart-pole system" (2007), eqs. (23)
+    and (24) without Coulomb friction, plus viscous friction ``b_c x'`` on the cart and
+    ``b_p theta'`` at the hinge: the cart equation is solved for ``x''`` and substituted into
+    the pole equation, which gives ``theta''`` first and then ``x''``.
+    """
+    mc, mp, l, g, bc, bp = p["m_c"], p["m_p"], p["l"], p["g"], p["b_c"], p["b_p"]
+    total = mc + mp
+
+    def f(x, u):
+        s, c = ca.sin(x[2]), ca.cos(x[2])
+        push = (u[0] + mp * l * x[3] ** 2 * s - bc * x[1]) / total
+        theta_acc = (g * s - c * push - bp * x[3] / (mp * l)) / (l * (4.0 / 3.0 - mp * c**2 / total))
+        x_acc = push - mp * l * theta_acc * c / total
+        return ca.vertcat(x[1], x_acc, x[3], theta_acc)
+
+    return f
+
+
+#: ``MODELS[name] = (state_dim, control_dim, factory)``; ``factory(config)`` returns ``f(x, u)``.
+MODELS = {
+    "van_der_pol": (2, 1, _van_der_pol),
+    "double_integrator": (2, 1, _double_integrator),
+    "pendulum": (2, 1, _pendulum),
+    "cartpole": (4, 1, _cartpole),
+}
+
+
+def vector_field(config: dict):
+    """The CasADi vector field ``f(x, u)`` of a plant given by its ``config()`` dict."""
+    name = config["name"]
+    if name not in MODELS:
+        raise KeyError(f"no CasADi reference model for plant {name!r}; have {sorted(MODELS)}")
+    return MODELS[name][2](config)
+
+
+# ----------------------------------------------------------------------------- integrators
+def _rk_step(f, x, u, h, method):
+    """One explicit Runge-Kutta step of length ``h`` with ``u`` held.
+
+    ``rk4`` is Kutta's 3/8 rule (Hairer, Norsett & Wanner, *Solving ODEs I*, Table 1.2, right),
+    the fourth-order scheme torchdiffeq calls ``rk4``; ``euler`` and ``midpoint`` as usual.
+    """
+    if method == "euler":
+        return x + h * f(x, u)
+    if method == "midpoint":
+        return x + h * f(x + 0.5 * h * f(x, u), u)
+    if method == "rk4":
+        k1 = f(x, u)
+        k2 = f(x + h * k1 / 3, u)
+        k3 = f(x + h * (k2 - k1 / 3), u)
+        k4 = f(x + h * (k1 - k2 + k3), u)
+        return x + h * (k1 + 3 * (k2 + k3) + k4) / 8
+    raise ValueError(f"the CasADi reference supports methods rk4, euler, midpoint; got {method!r}")
+
+
+def discrete_step(config: dict) -> ca.Function:
+    """The zero-order-hold step ``F(x, u)`` of a plant config as a CasADi function."""
+    f = vector_field(config)
+    n, m = _dims(config)
+    x, u = ca.SX.sym("x", n), ca.SX.sym("u", m)
+    substeps = int(config.get("substeps", 1))
+    h = float(config["dt"]) / substeps
+    y = x
+    for _ in range(substeps):
+        y = _rk_step(f, y, u, h, config.get("method", "rk4"))
+    return ca.Function("F", [x, u], [y], ["x", "u"], ["x_next"])
+
+
+def _dims(config: dict) -> tuple[int, int]:
+    """State and control dimensions of the model of ``config["name"]``."""
+    n, m, _ = MODELS[config["name"]]
+    return n, m
+
+
+# ----------------------------------------------------------------------------- solver
+@dataclass
+class ReferenceResult:
+    """IPOPT's answer for one instance (float64 arrays)."""
+
+    states: np.ndarray  #: ``(N + 1, n)``
+    controls: np.ndarray  #: ``(N, m)``
+    cost: float
+    success: bool
+    status: str
+    iterations: int
+    solve_time: float  #: wall-clock seconds of the IPOPT call
+
+
+class IpoptReference:
+    """Multiple-shooting IPOPT solver of a :class:`~trc.problem.Problem`, built once.
+
+    Parameters
+    ----------
+    problem : trc.problem.Problem
+    tol : float
+        IPOPT's ``tol`` (scaled NLP error); ``constr_viol_tol`` is set to ``tol`` as well.
+    max_iter : int
+    options : dict, optional
+        Extra IPOPT options (``{"mu_strategy": "adaptive"}``, ...).
+    """
+
+    def __init__(self, problem, tol: float = 1e-10, max_iter: int = 3000, options: dict | None = None):
+        self.problem = problem
+        config = problem.make_plant().config()
+        config["dt"] = float(problem.dt)
+        self.config = config
+        self.n, self.m = _dims(config)
+        N, n, m = problem.horizon, self.n, self.m
+        Q, R, Qf = problem.weights
+        F = discrete_step(config)
+
+        X = ca.SX.sym("X", n, N + 1)
+        U = ca.SX.sym("U", m, N)
+        P = ca.SX.sym("P", 2 * n)  # (x0, target)
+        x0, xt = P[:n], P[n:]
+        J = 0
+        for k in range(N):
+            e = X[:, k] - xt
+            J += problem.dt * (ca.bilin(ca.DM(Q), e, e) + ca.bilin(ca.DM(R), U[:, k], U[:, k]))
+        e = X[:, N] - xt
+        J += ca.bilin(ca.DM(Qf), e, e)
+        Fmap = F.map(N)
+        defects = Fmap(X[:, :N], U) - X[:, 1:]
+        g = ca.vertcat(X[:, 0] - x0, ca.vec(defects))
+        w = ca.vertcat(ca.vec(X), ca.vec(U))
+        opts = {
+            "ipopt.tol": tol,
+            "ipopt.constr_viol_tol": tol,
+            "ipopt.max_iter": max_iter,
+            "ipopt.print_level": 0,
+            "print_time": False,
+            "ipopt.sb": "yes",
+        }
+        for key, value in (options or {}).items():
+            opts[f"ipopt.{key}"] = value
+        self._solver = ca.nlpsol("reference", "ipopt", {"x": w, "f": J, "g": g, "p": P}, opts)
+        self._ng = g.shape[0]
+
+        def bound(key, dim, default):
+            v = np.asarray(config.get(key, [default] * dim), dtype=float).reshape(-1)
+            return np.broadcast_to(v, (dim,))
+
+        xlo, xhi = bound("x_min", n, -math.inf), bound("x_max", n, math.inf)
+        ulo, uhi = bound("u_min", m, -math.inf), bound("u_max", m, math.inf)
+        self._lbw = np.concatenate([np.tile(xlo, N + 1), np.tile(ulo, N)])
+        self._ubw = np.concatenate([np.tile(xhi, N + 1), np.tile(uhi, N)])
+        self._F = F
+
+    def solve(self, x0, target, states_guess=None, controls_guess=None) -> ReferenceResult:
+        """Solve one instance.
+
+        Parameters
+        ----------
+        x0, target : array_like, shape ``(n,)``
+        states_guess : array_like, shape ``(N + 1, n)``, optional
+            Initial guess of the trajectory; default the straight line from ``x0`` to ``target``.
+        controls_guess : array_like, shape ``(N, m)``, optional
+            Initial guess of the controls; default zero.
+        """
+        N, n, m = self.problem.horizon, self.n, self.m
+        x0 = np.asarray(x0, dtype=float).reshape(n)
+        target = np.asarray(target, dtype=float).reshape(n)
+        if states_guess is None:
+            s = np.linspace(0.0, 1.0, N + 1)[:, None]
+            states_guess = (1 - s) * x0 + s * target
+        if controls_guess is None:
+            controls_guess = np.zeros((N, m))
+        w0 = np.concatenate([np.asarray(states_guess, float).reshape(-1), np.asarray(controls_guess, float).reshape(-1)])
+        w0 = np.clip(w0, self._lbw, self._ubw)
+        start = time.perf_counter()
+        sol = self._solver(x0=w0, p=np.concatenate([x0, target]), lbx=self._lbw, ubx=self._ubw, lbg=0, ubg=0)
+        elapsed = time.perf_counter() - start
+        stats = self._solver.stats()
+        w = np.asarray(sol["x"]).reshape(-1)
+        X = w[: n * (N + 1)].reshape(N + 1, n)
+        U = w[n * (N + 1):].reshape(N, m)
+        return ReferenceResult(
+            states=X,
+            controls=U,
+            cost=float(sol["f"]),
+            success=bool(stats["success"]),
+            status=str(stats["return_status"]),
+            iterations=int(stats["iter_count"]),
+            solve_time=elapsed,
+        )
+
+    def simulate(self, x0, controls) -> np.ndarray:
+        """Roll ``controls`` ``(N, m)`` out from ``x0`` through the CasADi step; ``(N + 1, n)``."""
+        x = np.asarray(x0, dtype=float).reshape(self.n)
+        out = [x]
+        for u in np.asarray(controls, dtype=float).reshape(-1, self.m):
+            x = np.asarray(self._F(x, u)).reshape(self.n)
+            out.append(x)
+        return np.stack(out)

@@ -1,0 +1,231 @@
+"""Generated data sets as torch tensors, one :class:`TrajectorySplit` per split, for training.
+
+>>> data = load_dataset("datasets/double_integrator.h5")          # doctest: +SKIP
+>>> data.problem.horizon, len(data.train), len(data.val)          # doctest: +SKIP
+(15, 8000, 1000)
+>>> for batch in data.train.batches(256, generator=torch.Generator().manual_seed(0)):  # doctest: +SKIP
+...     batch["x0"].shape, batch["controls"].shape
+((256, 2), (256, 15, 1))
+
+Samples and batches are dicts with the keys of :data:`FIELDS`:
+
+=============  ==============================  ===============================
+key            one sample                      a batch
+=============  ==============================  ===============================
+``x0``         ``(state_dim,)``                ``(batch, state_dim)``
+``target``     ``(state_dim,)``                ``(batch, state_dim)``
+``states``     ``(horizon + 1, state_dim)``    ``(batch, horizon + 1, state_dim)``
+``controls``   ``(horizon, control_dim)``      ``(batch, horizon, control_dim)``
+``cost``       ``()``                          ``(batch,)``
+=============  ==============================  ===============================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch.utils.data import Dataset
+
+from .generators.storage import GeneratedDataset, read_dataset
+
+__all__ = ["FIELDS", "TrajectorySplit", "TrajectoryData", "load_dataset"]
+
+#: Keys of a sample or batch, and the data set array each comes from.
+FIELDS = {
+    "x0": "initial_states",
+    "target": "target_states",
+    "states": "states",
+    "controls": "controls",
+    "cost": "costs",
+}
+
+
+class TrajectorySplit(Dataset):
+    """One split of a data set as tensors (a map-style :class:`torch.utils.data.Dataset`).
+
+    Parameters
+    ----------
+    name : str
+        ``"train"``, ``"val"`` or ``"test"``.
+    tensors : dict of str to Tensor
+        The keys of :data:`FIELDS`, all with the same first dimension.
+
+    Notes
+    -----
+    ``split[i]`` returns one sample (works with :class:`torch.utils.data.DataLoader`);
+    :meth:`batches` slices whole batches at once, which is much faster for data that fits in
+    memory, as these data sets do.
+    """
+
+    def __init__(self, name: str, tensors: dict[str, torch.Tensor]):
+        self.name = name
+        self.tensors = tensors
+        sizes = {k: v.shape[0] for k, v in tensors.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"split {name!r}: tensors differ in length: {sizes}")
+
+    def __len__(self) -> int:
+        return int(self.tensors["x0"].shape[0])
+
+    def __getitem__(self, index) -> dict[str, torch.Tensor]:
+        return {key: value[index] for key, value in self.tensors.items()}
+
+    def __repr__(self) -> str:
+        return f"TrajectorySplit({self.name!r}, samples={len(self)})"
+
+    @property
+    def x0(self) -> torch.Tensor:
+        """Initial states ``(len, state_dim)``."""
+        return self.tensors["x0"]
+
+    @property
+    def target(self) -> torch.Tensor:
+        """Target states ``(len, state_dim)``."""
+        return self.tensors["target"]
+
+    @property
+    def states(self) -> torch.Tensor:
+        """Optimal trajectories ``(len, horizon + 1, state_dim)``."""
+        return self.tensors["states"]
+
+    @property
+    def controls(self) -> torch.Tensor:
+        """Optimal controls ``(len, horizon, control_dim)``."""
+        return self.tensors["controls"]
+
+    @property
+    def cost(self) -> torch.Tensor:
+        """Optimal costs ``(len,)``."""
+        return self.tensors["cost"]
+
+    def to(self, *args, **kwargs) -> "TrajectorySplit":
+        """A copy with every tensor moved/cast by :meth:`torch.Tensor.to`."""
+        return TrajectorySplit(self.name, {k: v.to(*args, **kwargs) for k, v in self.tensors.items()})
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Iterate once over the split in batches (dicts of batch-first tensors).
+
+        Parameters
+        ----------
+        batch_size : int
+        shuffle : bool
+            Random order from ``generator`` (seed it for reproducible epochs).
+        generator : torch.Generator, optional
+            A CPU generator; the permutation is moved to the tensors' device.
+        drop_last : bool
+            Skip the last batch if it is smaller than ``batch_size``.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        n = len(self)
+        device = self.tensors["x0"].device
+        order = torch.randperm(n, generator=generator).to(device) if shuffle else torch.arange(n, device=device)
+        stop = n - n % batch_size if drop_last else n
+        for i in range(0, stop, batch_size):
+            idx = order[i:i + batch_size]
+            yield {key: value[idx] for key, value in self.tensors.items()}
+
+
+@dataclass
+class TrajectoryData:
+    """A loaded data set: the problem, its metadata and the three splits as tensors.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    problem : trc.problem.Problem
+        Rebuilt from the file's ``problem`` attribute.
+    attrs : dict
+        Every attribute of the file (solver, seed, dt, N, Q, R, Qf, creation info, ...).
+    raw : trc.generators.storage.GeneratedDataset
+        The NumPy arrays as read (float64), including solver status and failures.
+    splits : dict of str to TrajectorySplit
+        ``"train"``, ``"val"``, ``"test"``.
+    """
+
+    path: Path
+    problem: object
+    attrs: dict
+    raw: GeneratedDataset
+    splits: dict
+
+    @property
+    def train(self) -> TrajectorySplit:
+        return self.splits["train"]
+
+    @property
+    def val(self) -> TrajectorySplit:
+        return self.splits["val"]
+
+    @property
+    def test(self) -> TrajectorySplit:
+        return self.splits["test"]
+
+    @property
+    def state_dim(self) -> int:
+        return self.problem.state_dim
+
+    @property
+    def control_dim(self) -> int:
+        return self.problem.control_dim
+
+    @property
+    def horizon(self) -> int:
+        return self.problem.horizon
+
+    def make_plant(self, dtype: torch.dtype = torch.float32):
+        """The plant of the problem (for rollouts of predicted controls)."""
+        return self.problem.make_plant(dtype)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
+        return f"TrajectoryData({str(self.path)!r}, problem={self.problem.name!r}, solver={self.attrs.get('solver')!r}, {sizes})"
+
+
+def load_dataset(
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+) -> TrajectoryData:
+    """Load a generated data set for training.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        An HDF5 file written by ``python -m trc.generate``.
+    dtype : torch.dtype
+        Floating dtype of the tensors (the file stores float64).
+    device : str or torch.device, optional
+        Where to put the tensors; default CPU.
+
+    Returns
+    -------
+    TrajectoryData
+
+    Raises
+    ------
+    DatasetError
+        If the file is missing, truncated, corrupt or does not follow the schema
+        (see :func:`trc.generators.storage.read_dataset`).
+    """
+    raw = read_dataset(path)
+    splits = {}
+    for name, idx in raw.splits.items():
+        tensors = {
+            key: torch.as_tensor(getattr(raw, array)[idx]).to(device=device, dtype=dtype)
+            for key, array in FIELDS.items()
+        }
+        splits[name] = TrajectorySplit(name, tensors)
+    return TrajectoryData(path=Path(path), problem=raw.problem, attrs=raw.attrs, raw=raw, splits=splits)

@@ -1,0 +1,207 @@
+"""A whole configuration file: one problem and the settings of every stage that uses it.
+
+::
+
+    problem:     # trc.problem.Problem               (required)
+    generator:   # trc.generators.GeneratorConfig    (python -m trc.generate)
+    model:       # the TRC network                   (parsed by its stage)
+    training:    # the training run                  (parsed by its stage)
+    evaluation:  # the evaluation run                (parsed by its stage)
+
+Any other top-level section is an error, as is any unknown key inside a section, so a typo
+never silently falls back to a default. ``problem`` and ``generator`` are parsed and
+validated on loading; the other stages get their section with :meth:`Experiment.section` or
+parse it into their own dataclass with :meth:`Experiment.parse`::
+
+    >>> exp = load_experiment("configs/double_integrator.yaml")      # doctest: +SKIP
+    >>> exp.problem.horizon                                          # doctest: +SKIP
+    15
+    >>> train_cfg = exp.parse("training", TrainConfig)               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+import dynamics
+from dynamics.errors import ConfigError
+
+from .config import from_dict, load_yaml
+from .problem import Problem
+
+__all__ = [
+    "SECTIONS",
+    "CONFIG_DIR",
+    "Experiment",
+    "load_experiment",
+    "experiment_from_dict",
+    "standard_config",
+    "default_experiment",
+]
+
+#: Allowed top-level sections of a configuration file.
+SECTIONS = ("problem", "generator", "model", "training", "evaluation")
+
+#: The repository's folder of standard configurations (absent in an installed package).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class Experiment:
+    """A parsed configuration file.
+
+    Attributes
+    ----------
+    problem : trc.problem.Problem
+    generator : trc.generators.GeneratorConfig or None
+        None when the file has no ``generator`` section.
+    sections : dict of str to dict
+        The raw mapping of every section present (a deep copy of the file's content).
+    source : str
+        Where the configuration came from (a file path, or ``"<dict>"``).
+    """
+
+    problem: Problem
+    generator: Any = None
+    sections: dict = field(default_factory=dict)
+    source: str = "<dict>"
+
+    def section(self, name: str) -> dict:
+        """The raw mapping of section ``name`` (an empty dict if the file lacks it).
+
+        Raises
+        ------
+        ConfigError
+            If ``name`` is not one of :data:`SECTIONS`.
+        """
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown section {name!r}; a configuration has the sections {list(SECTIONS)}")
+        return copy.deepcopy(self.sections.get(name) or {})
+
+    def parse(self, name: str, cls):
+        """Section ``name`` as dataclass ``cls`` (strict: unknown keys raise ConfigError).
+
+        Raises
+        ------
+        ConfigError
+            If ``name`` is not a section name, or the section does not fit ``cls``.
+        """
+        return from_dict(cls, self.section(name), name)
+
+    def dataset_path(self) -> Path:
+        """The data set file of this configuration: ``generator.out`` or ``datasets/<name>.h5``."""
+        from .generators.config import DEFAULT_DATASET_DIR
+
+        if self.generator is not None:
+            return self.generator.output_path(self.problem)
+        return Path(DEFAULT_DATASET_DIR) / f"{self.problem.name}.h5"
+
+    def to_dict(self) -> dict:
+        """The configuration as plain data, with ``problem`` and ``generator`` as parsed."""
+        from .config import to_dict
+
+        out = copy.deepcopy(self.sections)
+        out["problem"] = self.problem.to_dict()
+        if self.generator is not None:
+            out["generator"] = to_dict(self.generator)
+        return out
+
+
+def experiment_from_dict(data: Mapping, source: str = "<dict>") -> Experiment:
+    """Parse a configuration mapping (the content of a YAML file).
+
+    Raises
+    ------
+    ConfigError
+        On an unknown top-level section, a missing ``problem`` section, an unknown key or an
+        invalid value in ``problem`` or ``generator`` (including an unknown plant or solver,
+        whose :class:`~dynamics.errors.UnknownNameError` is the ``__cause__``).
+    """
+    from .generators.config import GeneratorConfig
+
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: a configuration is a mapping of sections, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; allowed sections: {list(SECTIONS)}")
+    for name, value in data.items():
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: section {name!r} must be a mapping, got {type(value).__name__}: {value!r}")
+    if not data.get("problem"):
+        raise ConfigError(f"{source}: the section 'problem' is required")
+    sections = {k: copy.deepcopy(dict(v)) for k, v in data.items() if v is not None}
+    try:
+        problem = from_dict(Problem, sections["problem"], "problem")
+        generator = from_dict(GeneratorConfig, sections["generator"], "generator") if "generator" in sections else None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    return Experiment(problem=problem, generator=generator, sections=sections, source=source)
+
+
+def load_experiment(path: str | os.PathLike) -> Experiment:
+    """Read and validate a configuration file.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A YAML file with the sections of :data:`SECTIONS`.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, is not valid YAML, or fails :func:`experiment_from_dict`.
+    """
+    return experiment_from_dict(load_yaml(path), source=str(path))
+
+
+def standard_config(name: str) -> Path | None:
+    """The repository's standard configuration ``configs/<name>.yaml``, or None if absent."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def default_experiment(plant: str, solver: str | None = None) -> Experiment:
+    """A ready-to-generate configuration for a plant, for quick command-line use.
+
+    The standard configuration ``configs/<plant>.yaml`` when the repository has one (with its
+    solver replaced by ``solver`` if given); otherwise a generic problem: the plant's default
+    parameters and ``dt``, horizon 50, ``Q = I``, ``R = I``, ``Qf = Q``, initial states uniform
+    in ``[-1, 1]^n`` and the origin as target.
+
+    Raises
+    ------
+    ConfigError
+        If ``plant`` is not registered (cause: :class:`~dynamics.errors.UnknownNameError`), or
+        no ``solver`` is given for a plant without a standard configuration.
+    """
+    try:
+        cls = dynamics.get(plant)
+    except dynamics.UnknownNameError as exc:
+        raise ConfigError(str(exc)) from exc
+    path = standard_config(plant)
+    if path is not None:
+        data = load_yaml(path)
+        if (data.get("problem") or {}).get("plant", {}).get("name") == plant:
+            if solver is not None and (data.get("generator") or {}).get("solver") != solver:
+                data["generator"] = {**data.get("generator", {}), "solver": solver, "options": {}}
+            return experiment_from_dict(data, source=str(path))
+    if solver is None:
+        raise ConfigError(f"plant {plant!r} has no standard configuration in {CONFIG_DIR}; give --solver")
+    instance = cls()
+    n = instance.state_dim
+    problem = {
+        "name": plant,
+        "plant": {"name": plant},
+        "dt": instance.dt,
+        "horizon": 50,
+        "Q": 1.0,
+        "R": 1.0,
+        "initial_state": {"low": [-1.0] * n, "high": [1.0] * n},
+        "target_state": {"low": [0.0] * n, "high": [0.0] * n},
+    }
+    return experiment_from_dict({"problem": problem, "generator": {"solver": solver}}, source=f"<default {plant}>")

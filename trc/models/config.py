@@ -1,0 +1,148 @@
+"""Configuration of the Tiny Recursive Control network: the YAML ``model:`` section.
+
+::
+
+    model:
+      mode: two_level          # or single_latent
+      latent_dim: 128
+      hidden_dim: 256
+      num_layers: 2
+      H_cycles: 3              # outer refinement cycles K
+      L_cycles: 4              # inner reasoning steps n per cycle
+      feedback: true           # roll controls out through the plant every cycle
+      act: false               # adaptive halting head
+
+Parsed with :func:`trc.config.from_dict` (unknown keys raise
+:class:`~dynamics.errors.ConfigError`); ``state_dim``, ``control_dim`` and ``horizon`` are
+filled in from the problem by :meth:`~trc.models.TinyRecursiveControl.from_problem`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from dynamics.errors import ConfigError
+
+from .recursion import MODES
+
+__all__ = ["TRCConfig"]
+
+
+@dataclass
+class TRCConfig:
+    """Hyper-parameters of :class:`~trc.models.TinyRecursiveControl`.
+
+    Attributes
+    ----------
+    mode : {"two_level", "single_latent"}
+        Recursion scheme of the shared core (:class:`~trc.models.recursion.RecursionCore`).
+    latent_dim : int
+        Width ``D`` of the latents ``z_H``, ``z_L`` (or ``z``).
+    hidden_dim : int
+        Hidden width of the shared network's blocks, the encoder and the decoders.
+    num_layers : int
+        Blocks in the shared network ``f``.
+    H_cycles : int
+        Outer refinement cycles ``K``: each updates the latent and refines the controls once.
+    L_cycles : int
+        Inner reasoning steps ``n`` per cycle (``z_L`` updates in two-level mode).
+    feedback : bool
+        Encode the trajectory error of the current controls, rolled out through the plant,
+        at every cycle. Used whenever a plant is available (the model's own, or one passed to
+        ``forward``); ``plant=False`` in ``forward`` disables it for one call.
+    feedback_channels : int
+        Channels of the 1-D convolutions of the trajectory-error encoder.
+    feedback_kernel : int
+        Odd kernel size (in time steps) of those convolutions.
+    detach_feedback : bool
+        Do not back-propagate through the plant rollouts of the feedback path (cheaper
+        training; the feedback still shapes the output).
+    gradient_last_cycle_only : bool
+        Run all refinement cycles but the last under ``torch.no_grad`` (TRM's 1-step gradient,
+        arXiv 2510.04871 Sec. 4.1). The initial controls keep their gradient through the
+        residual sum.
+    act : bool
+        Build the adaptive-halting head; in eval mode samples stop refining once it says so.
+    halt_threshold : float
+        Training target of the halting head: halt when the next cycle lowers the cost by less
+        than ``halt_threshold`` times the current cost.
+    dropout : float
+        Dropout in the shared network, in ``[0, 1)``.
+    state_dim, control_dim, horizon : int, optional
+        Problem sizes ``n``, ``m``, ``N``; filled in from the problem when omitted, checked
+        against it when given.
+
+    Raises
+    ------
+    ConfigError
+        On any invalid value (the message names it and the accepted range).
+    """
+
+    mode: str = "two_level"
+    latent_dim: int = 128
+    hidden_dim: int = 256
+    num_layers: int = 2
+    H_cycles: int = 3
+    L_cycles: int = 4
+    feedback: bool = True
+    feedback_channels: int = 32
+    feedback_kernel: int = 3
+    detach_feedback: bool = False
+    gradient_last_cycle_only: bool = False
+    act: bool = False
+    halt_threshold: float = 0.01
+    dropout: float = 0.0
+    state_dim: Optional[int] = None
+    control_dim: Optional[int] = None
+    horizon: Optional[int] = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"model.mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("latent_dim", "hidden_dim", "num_layers", "H_cycles", "L_cycles", "feedback_channels"):
+            _check_int(getattr(self, name), name)
+        for name in ("state_dim", "control_dim", "horizon"):
+            if getattr(self, name) is not None:
+                _check_int(getattr(self, name), name)
+        _check_int(self.feedback_kernel, "feedback_kernel")
+        if self.feedback_kernel % 2 == 0:
+            raise ConfigError(f"model.feedback_kernel must be odd, got {self.feedback_kernel}")
+        for name in ("feedback", "detach_feedback", "gradient_last_cycle_only", "act"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
+        if not _real(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if not _real(self.halt_threshold) or not 0.0 <= self.halt_threshold < 1.0:
+            raise ConfigError(f"model.halt_threshold must be in [0, 1), got {self.halt_threshold!r}")
+
+    # ---------------------------------------------------------------- helpers
+    def replace(self, **changes) -> "TRCConfig":
+        """A copy with ``changes`` applied (validated; unknown names raise ConfigError)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ConfigError(f"unknown model option(s) {unknown}; allowed: {sorted(names)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain data (round-trips through :meth:`from_dict`)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data) -> "TRCConfig":
+        """Build from a mapping (the YAML ``model:`` section), rejecting unknown keys."""
+        from ..config import from_dict
+
+        return from_dict(cls, data, "model")
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,104 @@
+"""Trajectory-error feedback: what the plant says about the current controls, as a latent.
+
+At every refinement cycle TRC rolls its current controls out through the differentiable plant
+and encodes the WHOLE error trajectory ``e_k = (x_k - x*) / s`` for ``k = 1..N`` (``s`` the
+state scale of the problem), not only the terminal error: where along the horizon the
+trajectory drifts tells the network which controls to change. The terminal error ``e_N``, which
+decides success, also gets a direct linear path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynamics.errors import DimensionError
+
+__all__ = ["trajectory_error", "TrajectoryErrorEncoder"]
+
+#: Normalised errors are passed through ``asinh``, linear near 0 and logarithmic far away, so a
+#: diverging rollout (an untrained model on an unstable plant) cannot blow the latent up.
+_LARGE = 1e6
+
+
+def trajectory_error(states: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Normalised, compressed error sequence of a rollout.
+
+    Parameters
+    ----------
+    states : Tensor, shape ``(batch, horizon + 1, state_dim)``
+        Rollout, ``x_0`` first (as returned by :meth:`dynamics.Plant.rollout`).
+    target : Tensor, shape ``(batch, state_dim)``
+        Target state ``x*``.
+    scale : Tensor, shape ``(state_dim,)``
+        Positive state scale ``s`` (state units).
+
+    Returns
+    -------
+    Tensor, shape ``(batch, horizon, state_dim)``
+        ``asinh((x_k - x*) / s)`` for ``k = 1..N``; the last row is the terminal error.
+        Non-finite states (a diverged rollout) are mapped to large finite errors.
+
+    Raises
+    ------
+    DimensionError
+        If the shapes disagree.
+    """
+    if states.ndim != 3 or target.ndim != 2 or states.shape[0] != target.shape[0] or states.shape[2] != target.shape[1]:
+        raise DimensionError(
+            f"expected states (B, N+1, n) and target (B, n); got {tuple(states.shape)} and {tuple(target.shape)}"
+        )
+    err = (states[:, 1:] - target.unsqueeze(1)) / scale
+    return torch.asinh(torch.nan_to_num(err, nan=_LARGE, posinf=_LARGE, neginf=-_LARGE))
+
+
+class TrajectoryErrorEncoder(nn.Module):
+    """Encode an error sequence ``(batch, N, state_dim)`` into a latent ``(batch, latent_dim)``.
+
+    Two 1-D convolutions over time (``state_dim -> channels -> channels``, GELU), an average
+    pooling to at most ``max_positions`` time positions (so the size does not grow with long
+    horizons), a linear map of the flattened features, plus a linear map of the terminal error
+    ``e_N``. The output is RMS-normalised, like the other injections of the recursion.
+
+    Parameters
+    ----------
+    state_dim : int
+        ``n``.
+    horizon : int
+        ``N``, the length of the error sequence.
+    latent_dim : int
+        Output width ``D``.
+    channels : int
+        Convolution channels.
+    kernel_size : int
+        Odd kernel size in time steps.
+    max_positions : int
+        Time positions kept after pooling.
+    """
+
+    def __init__(
+        self, state_dim: int, horizon: int, latent_dim: int, channels: int = 32, kernel_size: int = 3,
+        max_positions: int = 16,
+    ):
+        super().__init__()
+        self.state_dim, self.horizon = state_dim, horizon
+        self.positions = min(horizon, max_positions)
+        pad = kernel_size // 2
+        self.conv1 = nn.Conv1d(state_dim, channels, kernel_size, padding=pad)
+        self.conv2 = nn.Conv1d(channels, channels, kernel_size, padding=pad)
+        self.proj = nn.Linear(channels * self.positions, latent_dim)
+        self.terminal = nn.Linear(state_dim, latent_dim)
+        self.norm = nn.RMSNorm(latent_dim)
+
+    def forward(self, errors: torch.Tensor) -> torch.Tensor:
+        """``errors``: ``(batch, N, state_dim)`` from :func:`trajectory_error`; returns ``(batch, D)``."""
+        if errors.ndim != 3 or errors.shape[1:] != (self.horizon, self.state_dim):
+            raise DimensionError(
+                f"error sequence has shape {tuple(errors.shape)}; expected (batch, {self.horizon}, {self.state_dim})"
+            )
+        h = F.gelu(self.conv1(errors.transpose(1, 2)))
+        h = F.gelu(self.conv2(h))
+        if self.positions < self.horizon:
+            h = F.adaptive_avg_pool1d(h, self.positions)
+        return self.norm(self.proj(h.flatten(1)) + self.terminal(errors[:, -1]))

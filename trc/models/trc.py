@@ -1,0 +1,552 @@
+"""Tiny Recursive Control: a tiny network that refines a whole control sequence recursively.
+
+Given the current state ``x_0`` and a target ``x*``, TRC outputs the controls
+``u_0 .. u_{N-1}`` of a finite-horizon optimal-control problem:
+
+1. encode the problem: ``x = Enc((x_0 - c)/s, (x* - c)/s, (x* - x_0)/s)``, ``(batch, D)``;
+2. decode initial controls from ``x`` (cycle 0);
+3. for ``k = 1 .. H_cycles``: roll the current controls out through the differentiable plant
+   and encode the whole trajectory error (:mod:`trc.models.feedback`); update the latent(s) with
+   the shared recursion core (:mod:`trc.models.recursion`, single-latent or two-level as in Tiny
+   Recursive Models, arXiv 2510.04871), injecting ``x`` + feedback + an embedding of the current
+   controls; decode a residual ``delta`` from ``z_H`` and accumulate it:
+   ``a_k = a_{k-1} + delta_k``;
+4. the controls are ``u = center + half_range * tanh(a)`` on bounded dimensions (one-sided
+   bounds use a softplus, free dimensions the identity), so no output ever leaves the bounds.
+
+The model keeps everything inference needs: sizes, bounds, ``dt``, the cost weights ``Q``,
+``R``, ``Qf`` (buffers), the state normalisation and the problem's plant (a submodule whose
+physical parameters are buffers, not trainable parameters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from dynamics.errors import CheckpointError, ConfigError, DimensionError, NonFiniteError
+from dynamics.plant import Plant
+
+from .config import TRCConfig
+from .feedback import TrajectoryErrorEncoder, trajectory_error
+from .halting import HaltingHead
+from .recursion import RecursionCore
+
+__all__ = ["TRCOutput", "TinyRecursiveControl", "state_normalization"]
+
+#: Normalised encoder inputs are clipped to this many state scales (guards against overflow on
+#: absurd inputs; far outside any training distribution anyway).
+_INPUT_CLIP = 100.0
+
+# Kinds of control dimension (``_kind`` buffer).
+_FREE, _BOX, _LOWER, _UPPER = 0, 1, 2, 3
+
+
+class TRCOutput(NamedTuple):
+    """Everything one forward pass computed (``return_all_iterations=True``).
+
+    Attributes
+    ----------
+    controls : Tensor, shape ``(batch, horizon, control_dim)``
+        The final controls.
+    all_controls : Tensor, shape ``(cycles + 1, batch, horizon, control_dim)``
+        Controls after every cycle, ``all_controls[0]`` the initial ones (deep supervision).
+    all_costs : Tensor or None, shape ``(cycles + 1, batch)``
+        Trajectory cost ``J`` of each entry of ``all_controls`` (the problem's convention,
+        :mod:`trc.cost`); ``None`` without a plant or cost weights.
+    all_states : Tensor or None, shape ``(cycles + 1, batch, horizon + 1, state_dim)``
+        Rollouts of each entry of ``all_controls``; ``None`` without a plant.
+    halt_logits : Tensor or None, shape ``(cycles, batch)``
+        Halting logits after cycles ``0 .. cycles - 1`` (ACT only), for
+        :func:`~trc.models.halting.halting_loss`.
+    cycles : Tensor of int64, shape ``(batch,)``
+        Refinement cycles each sample used (less than ``H_cycles`` where ACT halted it).
+    """
+
+    controls: torch.Tensor
+    all_controls: torch.Tensor
+    all_costs: Optional[torch.Tensor]
+    all_states: Optional[torch.Tensor]
+    halt_logits: Optional[torch.Tensor]
+    cycles: torch.Tensor
+
+
+def state_normalization(problem) -> tuple[np.ndarray, np.ndarray]:
+    """Centre ``c`` and scale ``s`` (each ``(state_dim,)``) from a problem's sampling boxes.
+
+    The union of the initial-state and target boxes is mapped to ``[-1, 1]``:
+    ``c = (hi + lo) / 2``, ``s = (hi - lo) / 2``. A dimension with no spread (all boxes fixed on
+    it) gets ``s = max(|c|, 1)``.
+    """
+    lo = np.minimum(problem.initial_state.low, problem.target_state.low)
+    hi = np.maximum(problem.initial_state.high, problem.target_state.high)
+    center, half = (hi + lo) / 2, (hi - lo) / 2
+    scale = np.where(half > 0, half, np.maximum(np.abs(center), 1.0))
+    return center, scale
+
+
+def _vector(value, dim: int, default: float, what: str) -> torch.Tensor:
+    if value is None:
+        return torch.full((dim,), float(default), dtype=torch.float64)
+    t = torch.as_tensor(np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=float))
+    t = t.flatten()
+    if t.numel() == 1:
+        t = t.expand(dim).clone()
+    if t.shape != (dim,):
+        raise DimensionError(f"{what} has {t.numel()} entries; expected 1 or {dim}")
+    if torch.isnan(t).any():
+        raise NonFiniteError(f"{what} contains NaN: {t.tolist()}")
+    return t
+
+
+def _weight(value, dim: int, what: str) -> torch.Tensor | None:
+    if value is None:
+        return None
+    a = torch.as_tensor(np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=float))
+    if a.ndim == 0:
+        a = a * torch.eye(dim, dtype=torch.float64)
+    elif a.ndim == 1:
+        a = torch.diag(a)
+    if a.shape != (dim, dim):
+        raise DimensionError(f"{what} has shape {tuple(a.shape)}; expected ({dim}, {dim})")
+    if not torch.isfinite(a).all():
+        raise NonFiniteError(f"{what} must be finite")
+    return a
+
+
+def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Linear(hidden, out))
+
+
+class TinyRecursiveControl(nn.Module):
+    """Tiny Recursive Control network (see the module documentation for the algorithm).
+
+    Build it from a problem with :meth:`from_problem` (the usual way), from a preset
+    (:mod:`trc.models.presets`), or directly from a config with the sizes filled in.
+
+    Parameters
+    ----------
+    config : TRCConfig
+        Hyper-parameters; ``state_dim``, ``control_dim`` and ``horizon`` must be set.
+    u_min, u_max : scalar or sequence, optional
+        Control bounds per dimension (``±inf`` for none); default the plant's, else unbounded.
+    state_center, state_scale : scalar or sequence, optional
+        State normalisation ``(x - c) / s`` of the encoder and the feedback; default 0 and 1.
+    control_scale : scalar or sequence, optional
+        Scale of unbounded and one-sided control dimensions (``u = scale * a``), default 1.
+    dt : float, optional
+        Sample time in seconds for the cost; default the plant's.
+    Q, R, Qf : scalar, diagonal or matrix, optional
+        Cost weights (``J`` convention of :mod:`trc.cost`); without them ``all_costs`` is None.
+    cost : {"quadratic", "fuel"}
+        Cost used for ``all_costs``.
+    plant : dynamics.Plant, optional
+        The plant rolled out for the trajectory-error feedback and the costs.
+
+    Raises
+    ------
+    ConfigError
+        If the config lacks the sizes or the cost kind is unknown.
+    DimensionError
+        If a bound, scale, weight or the plant does not match the sizes.
+    NonFiniteError
+        On NaN bounds or non-finite weights/scales.
+
+    Examples
+    --------
+    >>> from trc import Problem
+    >>> from trc.models import TinyRecursiveControl, TRCConfig
+    >>> model = TinyRecursiveControl.from_problem(problem, TRCConfig(H_cycles=3))  # doctest: +SKIP
+    >>> u = model(x0, x_target)              # (batch, horizon, control_dim)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        config: TRCConfig,
+        *,
+        u_min=None,
+        u_max=None,
+        state_center=None,
+        state_scale=None,
+        control_scale=None,
+        dt: float | None = None,
+        Q=None,
+        R=None,
+        Qf=None,
+        cost: str = "quadratic",
+        plant: Plant | None = None,
+    ):
+        super().__init__()
+        if isinstance(config, dict):
+            config = TRCConfig.from_dict(config)
+        if not isinstance(config, TRCConfig):
+            raise ConfigError(f"config must be a TRCConfig or a mapping, got {type(config).__name__}")
+        missing = [k for k in ("state_dim", "control_dim", "horizon") if getattr(config, k) is None]
+        if missing:
+            raise ConfigError(f"model config needs {missing}; use TinyRecursiveControl.from_problem or set them")
+        if cost not in ("quadratic", "fuel"):
+            raise ConfigError(f"cost must be 'quadratic' or 'fuel', got {cost!r}")
+        self.config = config
+        n, m, N, D, H = config.state_dim, config.control_dim, config.horizon, config.latent_dim, config.hidden_dim
+        self.state_dim, self.control_dim, self.horizon = n, m, N
+
+        # ---- plant, bounds, normalisation, cost
+        if plant is not None:
+            if not isinstance(plant, Plant):
+                raise ConfigError(f"plant must be a dynamics.Plant, got {type(plant).__name__}")
+            self._check_plant(plant)
+            u_min = plant.u_min if u_min is None else u_min
+            u_max = plant.u_max if u_max is None else u_max
+            dt = plant.dt if dt is None else dt
+        self.plant = plant
+        self.dt = None if dt is None else float(dt)
+        self.cost_kind = cost
+        lo = _vector(u_min, m, -math.inf, "u_min")
+        hi = _vector(u_max, m, math.inf, "u_max")
+        if (lo > hi).any():
+            raise ConfigError(f"u_min {lo.tolist()} exceeds u_max {hi.tolist()}")
+        kind = torch.full((m,), _FREE, dtype=torch.long)
+        fin_lo, fin_hi = torch.isfinite(lo), torch.isfinite(hi)
+        kind[fin_lo & fin_hi] = _BOX
+        kind[fin_lo & ~fin_hi] = _LOWER
+        kind[~fin_lo & fin_hi] = _UPPER
+        box = kind == _BOX
+        self.register_buffer("u_min", lo.float())
+        self.register_buffer("u_max", hi.float())
+        self.register_buffer("_kind", kind)
+        self.register_buffer("_u_center", torch.where(box, (lo + hi) / 2, 0.0).float())
+        self.register_buffer("_u_half", torch.where(box, (hi - lo) / 2, 1.0).float())
+        self.register_buffer("_u_lo", torch.where(fin_lo, lo, 0.0).float())
+        self.register_buffer("_u_hi", torch.where(fin_hi, hi, 0.0).float())
+        u_scale = _vector(control_scale, m, 1.0, "control_scale")
+        center = _vector(state_center, n, 0.0, "state_center")
+        scale = _vector(state_scale, n, 1.0, "state_scale")
+        for t, what in ((u_scale, "control_scale"), (scale, "state_scale")):
+            if not (torch.isfinite(t).all() and (t > 0).all()):
+                raise NonFiniteError(f"{what} must be positive and finite, got {t.tolist()}")
+        if not torch.isfinite(center).all():
+            raise NonFiniteError(f"state_center must be finite, got {center.tolist()}")
+        self.register_buffer("control_scale", u_scale.float())
+        self.register_buffer("state_center", center.float())
+        self.register_buffer("state_scale", scale.float())
+        for name, value, dim in (("Q", Q, n), ("R", R, m), ("Qf", Qf, n)):
+            w = _weight(value, dim, name)
+            self.register_buffer(name, None if w is None else w.float())
+        if self.Qf is None and self.Q is not None:
+            self.Qf = self.Q.clone()
+
+        # ---- networks
+        self.encoder = nn.Sequential(_mlp(3 * n, H, D), nn.RMSNorm(D))
+        self.core = RecursionCore(D, H, config.num_layers, config.mode, config.L_cycles, config.dropout)
+        self.init_head = _mlp(D, H, N * m)
+        self.refine_head = _mlp(D, H, N * m)
+        self.control_embed = nn.Linear(N * m, D)
+        self.error_encoder = (
+            TrajectoryErrorEncoder(n, N, D, config.feedback_channels, config.feedback_kernel) if config.feedback else None
+        )
+        self.halting = HaltingHead(D) if config.act else None
+        with torch.no_grad():  # small first refinements: the initial decode does the coarse work
+            self.refine_head[-1].weight.mul_(0.1)
+            self.refine_head[-1].bias.zero_()
+        self.problem_dict: dict | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_problem(cls, problem, config: TRCConfig | dict | None = None) -> "TinyRecursiveControl":
+        """Build a model for ``problem`` carrying everything inference needs.
+
+        Sizes, control bounds and ``dt`` come from the problem and its plant
+        (``problem.make_plant()``, kept as the model's plant for feedback), ``Q``, ``R``,
+        ``Qf`` from ``problem.weights``, and the state normalisation from the sampling boxes
+        (:func:`state_normalization`).
+
+        Parameters
+        ----------
+        problem : trc.Problem or dict
+        config : TRCConfig or dict, optional
+            Default ``TRCConfig()``. Sizes left ``None`` are filled in.
+
+        Raises
+        ------
+        ConfigError
+            If the config's sizes contradict the problem's.
+        """
+        from ..problem import Problem
+
+        if isinstance(problem, dict):
+            problem = Problem.from_dict(problem)
+        if config is None:
+            config = TRCConfig()
+        elif isinstance(config, dict):
+            config = TRCConfig.from_dict(config)
+        sizes = {"state_dim": problem.state_dim, "control_dim": problem.control_dim, "horizon": problem.horizon}
+        wrong = {k: (getattr(config, k), v) for k, v in sizes.items() if getattr(config, k) not in (None, v)}
+        if wrong:
+            raise ConfigError(
+                "model config sizes contradict the problem: "
+                + ", ".join(f"{k}={got} but the problem has {exp}" for k, (got, exp) in wrong.items())
+            )
+        config = config.replace(**sizes)
+        plant = problem.make_plant()
+        center, scale = state_normalization(problem)
+        Q, R, Qf = problem.weights
+        model = cls(
+            config, state_center=center, state_scale=scale, dt=problem.dt, Q=Q, R=R, Qf=Qf,
+            cost=problem.cost, plant=plant,
+        )
+        model.problem_dict = problem.to_dict()
+        return model
+
+    def export_config(self) -> dict:
+        """The model config as plain data, sizes filled in (rebuild with :meth:`from_config`)."""
+        return self.config.to_dict()
+
+    @classmethod
+    def from_config(cls, model_config: dict | TRCConfig, problem=None) -> "TinyRecursiveControl":
+        """Rebuild an (untrained) model from :meth:`export_config` output and the problem, if any.
+
+        Load the weights afterwards with ``load_state_dict``; see also :meth:`from_checkpoint`.
+        """
+        if problem is not None:
+            return cls.from_problem(problem, model_config)
+        return cls(model_config)
+
+    def checkpoint_dict(self) -> dict:
+        """``{"model_config", "problem", "state_dict"}``, the checkpoint layout of TRC."""
+        return {"model_config": self.export_config(), "problem": self.problem_dict, "state_dict": self.state_dict()}
+
+    @classmethod
+    def from_checkpoint(cls, source, map_location="cpu") -> "TinyRecursiveControl":
+        """Rebuild a trained model from a checkpoint dict or file (see :meth:`checkpoint_dict`).
+
+        Raises
+        ------
+        CheckpointError
+            If the file is missing or unreadable, keys are missing, or the weights do not fit.
+        """
+        if isinstance(source, (str, os.PathLike)):
+            try:
+                source = torch.load(source, map_location=map_location, weights_only=True)
+            except (OSError, RuntimeError, EOFError) as exc:
+                raise CheckpointError(f"cannot read checkpoint {str(source)!r}: {exc}") from exc
+        if not isinstance(source, dict) or not {"model_config", "state_dict"} <= set(source):
+            keys = sorted(source) if isinstance(source, dict) else type(source).__name__
+            raise CheckpointError(f"checkpoint needs keys 'model_config' and 'state_dict' (and 'problem'); got {keys}")
+        try:
+            model = cls.from_config(source["model_config"], source.get("problem"))
+        except ConfigError as exc:
+            raise CheckpointError(f"checkpoint has an invalid model config or problem: {exc}") from exc
+        try:
+            model.load_state_dict(source["state_dict"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint weights do not fit the model: {exc}") from exc
+        return model
+
+    # ------------------------------------------------------------------ description
+    def get_parameter_count(self) -> int:
+        """Number of trainable parameters (plant parameters are buffers and do not count)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def parameter_breakdown(self) -> dict[str, int]:
+        """Trainable parameters per submodule, plus ``"total"``."""
+        counts: dict[str, int] = {}
+        for name, p in self.named_parameters():
+            key = name.split(".")[0]
+            counts[key] = counts.get(key, 0) + p.numel()
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def extra_repr(self) -> str:
+        return (
+            f"state_dim={self.state_dim}, control_dim={self.control_dim}, horizon={self.horizon}, "
+            f"mode={self.config.mode!r}, H_cycles={self.config.H_cycles}, L_cycles={self.config.L_cycles}"
+        )
+
+    # ------------------------------------------------------------------ controls
+    def squash(self, a: torch.Tensor) -> torch.Tensor:
+        """Controls from pre-activations ``a`` ``(..., control_dim)``, inside the bounds by construction.
+
+        Box: ``c + h tanh(a)``; lower bound only: ``u_min + s softplus(a)``; upper only:
+        ``u_max - s softplus(-a)``; free: ``s a``.
+        """
+        kind = self._kind
+        # The clamp only removes floating-point overshoot of the exact bound.
+        box = torch.minimum(torch.maximum(self._u_center + self._u_half * torch.tanh(a), self._u_lo), self._u_hi)
+        lower = self._u_lo + self.control_scale * nn.functional.softplus(a)
+        upper = self._u_hi - self.control_scale * nn.functional.softplus(-a)
+        free = self.control_scale * a
+        u = torch.where(kind == _BOX, box, free)
+        u = torch.where(kind == _LOWER, lower, u)
+        return torch.where(kind == _UPPER, upper, u)
+
+    def _unit(self, a: torch.Tensor) -> torch.Tensor:
+        """Normalised controls for the control embedding: ``tanh(a)`` on boxes, ``a`` elsewhere."""
+        return torch.where(self._kind == _BOX, torch.tanh(a), a)
+
+    def cost(self, states: torch.Tensor, controls: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """Trajectory cost ``J`` ``(batch,)`` of the model's problem, or None without weights.
+
+        ``states`` ``(batch, N + 1, n)``, ``controls`` ``(batch, N, m)``, ``target`` ``(batch, n)``;
+        see :func:`trc.cost.quadratic_cost` and :func:`trc.cost.fuel_cost`.
+        """
+        from ..cost import fuel_cost, quadratic_cost
+
+        if self.cost_kind == "fuel":
+            return fuel_cost(states)
+        if self.Q is None or self.R is None or self.dt is None:
+            return None
+        return quadratic_cost(states, controls, target, self.Q, self.R, self.Qf, self.dt)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        current_state: torch.Tensor,
+        target_state: torch.Tensor,
+        plant: Plant | bool | None = None,
+        return_all_iterations: bool = False,
+    ):
+        """Controls that take ``current_state`` to ``target_state`` over the horizon.
+
+        Parameters
+        ----------
+        current_state : Tensor, shape ``(batch, state_dim)``
+            Initial states ``x_0`` (state units).
+        target_state : Tensor, shape ``(batch, state_dim)``
+            Targets ``x*``.
+        plant : dynamics.Plant or bool, optional
+            Plant for the trajectory-error feedback and the costs. ``None`` (or ``True``): the
+            model's own plant, if any. ``False``: no plant (no feedback, no costs). A plant
+            given here must have the model's sizes (e.g. the same system with other physical
+            parameters).
+        return_all_iterations : bool
+            Return a :class:`TRCOutput` with every cycle's controls, rollouts and costs
+            instead of the controls alone.
+
+        Returns
+        -------
+        Tensor, shape ``(batch, horizon, control_dim)``, or TRCOutput
+            Controls within ``[u_min, u_max]``.
+
+        Raises
+        ------
+        DimensionError
+            If a state is not ``(batch, state_dim)``, the batches differ, or the plant's sizes
+            differ from the model's.
+        NonFiniteError
+            If a state contains NaN or infinity.
+        """
+        cfg = self.config
+        x0 = self._check_states(current_state, "current_state")
+        xt = self._check_states(target_state, "target_state")
+        if x0.shape[0] != xt.shape[0]:
+            raise DimensionError(f"current_state has batch {x0.shape[0]} but target_state has batch {xt.shape[0]}")
+        plant = self._resolve_plant(plant)
+        use_feedback = self.error_encoder is not None and plant is not None
+        record = return_all_iterations
+        act_inference = self.halting is not None and not self.training
+        B, N, m = x0.shape[0], self.horizon, self.control_dim
+
+        c, s = self.state_center, self.state_scale
+        feats = torch.cat(((x0 - c) / s, (xt - c) / s, (xt - x0) / s), dim=-1).clamp(-_INPUT_CLIP, _INPUT_CLIP)
+        x = self.encoder(feats)
+        state = self.core.init_state(x)
+        a = self.init_head(x).view(B, N, m)
+        u = self.squash(a)
+
+        halted = torch.zeros(B, dtype=torch.bool, device=x.device)
+        cycles = torch.zeros(B, dtype=torch.long, device=x.device)
+        all_controls, all_states, halt_logits = [u], [], []
+        traj = None  # rollout of the current u, when known
+        for k in range(1, cfg.H_cycles + 1):
+            truncated = cfg.gradient_last_cycle_only and k < cfg.H_cycles
+            with torch.no_grad() if truncated else contextlib.nullcontext():
+                fb = None
+                if use_feedback:
+                    traj = plant.rollout(x0, u.detach() if cfg.detach_feedback else u)
+                    fb = self.error_encoder(trajectory_error(traj, xt, s))
+                    if record:
+                        all_states.append(traj)
+            if self.halting is not None:
+                # Outside no_grad: the head's weights learn from every cycle's (constant) inputs.
+                logit = self.halting(self.core.output(state), fb)
+                halt_logits.append(logit)
+                if act_inference:
+                    halted = halted | (logit > 0)
+                    if bool(halted.all()):
+                        break
+            with torch.no_grad() if truncated else contextlib.nullcontext():
+                extra = self.control_embed(self._unit(a).flatten(1))
+                if fb is not None:
+                    extra = extra + fb
+                state = self.core.step(state, x, extra)
+                delta = self.refine_head(self.core.output(state)).view(B, N, m)
+            if act_inference:
+                active = ~halted
+                a = torch.where(active.view(B, 1, 1), a + delta, a)
+                cycles = cycles + active.long()
+            else:
+                a = a + delta
+                cycles = cycles + 1
+            u = self.squash(a)
+            traj = None
+            if record:
+                all_controls.append(u)
+
+        if not record:
+            return u
+        all_states_t = all_costs = None
+        if plant is not None:
+            if not use_feedback:  # roll every cycle's controls out here, for costs and halting targets
+                all_states = [plant.rollout(x0, uk) for uk in all_controls]
+            elif len(all_states) < len(all_controls):  # the final controls were not rolled out yet
+                all_states.append(plant.rollout(x0, u) if traj is None else traj)
+            all_states_t = torch.stack(all_states)
+            C = all_states_t.shape[0]
+            costs = self.cost(
+                all_states_t.flatten(0, 1), torch.stack(all_controls).flatten(0, 1), xt.repeat(C, 1)
+            )
+            all_costs = None if costs is None else costs.view(C, B)
+        return TRCOutput(
+            controls=u,
+            all_controls=torch.stack(all_controls),
+            all_costs=all_costs,
+            all_states=all_states_t,
+            halt_logits=torch.stack(halt_logits) if halt_logits else None,
+            cycles=cycles,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _check_states(self, t, what: str) -> torch.Tensor:
+        ref = self.state_scale
+        if not torch.is_tensor(t):
+            t = torch.as_tensor(np.asarray(t, dtype=float))
+        if t.ndim != 2 or t.shape[1] != self.state_dim or t.shape[0] == 0:
+            raise DimensionError(
+                f"{what} has shape {tuple(t.shape)}; expected (batch >= 1, state_dim={self.state_dim})"
+            )
+        if not torch.isfinite(t).all():
+            raise NonFiniteError(f"{what} contains NaN or infinity")
+        return t.to(dtype=ref.dtype, device=ref.device)
+
+    def _check_plant(self, plant: Plant) -> None:
+        if plant.state_dim != self.config.state_dim or plant.control_dim != self.config.control_dim:
+            raise DimensionError(
+                f"plant {plant.name!r} has state_dim={plant.state_dim}, control_dim={plant.control_dim}; "
+                f"the model expects state_dim={self.config.state_dim}, control_dim={self.config.control_dim}"
+            )
+
+    def _resolve_plant(self, plant) -> Plant | None:
+        if plant is False:
+            return None
+        if plant is None or plant is True:
+            return self.plant
+        if not isinstance(plant, Plant):
+            raise TypeError(f"plant must be a dynamics.Plant, None, True or False; got {type(plant).__name__}")
+        self._check_plant(plant)
+        return plant

@@ -1,0 +1,214 @@
+"""Training losses of TRC: imitation, trajectory cost, terminal error, halting; deep supervision.
+
+For a batch of ``B`` instances with optimal controls ``u*`` ``(B, N, m)`` and optimal costs
+``J*`` ``(B,)``, and the controls ``u^(k)`` ``(B, N, m)`` the model proposes after each
+refinement cycle ``k = 1..K``, the loss is
+
+.. math::
+
+    L = \\sum_{k=0}^{K} w_k \\big[ \\lambda_{im} L_{im}(u^{(k)}) + \\lambda_J L_J(u^{(k)})
+        + \\lambda_T L_T(u^{(k)}) \\big] + \\lambda_{halt} L_{halt}
+
+* imitation ``L_im = mean(((u - u*) / s_u)^2)``, ``s_u`` the control half-range;
+* cost ``L_J = mean(J(u) / max(J*, c) - 1)`` with ``J(u)`` the :mod:`trc.cost` cost of the
+  rollout of ``u`` through the differentiable plant (same cost, same ``dt`` as ``J*``) and
+  ``c`` a floor (``cost_floor`` times the median ``J*`` of the training set);
+* terminal ``L_T = mean(||(x_N - x*) / s_x||^2)``, ``x_N`` the end of that rollout;
+* halting: :func:`trc.models.halting_loss` (binary cross-entropy against "the next cycle does
+  not pay").
+
+The weights ``w_k`` of the ``K + 1`` outputs (initial decode and ``K`` refinement cycles;
+deep supervision, TRM arXiv:2510.04871 Sec. 2.4) come from
+:func:`trc.training.config.cycle_weights`. The rollouts are the ones the model made for its
+trajectory-error feedback when they carry the gradient; otherwise all supervised outputs are
+rolled out in one batched call of shape ``(K' * B, N, m)``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from dynamics.errors import ConfigError, DimensionError
+
+from .config import LossConfig, cycle_weights
+
+__all__ = ["imitation_loss", "cost_ratio_loss", "terminal_loss", "control_scale", "state_scale", "TRCLoss"]
+
+
+def imitation_loss(controls: torch.Tensor, optimal: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Mean squared control error in units of the control scale.
+
+    Parameters
+    ----------
+    controls, optimal : Tensor, shape ``(..., N, m)``
+    scale : Tensor, shape ``(m,)``
+        Positive control scale ``s_u`` (control units).
+
+    Returns
+    -------
+    Tensor, shape ``controls.shape[:-2]``
+        ``mean_{k, j}(((u_kj - u*_kj) / s_j)^2)`` per sample.
+    """
+    if controls.shape[-2:] != optimal.shape[-2:]:
+        raise DimensionError(f"controls {tuple(controls.shape)} and optimal controls {tuple(optimal.shape)} differ")
+    return (((controls - optimal) / scale) ** 2).mean(dim=(-2, -1))
+
+
+def cost_ratio_loss(J: torch.Tensor, J_opt: torch.Tensor, floor: float) -> torch.Tensor:
+    """Relative excess cost ``J / max(J*, floor) - 1`` per sample (shape of ``J``)."""
+    return J / J_opt.clamp_min(floor) - 1.0
+
+
+def terminal_loss(x_N: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``||(x_N - x*) / s_x||^2`` per sample; ``x_N, target`` ``(..., n)``, ``scale`` ``(n,)``."""
+    return (((x_N - target) / scale) ** 2).sum(-1)
+
+
+def control_scale(plant, optimal_controls: torch.Tensor | None = None) -> torch.Tensor:
+    """Control scale ``s_u`` ``(m,)``: half the range ``(u_max - u_min) / 2`` where both bounds
+    are finite, else the standard deviation of the optimal controls (1 when those are missing)."""
+    half = (plant.u_max - plant.u_min).double() / 2
+    if optimal_controls is not None and optimal_controls.numel():
+        fallback = optimal_controls.reshape(-1, half.numel()).double().std(0, unbiased=False)
+    else:
+        fallback = torch.ones_like(half)
+    s = torch.where(torch.isfinite(half) & (half > 0), half, fallback)
+    return s.clamp_min(1e-6).float()
+
+
+def state_scale(states: torch.Tensor) -> torch.Tensor:
+    """State scale ``s_x`` ``(n,)``: the standard deviation of the optimal trajectories
+    ``(M, N + 1, n)`` of the training set, floored at ``1e-3`` of the largest one."""
+    s = states.reshape(-1, states.shape[-1]).double().std(0, unbiased=False)
+    return s.clamp_min(max(float(s.max()) * 1e-3, 1e-9)).float()
+
+
+def _field(output, name: str):
+    if isinstance(output, Mapping):
+        return output.get(name)
+    return getattr(output, name, None)
+
+
+class TRCLoss:
+    """The training objective of the module documentation, for one problem.
+
+    Parameters
+    ----------
+    problem : trc.problem.Problem
+    plant : dynamics.Plant
+        Differentiable plant used for the rollouts (the model's own plant).
+    config : LossConfig
+        Loss weights.
+    num_cycles : int
+        ``K``, the model's ``H_cycles``; the loss supervises its ``K + 1`` outputs.
+    u_scale : Tensor, shape ``(m,)``
+        Control scale, see :func:`control_scale`.
+    x_scale : Tensor, shape ``(n,)``
+        State scale, see :func:`state_scale`.
+    cost_floor : float
+        Absolute floor ``c`` of ``J*`` in the cost term.
+    halt_threshold : float
+        Threshold of the halting targets (``model.halt_threshold``).
+    reuse_rollouts : bool
+        Use the rollouts the model made for its feedback (``TRCOutput.all_states``) instead of
+        rolling the controls out again. Only valid when those rollouts carry the gradient with
+        respect to the controls (the model's ``detach_feedback`` is false).
+    """
+
+    def __init__(self, problem, plant, config: LossConfig, num_cycles: int, u_scale: torch.Tensor,
+                 x_scale: torch.Tensor, cost_floor: float, halt_threshold: float = 0.01,
+                 reuse_rollouts: bool = True):
+        self.problem, self.plant, self.config = problem, plant, config
+        self.num_cycles = num_cycles
+        self.weights = cycle_weights(config.cycle_weights, num_cycles)
+        self.u_scale, self.x_scale = u_scale, x_scale
+        self.cost_floor = float(cost_floor)
+        self.halt_threshold = float(halt_threshold)
+        self.reuse_rollouts = reuse_rollouts
+        self.needs_rollout = config.cost > 0 or config.terminal > 0
+
+    def __call__(self, output, x0: torch.Tensor, target: torch.Tensor, u_opt: torch.Tensor,
+                 J_opt: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of one forward pass ``model(x0, target, return_all_iterations=True)``.
+
+        Parameters
+        ----------
+        output : TRCOutput
+            With ``all_controls`` ``(K + 1, B, N, m)`` and, when the cost or terminal term is
+            used, optionally ``all_states`` ``(K + 1, B, N + 1, n)`` (rolled out again
+            otherwise); for the halting term ``halt_logits`` and ``all_costs``.
+        x0, target : Tensor, shape ``(B, n)``
+        u_opt : Tensor, shape ``(B, N, m)``
+        J_opt : Tensor, shape ``(B,)``
+
+        Returns
+        -------
+        loss : Tensor, scalar
+        parts : dict of str to float
+            The unweighted terms of the final output (``imitation``, ``cost_ratio``,
+            ``terminal``), ``halting`` when used, and the total ``loss``.
+
+        Raises
+        ------
+        DimensionError
+            If ``all_controls`` is missing or has the wrong shape.
+        ConfigError
+            If the halting weight is positive but the model has no halting head.
+        """
+        cfg = self.config
+        all_u = _field(output, "all_controls")
+        if all_u is None:
+            raise DimensionError("the model output has no all_controls; call it with return_all_iterations=True")
+        C = self.num_cycles + 1
+        if all_u.ndim != 4 or all_u.shape[0] != C or all_u.shape[1:] != u_opt.shape:
+            raise DimensionError(
+                f"all_controls has shape {tuple(all_u.shape)}; expected ({C}, {', '.join(map(str, u_opt.shape))})"
+            )
+        w = torch.tensor(self.weights, dtype=all_u.dtype, device=all_u.device)
+        active = [k for k, wk in enumerate(self.weights) if wk > 0]
+        B = x0.shape[0]
+        parts: dict[str, torch.Tensor] = {}
+        total = all_u.new_zeros(())
+
+        im = imitation_loss(all_u, u_opt.unsqueeze(0), self.u_scale).mean(1)  # (C,)
+        parts["imitation"] = im[-1]
+        if cfg.imitation > 0:
+            total = total + cfg.imitation * (w * im).sum()
+
+        if self.needs_rollout:
+            states = _field(output, "all_states")
+            idx = torch.tensor(active, device=all_u.device)
+            u_act = all_u[idx]  # (A, B, N, m): only the supervised outputs
+            A = len(active)
+            if self.reuse_rollouts and states is not None and states.shape[:2] == (C, B):
+                x_act = states[idx].flatten(0, 1)
+            else:
+                x_act = self.plant.rollout(x0.repeat(A, 1), u_act.flatten(0, 1))
+            tgt = target.repeat(A, 1)
+            J = self.problem.cost_of(x_act, u_act.flatten(0, 1), tgt).reshape(A, B)
+            ratio = cost_ratio_loss(J, J_opt.unsqueeze(0), self.cost_floor).mean(1)
+            term = terminal_loss(x_act[:, -1], tgt, self.x_scale).reshape(A, B).mean(1)
+            parts["cost_ratio"], parts["terminal"] = ratio[-1], term[-1]
+            w_act = w[idx]
+            if cfg.cost > 0:
+                total = total + cfg.cost * (w_act * ratio).sum()
+            if cfg.terminal > 0:
+                total = total + cfg.terminal * (w_act * term).sum()
+
+        if cfg.halting > 0:
+            logits, costs = _field(output, "halt_logits"), _field(output, "all_costs")
+            if logits is None or costs is None:
+                raise ConfigError(
+                    "training.loss.halting > 0 needs a model with a halting head (model.act: true) and a "
+                    "plant; the model output has no halt_logits or all_costs"
+                )
+            from ..models.halting import halting_loss
+
+            h = halting_loss(logits, costs, self.halt_threshold)
+            parts["halting"] = h
+            total = total + cfg.halting * h
+
+        parts["loss"] = total
+        return total, {k: float(v.detach()) for k, v in parts.items()}
