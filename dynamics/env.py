@@ -10,7 +10,10 @@ Gymnasium id ``trc/<Name>-v0`` (``trc/Pendulum-v0``, ``trc/CartPole-v0``,
     env = gym.make("trc/Pendulum-v0", horizon=100)
     obs, info = env.reset(seed=0)
 
-or build one directly with :func:`make_env` or :meth:`PlantEnv.from_problem`.
+or build one directly with :func:`make_env` or :meth:`PlantEnv.from_problem`. For many
+parallel episodes, ``gym.make_vec("trc/Pendulum-v0", num_envs=64)`` (or
+:func:`make_vector_env`) gives a :class:`PlantVectorEnv` that moves all of them with one
+batched plant step.
 
 Design
 ------
@@ -53,7 +56,7 @@ from .errors import ConfigError, DimensionError, NonFiniteError, TRCError
 from .plant import Plant
 from .registry import get, make, names
 
-__all__ = ["PlantEnv", "make_env", "register_envs", "env_id", "DEFAULT_TASKS"]
+__all__ = ["PlantEnv", "PlantVectorEnv", "make_env", "make_vector_env", "register_envs", "env_id", "DEFAULT_TASKS"]
 
 #: Default task of each plant for :func:`make_env`: constructor arguments of the plant
 #: (``"plant"``) and of :class:`PlantEnv`. A plant class may instead define a class attribute
@@ -313,13 +316,7 @@ class PlantEnv(gymnasium.Env):
         **overrides
             Keyword arguments of :class:`PlantEnv` that replace the problem's values.
         """
-        Q, R, Qf = problem.weights
-        kwargs = dict(
-            Q=Q, R=R, Qf=Qf, horizon=problem.horizon, initial_state=problem.initial_state,
-            target_state=problem.target_state, tolerance=problem.tolerance, cost=problem.cost,
-        )
-        kwargs.update(overrides)
-        return cls(problem.make_plant(torch.float64), **kwargs)
+        return cls(problem.make_plant(torch.float64), **{**_problem_kwargs(problem), **overrides})
 
     # ------------------------------------------------------------------ gymnasium API
     @property
@@ -339,33 +336,36 @@ class PlantEnv(gymnasium.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start an episode: draw ``x0`` and ``x*`` (or take ``options["x0"]``/``["target"]``).
 
+        Parameters
+        ----------
+        seed : int, optional
+            Seeds ``self.np_random`` (Gymnasium convention).
+        options : dict, optional
+            ``"x0"`` and/or ``"target"``: array_like ``(state_dim,)`` inside the state bounds,
+            used instead of a sample.
+
         Returns
         -------
         observation : ndarray, float32, shape ``(2 * state_dim,)``
         info : dict
             ``state``, ``target`` (float64 copies), ``is_success``, ``out_of_bounds``.
+
+        Raises
+        ------
+        ConfigError
+            On an unknown option or a state outside the state bounds.
+        DimensionError, NonFiniteError
+            On a malformed option.
         """
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = sorted(set(options) - {"x0", "target"})
-        if unknown:
-            raise ConfigError(f"unknown reset option(s) {unknown}; allowed: ['target', 'x0']")
-        n = self.plant.state_dim
-        if options.get("x0") is not None:
-            x0 = _vector(options["x0"], n, "options['x0']")
-            if (x0 < self.x_min).any() or (x0 > self.x_max).any():
-                raise ConfigError(f"options['x0'] {x0.tolist()} leaves the state bounds")
-        else:
+        x0, target = self._parse_options(options)
+        if x0 is None:
             x0 = self.np_random.uniform(self.initial_low, self.initial_high)
-        if options.get("target") is not None:
-            target = _vector(options["target"], n, "options['target']")
-            if (target < self.x_min).any() or (target > self.x_max).any():
-                raise ConfigError(f"options['target'] {target.tolist()} leaves the state bounds")
-        else:
+        if target is None:
             target = self.np_random.uniform(self.target_low, self.target_high)
         self._x, self._target, self._k = x0.astype(np.float64), target.astype(np.float64), 0
-        obs, info = self._observe(self._x)
-        return obs, info
+        obs, info = self._observe(self._x[None], self._target[None])
+        return obs[0], _unbatch(info)
 
     def step(self, action):
         """Hold ``action`` for ``dt`` seconds; see the module docstring for the reward.
@@ -390,43 +390,249 @@ class PlantEnv(gymnasium.Env):
         if self._x is None:
             raise gymnasium.error.ResetNeeded("call reset() before step()")
         u = _vector(action, self.plant.control_dim, "action")
-        u = np.clip(u, self.u_min, self.u_max)
-        x = self._x
-        err = x - self._target
-        if self.cost == "quadratic":
-            stage = self.dt * float(err @ self.Q @ err + u @ self.R @ u)
-        else:
-            stage = 0.0
-        with torch.no_grad():
-            x_next = self.plant.step(torch.as_tensor(x).unsqueeze(0), torch.as_tensor(u).unsqueeze(0))[0].numpy()
-        if self.cost == "fuel":
-            stage = float(x[-1] - x_next[-1])
-        self._x = x_next.copy()
         self._k += 1
-        obs, info = self._observe(self._x)
-        terminated = info["out_of_bounds"] or (self.terminate_at_target and info["is_success"])
-        truncated = not terminated and self._k >= self.horizon
-        terminal = 0.0
-        if (terminated or truncated) and self.cost == "quadratic" and np.isfinite(x_next).all():
-            e = x_next - self._target
-            terminal = float(e @ self.Qf @ e)
+        x_next, obs, reward, terminated, truncated, info = self._transition(
+            self._x[None], self._target[None], u[None], np.array([self._k])
+        )
+        self._x = x_next[0]
+        return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), _unbatch(info)
+
+    # ------------------------------------------------------------------ batched core
+    def _parse_options(self, options, batch: int | None = None):
+        """``options["x0"]`` and ``options["target"]`` validated, or ``None`` where absent."""
+        options = dict(options or {})
+        unknown = sorted(set(options) - {"x0", "target"})
+        if unknown:
+            raise ConfigError(f"unknown reset option(s) {unknown}; allowed: ['target', 'x0']")
+        n = self.plant.state_dim
+        out = []
+        for key in ("x0", "target"):
+            value = options.get(key)
+            if value is not None:
+                if batch is not None and np.ndim(value) == 2:
+                    value = np.stack([_vector(v, n, f"options[{key!r}][{i}]") for i, v in enumerate(value)])
+                    if value.shape[0] != batch:
+                        raise DimensionError(f"options[{key!r}] has {value.shape[0]} rows; expected {batch}")
+                else:
+                    value = _vector(value, n, f"options[{key!r}]")
+                if (value < self.x_min).any() or (value > self.x_max).any():
+                    raise ConfigError(
+                        f"options[{key!r}] {value.tolist()} leaves the state bounds "
+                        f"[{self.x_min.tolist()}, {self.x_max.tolist()}]"
+                    )
+            out.append(value)
+        return out
+
+    def _observe(self, x: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Observations ``(B, 2n)`` and info arrays of states ``x`` and targets ``(B, n)``."""
+        finite = np.isfinite(x).all(axis=1)
+        out = ~finite | (x < self.x_min).any(axis=1) | (x > self.x_max).any(axis=1)
+        with np.errstate(invalid="ignore"):
+            reached = finite & (np.linalg.norm(x - target, axis=1) < self.tolerance)
+        obs = np.concatenate([np.nan_to_num(x), target], axis=1).astype(np.float32)
+        obs = np.clip(obs, self.observation_space.low, self.observation_space.high)
+        info = {"state": x.copy(), "target": target.copy(), "is_success": reached, "out_of_bounds": out}
+        return obs, info
+
+    def _transition(self, x, target, u, k):
+        """One step of ``B`` episodes: states ``x``, targets ``(B, n)``, controls ``(B, m)``,
+        step counts after the step ``k`` ``(B,)``. Returns the next states and the
+        Gymnasium ``(obs, reward, terminated, truncated, info)`` as arrays over ``B``."""
+        u = np.clip(u, self.u_min, self.u_max)
+        err = x - target
+        with torch.no_grad():
+            x_next = self.plant.step(torch.as_tensor(x), torch.as_tensor(u)).numpy()
+        if self.cost == "quadratic":
+            stage = self.dt * (np.einsum("bi,ij,bj->b", err, self.Q, err) + np.einsum("bi,ij,bj->b", u, self.R, u))
+        else:  # propellant burnt: the mass (last state) lost in the step
+            stage = x[:, -1] - x_next[:, -1]
+        obs, info = self._observe(x_next, target)
+        terminated = info["out_of_bounds"] | (self.terminate_at_target & info["is_success"])
+        truncated = ~terminated & (k >= self.horizon)
+        terminal = np.zeros(len(x))
+        if self.cost == "quadratic":
+            done = (terminated | truncated) & np.isfinite(x_next).all(axis=1)
+            e = np.where(done[:, None], x_next - target, 0.0)
+            terminal = np.einsum("bi,ij,bj->b", e, self.Qf, e)
         info["stage_cost"] = stage
         info["terminal_cost"] = terminal
-        return obs, -(stage + terminal), bool(terminated), bool(truncated), info
+        return x_next, obs, -(stage + terminal), terminated, truncated, info
 
-    def _observe(self, x: np.ndarray) -> tuple[np.ndarray, dict]:
-        finite = bool(np.isfinite(x).all())
-        out = not finite or bool((x < self.x_min).any() or (x > self.x_max).any())
-        reached = finite and float(np.linalg.norm(x - self._target)) < self.tolerance
-        obs = np.concatenate([np.nan_to_num(x), self._target]).astype(np.float32)
-        obs = np.clip(obs, self.observation_space.low, self.observation_space.high)
-        info = {
-            "state": x.copy(),
-            "target": self._target.copy(),
-            "is_success": bool(reached),
-            "out_of_bounds": out,
-        }
-        return obs, info
+
+def _problem_kwargs(problem) -> dict:
+    """The :class:`PlantEnv` arguments of a :class:`trc.problem.Problem` (duck-typed)."""
+    Q, R, Qf = problem.weights
+    return dict(
+        Q=Q, R=R, Qf=Qf, horizon=problem.horizon, initial_state=problem.initial_state,
+        target_state=problem.target_state, tolerance=problem.tolerance, cost=problem.cost,
+    )
+
+
+def _unbatch(info: dict) -> dict:
+    """The info of a batch of one as plain Python values and ``(n,)`` arrays."""
+    return {key: value[0].copy() if np.ndim(value) == 2 else value[0].item() for key, value in info.items()}
+
+
+class PlantVectorEnv(gymnasium.vector.VectorEnv):
+    """``num_envs`` copies of :class:`PlantEnv` simulated as one batch of the plant.
+
+    Equivalent to ``gymnasium.vector.SyncVectorEnv([lambda: PlantEnv(...)] * num_envs)`` step
+    for step (same seeds ``seed + i``, same next-step autoreset, same infos with their
+    ``"_key"`` masks), but one :meth:`dynamics.Plant.step` call moves all copies.
+
+    Parameters
+    ----------
+    plant : Plant or str
+        As for :class:`PlantEnv`.
+    num_envs : int
+        Number of parallel episodes ``B`` >= 1.
+    **kwargs
+        Task and plant arguments of :class:`PlantEnv`.
+
+    Notes
+    -----
+    ``metadata["autoreset_mode"]`` is ``NEXT_STEP``: the step after an episode ends resets
+    that copy (its action is ignored, its reward is 0). ``reset(options={"x0": ...,
+    "target": ...})`` takes ``(state_dim,)`` (same for every copy) or ``(num_envs,
+    state_dim)`` arrays.
+
+    Examples
+    --------
+    >>> import gymnasium as gym, dynamics
+    >>> envs = gym.make_vec("trc/Pendulum-v0", num_envs=16)
+    >>> obs, info = envs.reset(seed=0)
+    >>> obs.shape
+    (16, 4)
+    """
+
+    metadata = {"autoreset_mode": gymnasium.vector.AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def __init__(self, plant: Plant | str, num_envs: int = 1, **kwargs):
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ConfigError(f"num_envs must be a positive integer, got {num_envs!r}")
+        self.env = PlantEnv(plant, **kwargs)
+        self.num_envs = int(num_envs)
+        self.render_mode = self.env.render_mode
+        self.single_observation_space = self.env.observation_space
+        self.single_action_space = self.env.action_space
+        self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = gymnasium.vector.utils.batch_space(self.single_action_space, self.num_envs)
+        self._rngs: list[np.random.Generator] | None = None
+        self._x: np.ndarray | None = None
+        self._target: np.ndarray | None = None
+        self._k = np.zeros(self.num_envs, dtype=np.int64)
+        self._autoreset = np.zeros(self.num_envs, dtype=bool)
+
+    @classmethod
+    def from_problem(cls, problem, num_envs: int = 1, **overrides) -> "PlantVectorEnv":
+        """``num_envs`` copies of :meth:`PlantEnv.from_problem` ``(problem, **overrides)``."""
+        return cls(problem.make_plant(torch.float64), num_envs=num_envs, **{**_problem_kwargs(problem), **overrides})
+
+    @property
+    def plant(self) -> Plant:
+        """The float64 plant simulating all copies."""
+        return self.env.plant
+
+    def _sample(self, index: np.ndarray, x0=None, target=None) -> None:
+        """Draw new initial states and targets for the copies ``index`` (each from its own RNG)."""
+        env = self.env
+        for i in index:  # one generator per copy, as SyncVectorEnv: a short loop over resets only
+            self._x[i] = self._rngs[i].uniform(env.initial_low, env.initial_high) if x0 is None else x0[i]
+            self._target[i] = self._rngs[i].uniform(env.target_low, env.target_high) if target is None else target[i]
+        self._k[index] = 0
+
+    def reset(self, *, seed: int | list | None = None, options: dict[str, Any] | None = None):
+        """Reset every copy; ``seed`` is ``None``, an int (copy ``i`` gets ``seed + i``) or a list.
+
+        Returns
+        -------
+        observations : ndarray, float32, shape ``(num_envs, 2 * state_dim)``
+        infos : dict of arrays over the copies (with ``"_key"`` masks)
+        """
+        if seed is None:
+            seeds = [None] * self.num_envs
+        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise DimensionError(f"reset got {len(seeds)} seeds; expected num_envs={self.num_envs}")
+        if self._rngs is None:
+            self._rngs = [None] * self.num_envs
+        for i, s in enumerate(seeds):
+            if s is not None or self._rngs[i] is None:
+                self._rngs[i] = gymnasium.utils.seeding.np_random(s)[0]
+        x0, target = self.env._parse_options(options, batch=self.num_envs)
+        n = self.plant.state_dim
+        x0 = None if x0 is None else np.broadcast_to(x0, (self.num_envs, n))
+        target = None if target is None else np.broadcast_to(target, (self.num_envs, n))
+        self._x = np.zeros((self.num_envs, n))
+        self._target = np.zeros((self.num_envs, n))
+        self._sample(np.arange(self.num_envs), x0, target)
+        self._autoreset[:] = False
+        obs, info = self.env._observe(self._x, self._target)
+        return obs, _with_masks(info, np.ones(self.num_envs, dtype=bool))
+
+    def step(self, actions):
+        """Step every copy; copies whose episode ended at the previous step are reset instead.
+
+        Parameters
+        ----------
+        actions : array_like, shape ``(num_envs, control_dim)``
+
+        Returns
+        -------
+        observations, rewards, terminations, truncations, infos
+            Arrays over the copies; ``infos`` as in :meth:`PlantEnv.step` with ``"_key"``
+            masks (``stage_cost``/``terminal_cost`` are absent for copies being reset).
+
+        Raises
+        ------
+        gymnasium.error.ResetNeeded
+            If called before :meth:`reset`.
+        DimensionError, NonFiniteError
+            On malformed or non-finite actions.
+        """
+        if self._x is None:
+            raise gymnasium.error.ResetNeeded("call reset() before step()")
+        m = self.plant.control_dim
+        u = np.asarray(actions, dtype=np.float64)
+        if u.shape != (self.num_envs, m):
+            raise DimensionError(f"actions have shape {u.shape}; expected (num_envs, control_dim) = ({self.num_envs}, {m})")
+        if not np.isfinite(u).all():
+            raise NonFiniteError("actions contain NaN or infinity")
+        resets = np.flatnonzero(self._autoreset)
+        self._sample(resets)
+        self._k += 1
+        x_next, obs, reward, terminated, truncated, info = self.env._transition(self._x, self._target, u, self._k)
+        # copies being reset report their new initial state, as PlantEnv.reset does
+        x_next[resets] = self._x[resets]
+        self._k[resets] = 0
+        obs_reset, info_reset = self.env._observe(self._x[resets], self._target[resets])
+        obs[resets] = obs_reset
+        for key, value in info_reset.items():
+            info[key][resets] = value
+        reward[resets] = 0.0
+        terminated[resets] = False
+        truncated[resets] = False
+        stepped = np.ones(self.num_envs, dtype=bool)
+        stepped[resets] = False
+        info["stage_cost"][resets] = 0.0
+        info["terminal_cost"][resets] = 0.0
+        self._x = x_next
+        self._autoreset = terminated | truncated
+        masks = {"stage_cost": stepped, "terminal_cost": stepped}
+        return obs, reward, terminated, truncated, _with_masks(info, np.ones(self.num_envs, dtype=bool), masks)
+
+
+def _with_masks(info: dict, default: np.ndarray, masks: dict | None = None) -> dict:
+    """Gymnasium vector infos: every ``key`` with a boolean ``"_key"`` mask over the copies."""
+    out = {}
+    for key, value in info.items():
+        mask = (masks or {}).get(key, default)
+        if mask.any():  # a key no copy reports is absent, as in SyncVectorEnv
+            out[key], out[f"_{key}"] = value, mask.copy()
+    return out
 
 
 # ---------------------------------------------------------------------- factories
@@ -468,13 +674,28 @@ def make_env(name: str, **kwargs) -> PlantEnv:
     >>> obs.shape
     (4,)
     """
+    plant, env_kwargs = _split(name, kwargs)
+    return PlantEnv(plant, **env_kwargs)
+
+
+def make_vector_env(name: str, num_envs: int = 1, **kwargs) -> PlantVectorEnv:
+    """``num_envs`` batched copies of :func:`make_env` ``(name, **kwargs)``; see :class:`PlantVectorEnv`.
+
+    Also the ``vector_entry_point`` of the registered ids, so
+    ``gymnasium.make_vec("trc/Pendulum-v0", num_envs=64)`` returns one.
+    """
+    plant, env_kwargs = _split(name, kwargs)
+    return PlantVectorEnv(plant, num_envs=num_envs, **env_kwargs)
+
+
+def _split(name: str, kwargs: dict) -> tuple[Plant, dict]:
+    """The plant of ``name``'s default task updated by ``kwargs``, and the environment arguments."""
     task = _task(name)
     plant_kwargs = task.pop("plant", {})
     env_kwargs = task
     for key, value in kwargs.items():
         (env_kwargs if key in _ENV_KEYS else plant_kwargs)[key] = value
-    plant = make(name, **plant_kwargs)
-    return PlantEnv(plant, **env_kwargs)
+    return make(name, **plant_kwargs), env_kwargs
 
 
 def _has_env(name: str) -> bool:
@@ -506,7 +727,12 @@ def register_envs() -> list[str]:
         if gym_id not in gymnasium.registry:
             if not _has_env(name):
                 continue
-            gymnasium.register(id=gym_id, entry_point="dynamics.env:make_env", kwargs={"name": name})
+            gymnasium.register(
+                id=gym_id,
+                entry_point="dynamics.env:make_env",
+                vector_entry_point="dynamics.env:make_vector_env",
+                kwargs={"name": name},
+            )
         ids.append(gym_id)
     return ids
 

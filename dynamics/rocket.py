@@ -16,10 +16,11 @@ References
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, NonFiniteError
 from .plant import Plant
 from .registry import register
 
@@ -86,6 +87,8 @@ class Rocket(Plant):
 
     Raises
     ------
+    NonFiniteError
+        If a physical parameter is not a finite number.
     ConfigError
         If a physical parameter is out of range (non-positive mass, ``m_dry >= m_wet``,
         throttle limits outside ``[0, 1]`` or reversed, ...).
@@ -115,6 +118,11 @@ class Rocket(Plant):
         eps: float = 1e-6,
         **kwargs,
     ):
+        values = dict(g=g, isp=isp, m_dry=m_dry, m_wet=m_wet, thrust_max=thrust_max, n_engines=n_engines,
+                      cant_angle=cant_angle, throttle_min=throttle_min, throttle_max=throttle_max, eps=eps)
+        for key, value in values.items():
+            if not (isinstance(value, numbers.Real) and math.isfinite(value)):
+                raise NonFiniteError(f"rocket: parameter {key!r} must be a finite number, got {value!r}")
         checks = (
             (g > 0, f"g must be positive (m/s^2), got {g!r}"),
             (isp > 0, f"isp must be positive (s), got {isp!r}"),
@@ -137,10 +145,7 @@ class Rocket(Plant):
         kwargs.setdefault("x_min", [-math.inf] * 6 + [m_dry])
         kwargs.setdefault("x_max", [math.inf] * 6 + [m_wet])
         super().__init__(**kwargs)
-        self.set_params(
-            g=g, isp=isp, m_dry=m_dry, m_wet=m_wet, thrust_max=thrust_max, n_engines=n_engines,
-            cant_angle=cant_angle, throttle_min=throttle_min, throttle_max=throttle_max, eps=eps,
-        )
+        self.set_params(**values)
 
     # ------------------------------------------------------------------ derived constants
     @property

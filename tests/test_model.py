@@ -254,11 +254,15 @@ def test_parameters_train(di_problem):
 
 # ---------------------------------------------------------------------------- halting
 class _HaltEven(nn.Module):
-    """Halting stub: even samples halt at once, odd ones never."""
+    """Halting stub: even samples (all samples if ``everyone``) halt at once, odd ones never."""
+
+    def __init__(self, everyone=False):
+        super().__init__()
+        self.everyone = everyone
 
     def forward(self, z_H, feedback=None):
         idx = torch.arange(z_H.shape[0])
-        return torch.where(idx % 2 == 0, 1.0, -1.0).to(z_H)
+        return torch.where((idx % 2 == 0) | self.everyone, 1.0, -1.0).to(z_H)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -275,9 +279,10 @@ def test_act_halts_per_sample_at_inference(di_problem, mode):
     torch.testing.assert_close(out.controls[1::2], full.controls[1::2])
     torch.testing.assert_close(out.all_costs[-1], model.cost(out.all_states[-1], out.controls, xt))
     # all halted -> the loop stops at once
+    model.halting = _HaltEven(everyone=True)
     with torch.no_grad():
-        out = model(x0[0::2], xt[0::2], return_all_iterations=True)
-    assert out.all_controls.shape[0] == 1 and out.cycles.tolist() == [0, 0, 0]
+        out = model(x0, xt, return_all_iterations=True)
+    assert out.all_controls.shape[0] == 1 and out.cycles.tolist() == [0] * 5
     # in training mode ACT never stops early (deep supervision sees every cycle)
     model.train()
     out = model(x0, xt, return_all_iterations=True)

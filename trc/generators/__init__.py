@@ -1,5 +1,6 @@
 """Generators of optimal trajectories: solvers, checks, HDF5 storage."""
 
 from .base import Solution, Solver, make_solver, register_solver, solver_names
+from . import checks, lqr, qp, rocket  # noqa: E402,F401  (solvers register on import)
 
 __all__ = ["Solution", "Solver", "make_solver", "register_solver", "solver_names"]

@@ -91,7 +91,7 @@ __all__ = ["NonlinearSolver"]
 
 logger = logging.getLogger("trc.generators")
 
-_STATS = {"osqp": 0, "clarabel": 0, "admm_iter": 0, "why": []}
+_DEBUG = False
 _INITIAL_GUESSES = ("interpolate", "neighbour")
 _HESSIANS = ("exact", "gauss-newton")
 
@@ -148,11 +148,12 @@ def _project_psd(H: torch.Tensor, delta: float) -> torch.Tensor:
 class _QPLayout:
     """Sparsity pattern and index maps of the multiple-shooting QP of one instance.
 
-    The unknown ``w`` is ordered by stage, ``[u_0 | x_1 u_1 | x_2 u_2 | ... | x_{N-1} u_{N-1} | x_N]``,
-    so the Hessian is block diagonal with one ``(n + m)`` block per stage. Constraint rows are
-    the ``N n`` dynamics rows followed by one identity row per bounded entry of ``w``.
-    Matrix values are produced in batches as "source" vectors and scattered into the CSC data
-    arrays of OSQP through fixed permutations (``P_src``, ``A_src``).
+    The unknown ``w`` is ordered by stage, ``[u_0 | x_1 u_1 | ... | x_{N-1} u_{N-1} | x_N]``, so
+    the Hessian is block diagonal with one ``(n + m)`` block per stage. The constraints are in
+    Clarabel's conic form ``A w + s = b``: ``N n`` dynamics rows (zero cone), then one row
+    ``w_i + s = hi_i - z_i`` per finite upper bound and one row ``-w_i + s = z_i - lo_i`` per
+    finite lower bound (non-negative cone). Matrix values are produced in batches as "source"
+    vectors and gathered into CSC data arrays through fixed index maps (``P_src``, ``A_src``).
     """
 
     def __init__(self, N: int, n: int, m: int, x_lo, x_hi, u_lo, u_hi):
@@ -164,29 +165,34 @@ class _QPLayout:
         self.u_off = np.array([0] + [m + (k - 1) * s + n for k in range(1, N)])
         self.x_idx = self.x_off[:, None] + np.arange(n)  # (N, n): x_1..x_N
         self.u_idx = self.u_off[:, None] + np.arange(m)  # (N, m): u_0..u_{N-1}
+        self.stage_idx = np.concatenate([self.x_idx[:-1], self.u_idx[1:]], axis=1)  # (N-1, s): x_k, u_k
 
         # ---- Hessian (upper triangle), sources: [H0_uu (m*m) | H_1..H_{N-1} ((N-1) s*s) | Hf (n*n)]
         rows, cols, src = [], [], []
         iu, ju = np.triu_indices(m)
         rows.append(self.u_idx[0][iu]); cols.append(self.u_idx[0][ju]); src.append(iu * m + ju)
         base = m * m
-        stage_idx = np.concatenate([self.x_idx[:-1], self.u_idx[1:]], axis=1)  # (N-1, s): x_k, u_k
         iz, jz = np.triu_indices(s)
         for k in range(N - 1):
-            rows.append(stage_idx[k][iz]); cols.append(stage_idx[k][jz]); src.append(base + k * s * s + iz * s + jz)
+            rows.append(self.stage_idx[k][iz]); cols.append(self.stage_idx[k][jz])
+            src.append(base + k * s * s + iz * s + jz)
         base += (N - 1) * s * s
         ix, jx = np.triu_indices(n)
         rows.append(self.x_idx[-1][ix]); cols.append(self.x_idx[-1][jx]); src.append(base + ix * n + jx)
-        self.P_nsrc = base + n * n
-        self.P, self.P_src = self._csc(np.concatenate(rows), np.concatenate(cols), np.concatenate(src), self.nw)
+        self.P_indices, self.P_indptr, self.P_src = _csc_pattern(
+            np.concatenate(rows), np.concatenate(cols), np.concatenate(src), self.nw)
 
-        # ---- constraints, sources: [ones (N n) | -A_1..-A_{N-1} | -B_0..-B_{N-1} | ones (bounds)]
+        # ---- constraints, sources: [ones (N n) | -A_1..-A_{N-1} | -B_0..-B_{N-1} | +1 (upper) | -1 (lower)]
         lo = np.full(self.nw, -np.inf)
         hi = np.full(self.nw, np.inf)
         lo[self.x_idx] = x_lo; hi[self.x_idx] = x_hi
         lo[self.u_idx] = u_lo; hi[self.u_idx] = u_hi
-        self.bounded = np.flatnonzero(np.isfinite(lo) | np.isfinite(hi))
         self.w_lo, self.w_hi = lo, hi
+        self.upper = np.flatnonzero(np.isfinite(hi))
+        self.lower = np.flatnonzero(np.isfinite(lo))
+        self.n_eq = N * n
+        self.n_ineq = self.upper.size + self.lower.size
+        self.n_con = self.n_eq + self.n_ineq
         rows, cols, src = [], [], []
         dyn_rows = np.arange(N * n).reshape(N, n)
         rows.append(dyn_rows.ravel()); cols.append(self.x_idx.ravel()); src.append(np.arange(N * n))
@@ -201,22 +207,12 @@ class _QPLayout:
             rows.append(dyn_rows[k][ib].ravel()); cols.append(self.u_idx[k][jb].ravel())
             src.append(base + k * n * m + (ib * m + jb).ravel())
         base += N * n * m
-        nb = self.bounded.size
-        rows.append(N * n + np.arange(nb)); cols.append(self.bounded); src.append(base + np.arange(nb))
-        self.A_nsrc = base + nb
-        self.n_con = N * n + nb
-        self.A, self.A_src = self._csc(np.concatenate(rows), np.concatenate(cols), np.concatenate(src), self.nw, self.n_con)
-
-    @staticmethod
-    def _csc(rows, cols, src, ncols, nrows=None):
-        nrows = ncols if nrows is None else nrows
-        order = np.lexsort((rows, cols))
-        rows, cols, src = rows[order], cols[order], src[order]
-        indptr = np.zeros(ncols + 1, dtype=np.int64)
-        np.add.at(indptr, cols + 1, 1)
-        indptr = np.cumsum(indptr)
-        mat = sp.csc_matrix((np.ones(rows.size), rows, indptr), shape=(nrows, ncols))
-        return mat, src
+        nu_, nl_ = self.upper.size, self.lower.size
+        rows.append(self.n_eq + np.arange(nu_)); cols.append(self.upper); src.append(base + np.arange(nu_))
+        rows.append(self.n_eq + nu_ + np.arange(nl_)); cols.append(self.lower); src.append(base + nu_ + np.arange(nl_))
+        self._A_fixed = np.concatenate([np.ones(nu_), -np.ones(nl_)])
+        self.A_indices, self.A_indptr, self.A_src = _csc_pattern(
+            np.concatenate(rows), np.concatenate(cols), np.concatenate(src), self.nw)
 
     # ---- batched value assembly (torch -> numpy)
     def hessian_values(self, H0_uu, H_stage, Hf) -> np.ndarray:
@@ -228,16 +224,17 @@ class _QPLayout:
     def constraint_values(self, A, Bu) -> np.ndarray:
         """CSC data of the constraint matrix: ``A (B, N, n, n)`` (``A[:, 0]`` unused), ``Bu (B, N, n, m)``."""
         Bsz = A.shape[0]
-        src = torch.cat(
-            [
-                torch.ones(Bsz, self.N * self.n, dtype=A.dtype, device=A.device),
-                -A[:, 1:].reshape(Bsz, -1),
-                -Bu.reshape(Bsz, -1),
-                torch.ones(Bsz, self.bounded.size, dtype=A.dtype, device=A.device),
-            ],
-            dim=1,
+        dyn = torch.cat([-A[:, 1:].reshape(Bsz, -1), -Bu.reshape(Bsz, -1)], dim=1).cpu().numpy()
+        src = np.concatenate(
+            [np.ones((Bsz, self.N * self.n)), dyn, np.broadcast_to(self._A_fixed, (Bsz, self._A_fixed.size))], axis=1
         )
-        return src.cpu().numpy()[:, self.A_src]
+        return src[:, self.A_src]
+
+    def rhs(self, defect: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """``b (B, n_con)``: ``F(x_k, u_k) - x_{k+1}``, ``hi - w``, ``w - lo``."""
+        return np.concatenate(
+            [defect, self.w_hi[self.upper] - w[:, self.upper], w[:, self.lower] - self.w_lo[self.lower]], axis=1
+        )
 
     def pack(self, X: np.ndarray, U: np.ndarray) -> np.ndarray:
         """``w`` ``(B, nw)`` from states ``(B, N, n)`` (``x_1..x_N``) and controls ``(B, N, m)``."""
@@ -250,63 +247,50 @@ class _QPLayout:
         """Inverse of :meth:`pack`."""
         return w[:, self.x_idx], w[:, self.u_idx]
 
+    def solve(self, Px, q, Ax, b, tol: float):
+        """Solve a batch of QPs as ONE block-diagonal problem with Clarabel.
 
-class _QP:
-    """One instance's QP: an OSQP object set up once and updated in place, Clarabel as fallback."""
-
-    def __init__(self, layout: _QPLayout, Px, q, Ax, l, u, eps: float, max_iter: int):
-        import osqp
-
-        self.layout = layout
-        self.eps = eps
-        self.solver = osqp.OSQP()
-        P = layout.P.copy(); P.data = Px
-        A = layout.A.copy(); A.data = Ax
-        self.solver.setup(
-            P, q, A, l, u, verbose=False, eps_abs=eps, eps_rel=eps, polishing=True,
-            polish_refine_iter=5, max_iter=max_iter, warm_starting=True, eps_prim_inf=1e-12, eps_dual_inf=1e-12,
-        )
-        self.fresh = True
-
-    def solve(self, Px, q, Ax, l, u, warm):
-        if not self.fresh:
-            self.solver.update(Px=Px, Ax=Ax, q=q, l=l, u=u)
-        self.fresh = False
-        if warm is not None:
-            self.solver.warm_start(x=warm[0], y=warm[1])
-        res = self.solver.solve(raise_error=False)
-        if res.info.status_val in (1,) and res.info.status_polish == 1:  # solved and polished
-            _STATS["osqp"] += 1; _STATS["admm_iter"] += res.info.iter
-            return res.x, res.y, True, "osqp"
-        _STATS["clarabel"] += 1; _STATS["why"].append((res.info.status, res.info.status_polish))
-        return self._clarabel(Px, q, Ax, l, u)
-
-    def _clarabel(self, Px, q, Ax, l, u):
-        """Interior-point fallback (Clarabel) on the same QP."""
+        The instances are independent, so the stacked problem's KKT system is block diagonal
+        and the interior-point iterations cost the sum of the blocks, without a Python loop
+        over instances. Returns the steps ``(B, nw)``, the multipliers ``(B, n_con)`` (Clarabel's
+        ``z``: stationarity ``P d + q + A' z = 0``), and whether Clarabel solved the stack.
+        """
         import clarabel
 
-        L = self.layout
-        P = L.P.copy(); P.data = Px
-        A = L.A.copy(); A.data = Ax
-        eq = np.flatnonzero(l == u)
-        lo = np.flatnonzero((l != u) & np.isfinite(l))
-        hi = np.flatnonzero((l != u) & np.isfinite(u))
-        A = A.tocsr()
-        Ac = sp.vstack([A[eq], A[hi], -A[lo]]).tocsc()
-        b = np.concatenate([u[eq], u[hi], -l[lo]])
-        cones = [clarabel.ZeroConeT(eq.size), clarabel.NonnegativeConeT(hi.size + lo.size)]
+        B = Px.shape[0]
+        P = _block_diag_csc(Px, self.P_indices, self.P_indptr, self.nw, self.nw)
+        A = _block_diag_csc(Ax, self.A_indices, self.A_indptr, self.n_con, self.nw)
+        cones = []
+        for _ in range(B):
+            cones.append(clarabel.ZeroConeT(self.n_eq))
+            if self.n_ineq:
+                cones.append(clarabel.NonnegativeConeT(self.n_ineq))
         settings = clarabel.DefaultSettings()
         settings.verbose = False
-        settings.tol_gap_abs = settings.tol_gap_rel = settings.tol_feas = 1e-11
-        settings.tol_ktratio = 1e-9
-        sol = clarabel.DefaultSolver(P, q, Ac, b, cones, settings).solve()
-        ok = str(sol.status) in ("Solved", "AlmostSolved")
-        z = np.asarray(sol.z)
-        y = np.zeros(l.size)
-        y[eq] = z[: eq.size]
-        y[hi] += z[eq.size: eq.size + hi.size]
-        y[lo] -= z[eq.size + hi.size:]
-        return np.asarray(sol.x), y, ok, f"clarabel {sol.status}"
+        settings.tol_gap_abs = settings.tol_gap_rel = settings.tol_feas = tol
+        settings.tol_ktratio = 1e-8
+        settings.max_iter = 200
+        sol = clarabel.DefaultSolver(P, q.ravel(), A, b.ravel(), cones, settings).solve()
+        ok = str(sol.status) == "Solved"
+        if _DEBUG: print("clarabel", B, sol.iterations, "%.4f" % sol.solve_time, sol.status)
+        return np.asarray(sol.x).reshape(B, self.nw), np.asarray(sol.z).reshape(B, self.n_con), ok, str(sol.status)
+
+
+def _csc_pattern(rows, cols, src, ncols):
+    """CSC ``indices``, ``indptr`` and the source index of every stored entry (sorted by column, row)."""
+    order = np.lexsort((rows, cols))
+    indptr = np.zeros(ncols + 1, dtype=np.int64)
+    np.add.at(indptr, cols + 1, 1)
+    return rows[order].astype(np.int64), np.cumsum(indptr), src[order]
+
+
+def _block_diag_csc(data, indices, indptr, nrows, ncols):
+    """``B`` copies of one CSC pattern with values ``data (B, nnz)`` as a block-diagonal matrix."""
+    B, nnz = data.shape
+    off = np.arange(B)[:, None]
+    ind = (indices[None] + nrows * off).ravel()
+    ptr = np.concatenate([(indptr[:-1][None] + nnz * off).ravel(), [B * nnz]])
+    return sp.csc_matrix((data.ravel(), ind, ptr), shape=(B * nrows, B * ncols))
 
 
 # ============================================================================ solver
@@ -331,7 +315,7 @@ class NonlinearSolver(Solver):
         the cost Hessian only (cheaper iterations, linear convergence).
     initial_guess : {"interpolate", "neighbour"}
         See the module docstring.
-    qp_eps : float
+    qp_tol : float
         OSQP's absolute and relative tolerance (before polishing).
     batch_size : int
         Instances linearised together; larger batches amortise the torch overhead.
@@ -353,13 +337,13 @@ class NonlinearSolver(Solver):
         feas_tol: float = 1e-10,
         hessian: str = "exact",
         initial_guess: str = "interpolate",
-        qp_eps: float = 1e-9,
+        qp_tol: float = 1e-10,
         batch_size: int = 256,
         device=None,
     ):
         super().__init__(
             problem, max_iter=max_iter, kkt_tol=kkt_tol, feas_tol=feas_tol, hessian=hessian,
-            initial_guess=initial_guess, qp_eps=qp_eps, batch_size=batch_size, device=device,
+            initial_guess=initial_guess, qp_tol=qp_tol, batch_size=batch_size, device=device,
         )
         if problem.cost != "quadratic":
             raise ConfigError(f"solver 'nonlinear' needs cost 'quadratic', got {problem.cost!r}")
@@ -367,14 +351,14 @@ class NonlinearSolver(Solver):
             raise ConfigError(f"hessian must be one of {_HESSIANS}, got {hessian!r}")
         if initial_guess not in _INITIAL_GUESSES:
             raise ConfigError(f"initial_guess must be one of {_INITIAL_GUESSES}, got {initial_guess!r}")
-        for key, value in (("kkt_tol", kkt_tol), ("feas_tol", feas_tol), ("qp_eps", qp_eps)):
+        for key, value in (("kkt_tol", kkt_tol), ("feas_tol", feas_tol), ("qp_tol", qp_tol)):
             if not (isinstance(value, (int, float)) and 0 < value < 1):
                 raise ConfigError(f"{key} must be a number in (0, 1), got {value!r}")
         for key, value in (("max_iter", max_iter), ("batch_size", batch_size)):
             if not (isinstance(value, int) and value >= 1):
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
         self.max_iter, self.kkt_tol, self.feas_tol = max_iter, float(kkt_tol), float(feas_tol)
-        self.hessian, self.initial_guess, self.qp_eps = hessian, initial_guess, float(qp_eps)
+        self.hessian, self.initial_guess, self.qp_tol = hessian, initial_guess, float(qp_tol)
         self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.plant = problem.make_plant(torch.float64).to(self.device)
@@ -539,18 +523,12 @@ class NonlinearSolver(Solver):
             Ax = L.constraint_values(Jz[..., :n], Jz[..., n:])
             wa = L.pack(Xa[:, 1:].cpu().numpy(), Ua.cpu().numpy())
             q = L.pack(gx.cpu().numpy(), gu.cpu().numpy())
-            dyn = (-c).reshape(Ba, -1).cpu().numpy()
-            blo = L.w_lo[L.bounded] - wa[:, L.bounded]
-            bhi = L.w_hi[L.bounded] - wa[:, L.bounded]
-            lo = np.concatenate([dyn, blo], axis=1)
-            hi = np.concatenate([dyn, bhi], axis=1)
-
-            d = np.zeros((Ba, L.nw)); y = np.zeros((Ba, L.n_con)); qp_ok = np.ones(Ba, dtype=bool)
-            for j, b in enumerate(a):
-                if qps[b] is None:
-                    qps[b] = _QP(L, Px[j], q[j], Ax[j], lo[j], hi[j], self.qp_eps, 20000)
-                d[j], y[j], qp_ok[j], _ = qps[b].solve(Px[j], q[j], Ax[j], lo[j], hi[j], warm[b])
-                warm[b] = (d[j], y[j])
+            rhs = L.rhs((-c).reshape(Ba, -1).cpu().numpy(), wa)
+            d, y, stack_ok, _ = L.solve(Px, q, Ax, rhs, self.qp_tol)
+            qp_ok = np.full(Ba, stack_ok)
+            if not stack_ok:  # find the culprit(s): solve the instances one by one
+                for j in range(Ba):
+                    d[j], y[j], qp_ok[j], _ = L.solve(Px[j:j + 1], q[j:j + 1], Ax[j:j + 1], rhs[j:j + 1], self.qp_tol)
             iterations[a] += 1
             dt_ = torch.as_tensor(d, device=dev)
             yt = torch.as_tensor(y, device=dev)
@@ -592,10 +570,15 @@ class NonlinearSolver(Solver):
             )
             phi = phi.reshape(Ng, Na)
             accept = phi <= phi0[:, None] + 1e-4 * alphas[None] * slope[:, None]
+            # Near a solution the predicted decrease drops below the rounding error of the merit
+            # function itself; the full (Newton) step is then taken.
+            tiny = slope.abs() <= 1e3 * torch.finfo(f64).eps * (phi0.abs() + 1.0)
+            accept[:, 0] |= tiny
             # first accepted alpha; if none, take the smallest (progress is still a descent
             # direction of the merit in exact arithmetic; rounding may block it near a solution)
             first = torch.where(accept.any(1), accept.float().argmax(1), torch.full_like(accept[:, 0], Na - 1, dtype=torch.long))
             alpha = alphas[first]
+            if _DEBUG: print("it", it, "alpha", alpha.tolist()[:3], "stat", stat[go][:3], "defect", defect[go][:3], "J", J[g_][:3].tolist())
             X[at[g_], 1:] = Xg_[:, 1:] + alpha[:, None, None] * dX
             U[at[g_]] = Ug_ + alpha[:, None, None] * dU
             lam[at[g_]] = lama[g_] + alpha[:, None, None] * (lam_qp[g_] - lama[g_])

@@ -52,6 +52,7 @@ import numpy as np
 
 from dynamics.errors import ConfigError, DatasetError, SolverError, TRCError
 
+from .checks import failure_counts
 from .config import SPLIT_NAMES, GeneratorConfig
 from .storage import SCHEMA_VERSION, GeneratedDataset, read_attrs, write_dataset
 
@@ -317,7 +318,7 @@ def _summary(chunk: int, part: dict) -> dict:
         "chunk": chunk,
         "attempts": int(success.size),
         "successes": int(success.sum()),
-        "reasons": collections.Counter(part["status"][~success].tolist()),
+        "reasons": collections.Counter(failure_counts(part["status"], success)),
     }
 
 
@@ -359,27 +360,39 @@ class _Executor:
             _WORKER_CACHE[tag] = (problem, solver)
 
     def map(self, tasks: list[dict]):
+        """Yield the summaries of ``tasks`` in order of completion."""
         if self.workers == 1:
             with _single_threaded():
                 for task in tasks:
                     yield _run_chunk(task)
             return
-        if self.pool is None:
-            # spawn: workers start clean (no forked torch state); one BLAS/OpenMP thread each,
-            # read from the environment when the worker imports NumPy/torch.
-            ctx = multiprocessing.get_context("spawn")
-            one = "1"
-            with _environment(OMP_NUM_THREADS=one, MKL_NUM_THREADS=one, OPENBLAS_NUM_THREADS=one):
-                self.pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=(os.getpid(),))
-        yield from self.pool.imap_unordered(_run_chunk, tasks)
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        # spawn: workers start clean (no forked torch/OpenMP state); one BLAS/OpenMP thread
+        # each, read from the environment when a worker imports NumPy/torch. With spawn the
+        # executor starts its processes on submit, so all of them start inside this block.
+        with _environment(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"):
+            if self.pool is None:
+                self.pool = ProcessPoolExecutor(
+                    self.workers, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker, initargs=(os.getpid(),),
+                )
+            futures = [self.pool.submit(_run_chunk, task) for task in tasks]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BrokenProcessPool as exc:
+            raise SolverError(
+                "a generation worker process died (killed, out of memory, or a crash in the solver). "
+                "Finished chunks are kept; rerun to resume. When calling generate() from a script, "
+                "guard the call with `if __name__ == '__main__':` (workers are spawned and import "
+                f"the main module). Cause: {exc}"
+            ) from exc
 
     def close(self, ok: bool):
         if self.pool is not None:
-            if ok:
-                self.pool.close()
-            else:
-                self.pool.terminate()
-            self.pool.join()
+            self.pool.shutdown(wait=ok, cancel_futures=not ok)
         _WORKER_CACHE.clear()
 
 
@@ -397,7 +410,10 @@ class GenerationReport:
     num_failures : int
         Failed solves among the instances used (stored in the ``failures`` group).
     failure_reasons : dict of str to int
-        Failure count per solver status, most frequent first.
+        Failed instances per failure category (the part of the status before ``":"``, see
+        :mod:`trc.generators.checks`), most frequent first; an instance may count twice.
+    failure_examples : dict of str to str
+        One full status string per category.
     num_attempts : int
         Instances of the stream used: ``num_samples + num_failures``.
     elapsed : float
@@ -420,6 +436,7 @@ class GenerationReport:
     chunks_solved: int = 0
     chunks_resumed: int = 0
     up_to_date: bool = False
+    failure_examples: dict = None
     solver: str = ""
     problem: str = ""
 
@@ -431,10 +448,14 @@ class GenerationReport:
             f"problem      {self.problem} (solver {self.solver})",
             f"samples      {self.num_samples} stored",
             f"failures     {self.num_failures} of {self.num_attempts} instances "
-            f"({100 * self.num_failures / max(self.num_attempts, 1):.1f} %), stored in failures/",
+            f"({100 * self.num_failures / max(self.num_attempts, 1):.1f} %), kept apart in failures/"
+            + (", by reason:" if self.failure_reasons else ""),
         ]
+        examples = self.failure_examples or {}
         for reason, count in list(self.failure_reasons.items())[:10]:
-            lines.append(f"  {count:7d}  {reason}")
+            example = examples.get(reason, "")
+            example = f"   e.g. {example[:100]!r}" if example and example != reason else ""
+            lines.append(f"  {count:7d}  {reason}{example}")
         if len(self.failure_reasons) > 10:
             lines.append(f"  ... and {len(self.failure_reasons) - 10} more reasons")
         lines.append(
@@ -517,6 +538,7 @@ def generate(
             return GenerationReport(
                 path=path, num_samples=int(attrs["num_samples"]), num_failures=int(attrs.get("num_failures", 0)),
                 failure_reasons=dict(attrs.get("failure_reasons", {})), num_attempts=int(attrs.get("num_attempts", 0)),
+                failure_examples=dict(attrs.get("failure_examples", {})),
                 elapsed=time.perf_counter() - t_start, workers=0, up_to_date=True,
                 solver=config.solver, problem=problem.name,
             )
@@ -611,7 +633,8 @@ def generate(
     shutil.rmtree(folder, ignore_errors=True)
     return GenerationReport(
         path=path, num_samples=data.num_samples, num_failures=len(data.failures["status"]),
-        failure_reasons=info["failure_reasons"], num_attempts=int(info["num_attempts"]),
+        failure_reasons=info["failure_reasons"], failure_examples=info["failure_examples"],
+        num_attempts=int(info["num_attempts"]),
         elapsed=time.perf_counter() - t_start, workers=n_workers, chunks_solved=solved,
         chunks_resumed=resumed, solver=config.solver, problem=problem.name,
     )
@@ -634,7 +657,11 @@ def _assemble(problem, config: GeneratorConfig, folder: Path, tag: str, planned:
         key: cat[key][failed_rows]
         for key in ("initial_states", "target_states", "status", "iterations", "solve_time", "instance_index")
     }
-    reasons = collections.Counter(failures["status"].tolist())
+    reasons = collections.Counter(failure_counts(failures["status"], np.zeros(failed_rows.size, bool)))
+    examples = {}
+    for status in failures["status"].tolist():
+        for category in {part.split(":", 1)[0].strip() for part in status.split(";")}:
+            examples.setdefault(category, status)
     M = int(success_rows.size)
     return GeneratedDataset(
         problem=problem, solver=config.solver, solver_options=dict(config.options), seed=config.seed,
@@ -642,5 +669,9 @@ def _assemble(problem, config: GeneratorConfig, folder: Path, tag: str, planned:
         target_states=ok["target_states"], costs=ok["costs"], status=ok["status"],
         iterations=ok["iterations"], solve_time=ok["solve_time"], instance_index=ok["instance_index"],
         splits=split_indices(M, config.splits, config.seed), failures=failures,
-        attrs={"num_attempts": last + 1, "failure_reasons": dict(reasons.most_common())},
+        attrs={
+            "num_attempts": last + 1,
+            "failure_reasons": dict(reasons.most_common()),
+            "failure_examples": {k: examples[k] for k, _ in reasons.most_common()},
+        },
     )

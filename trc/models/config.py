@@ -57,6 +57,10 @@ class TRCConfig:
         Channels of the 1-D convolutions of the trajectory-error encoder.
     feedback_kernel : int
         Odd kernel size (in time steps) of those convolutions.
+    feedback_gain : bool
+        Add a learned linear iterative-learning-control correction ``L vec(e)`` of the whole
+        error trajectory to the controls' pre-activations every cycle
+        (:class:`~trc.models.feedback.FeedbackGain`); needs ``feedback``.
     detach_feedback : bool
         Do not back-propagate through the plant rollouts of the feedback path (cheaper
         training; the feedback still shapes the output).
@@ -90,6 +94,7 @@ class TRCConfig:
     feedback: bool = True
     feedback_channels: int = 32
     feedback_kernel: int = 3
+    feedback_gain: bool = True
     detach_feedback: bool = False
     gradient_last_cycle_only: bool = False
     act: bool = False
@@ -110,7 +115,7 @@ class TRCConfig:
         _check_int(self.feedback_kernel, "feedback_kernel")
         if self.feedback_kernel % 2 == 0:
             raise ConfigError(f"model.feedback_kernel must be odd, got {self.feedback_kernel}")
-        for name in ("feedback", "detach_feedback", "gradient_last_cycle_only", "act"):
+        for name in ("feedback", "feedback_gain", "detach_feedback", "gradient_last_cycle_only", "act"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
         if not _real(self.dropout) or not 0.0 <= self.dropout < 1.0:

@@ -15,7 +15,7 @@ from torch import nn
 
 from dynamics.errors import DimensionError
 
-__all__ = ["trajectory_error", "TrajectoryErrorEncoder"]
+__all__ = ["trajectory_error", "TrajectoryErrorEncoder", "FeedbackGain"]
 
 #: Normalised errors are passed through ``asinh``, linear near 0 and logarithmic far away, so a
 #: diverging rollout (an untrained model on an unstable plant) cannot blow the latent up.
@@ -59,7 +59,9 @@ class TrajectoryErrorEncoder(nn.Module):
     Two 1-D convolutions over time (``state_dim -> channels -> channels``, GELU), an average
     pooling to at most ``max_positions`` time positions (so the size does not grow with long
     horizons), a linear map of the flattened features, plus a linear map of the terminal error
-    ``e_N``. The output is RMS-normalised, like the other injections of the recursion.
+    ``e_N``. The output is not normalised: its size grows with the error, so the recursion
+    can tell a nearly converged trajectory from a poor one (the ``asinh`` of
+    :func:`trajectory_error` bounds it).
 
     Parameters
     ----------
@@ -89,7 +91,6 @@ class TrajectoryErrorEncoder(nn.Module):
         self.conv2 = nn.Conv1d(channels, channels, kernel_size, padding=pad)
         self.proj = nn.Linear(channels * self.positions, latent_dim)
         self.terminal = nn.Linear(state_dim, latent_dim)
-        self.norm = nn.RMSNorm(latent_dim)
 
     def forward(self, errors: torch.Tensor) -> torch.Tensor:
         """``errors``: ``(batch, N, state_dim)`` from :func:`trajectory_error`; returns ``(batch, D)``."""
@@ -101,4 +102,34 @@ class TrajectoryErrorEncoder(nn.Module):
         h = F.gelu(self.conv2(h))
         if self.positions < self.horizon:
             h = F.adaptive_avg_pool1d(h, self.positions)
-        return self.norm(self.proj(h.flatten(1)) + self.terminal(errors[:, -1]))
+        return self.proj(h.flatten(1)) + self.terminal(errors[:, -1])
+
+
+class FeedbackGain(nn.Module):
+    """A learned linear iterative-learning-control law: ``delta_a = L vec(e)``.
+
+    Maps the whole error sequence ``(batch, N, state_dim)`` linearly to a correction of the
+    control pre-activations ``(batch, N, control_dim)``, added to the network's residual at
+    every cycle. This is the update ``u_{j+1} = u_j + L e_j`` of iterative learning control
+    (Arimoto, Kawamura & Miyazaki, "Bettering operation of robots by learning", J. Robotic
+    Systems 1 (1984) 123; Bristow, Tharayil & Alleyne, "A survey of iterative learning
+    control", IEEE Control Systems 26 (2006) 96) with ``L`` learned from data: for a linear
+    plant the optimal correction of a sub-optimal control sequence is linear in its error
+    trajectory, which this path represents exactly while the network handles the rest.
+    ``L`` starts at zero.
+
+    Parameters
+    ----------
+    state_dim, control_dim, horizon : int
+        ``n``, ``m``, ``N``.
+    """
+
+    def __init__(self, state_dim: int, control_dim: int, horizon: int):
+        super().__init__()
+        self.shape = (horizon, control_dim)
+        self.gain = nn.Linear(horizon * state_dim, horizon * control_dim, bias=False)
+        nn.init.zeros_(self.gain.weight)
+
+    def forward(self, errors: torch.Tensor) -> torch.Tensor:
+        """``errors`` ``(batch, N, state_dim)`` -> correction ``(batch, N, control_dim)``."""
+        return self.gain(errors.flatten(1)).view(-1, *self.shape)

@@ -174,6 +174,10 @@ class RecursionCore(nn.Module):
         Dropout in the shared network.
     token_mixing : int, optional
         Number of tokens if latents are token sequences that must exchange information.
+    net : nn.Module, optional
+        A custom shared network ``f(h, injection) -> h`` (same shape in and out) instead of
+        :class:`SharedNet` (e.g. a graph network over the cells of a maze); ``hidden_dim``,
+        ``num_layers``, ``dropout`` and ``token_mixing`` are then ignored.
 
     Attributes
     ----------
@@ -203,6 +207,7 @@ class RecursionCore(nn.Module):
         L_cycles: int = 4,
         dropout: float = 0.0,
         token_mixing: int | None = None,
+        net: nn.Module | None = None,
     ):
         super().__init__()
         if mode not in MODES:
@@ -210,7 +215,9 @@ class RecursionCore(nn.Module):
         self.mode = mode
         self.latent_dim = _positive_int(latent_dim, "latent_dim")
         self.L_cycles = _positive_int(L_cycles, "L_cycles")
-        self.net = SharedNet(latent_dim, _positive_int(hidden_dim, "hidden_dim"), num_layers, dropout, token_mixing)
+        if net is None:
+            net = SharedNet(latent_dim, _positive_int(hidden_dim, "hidden_dim"), num_layers, dropout, token_mixing)
+        self.net = net
         if mode == "two_level":
             # A fixed random start (a buffer, as in TRM): it would receive no gradient under the
             # 1-step gradient anyway, and the post-norm blocks forget its scale after one update.

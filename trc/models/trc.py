@@ -34,7 +34,7 @@ from dynamics.errors import CheckpointError, ConfigError, DimensionError, NonFin
 from dynamics.plant import Plant
 
 from .config import TRCConfig
-from .feedback import TrajectoryErrorEncoder, trajectory_error
+from .feedback import FeedbackGain, TrajectoryErrorEncoder, trajectory_error
 from .halting import HaltingHead
 from .recursion import RecursionCore
 
@@ -250,6 +250,7 @@ class TinyRecursiveControl(nn.Module):
         self.error_encoder = (
             TrajectoryErrorEncoder(n, N, D, config.feedback_channels, config.feedback_kernel) if config.feedback else None
         )
+        self.feedback_gain = FeedbackGain(n, m, N) if config.feedback and config.feedback_gain else None
         self.halting = HaltingHead(D) if config.act else None
         with torch.no_grad():  # small first refinements: the initial decode does the coarse work
             self.refine_head[-1].weight.mul_(0.1)
@@ -466,10 +467,13 @@ class TinyRecursiveControl(nn.Module):
         for k in range(1, cfg.H_cycles + 1):
             truncated = cfg.gradient_last_cycle_only and k < cfg.H_cycles
             with torch.no_grad() if truncated else contextlib.nullcontext():
-                fb = None
+                fb = correction = None
                 if use_feedback:
                     traj = plant.rollout(x0, u.detach() if cfg.detach_feedback else u)
-                    fb = self.error_encoder(trajectory_error(traj, xt, s))
+                    errors = trajectory_error(traj, xt, s)
+                    fb = self.error_encoder(errors)
+                    if self.feedback_gain is not None:
+                        correction = self.feedback_gain(errors)
                     if record:
                         all_states.append(traj)
             if self.halting is not None:
@@ -486,6 +490,8 @@ class TinyRecursiveControl(nn.Module):
                     extra = extra + fb
                 state = self.core.step(state, x, extra)
                 delta = self.refine_head(self.core.output(state)).view(B, N, m)
+                if correction is not None:
+                    delta = delta + correction
             if act_inference:
                 active = ~halted
                 a = torch.where(active.view(B, 1, 1), a + delta, a)

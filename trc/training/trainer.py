@@ -149,6 +149,9 @@ class Trainer:
         same ``problem`` and ``model`` sections.
     progress : bool
         Show a tqdm progress bar (rank 0).
+    callbacks : sequence of callable, optional
+        ``callback(trainer, row)`` after every epoch, once the checkpoint is written (e.g. to
+        report progress, or to simulate an interruption in tests by raising).
 
     Raises
     ------
@@ -160,7 +163,7 @@ class Trainer:
     """
 
     def __init__(self, model, data, config: TrainConfig, *, out_dir=None, ctx: DistributedContext | None = None,
-                 resume: bool = False, run_config: dict | None = None, progress: bool = True):
+                 resume: bool = False, run_config: dict | None = None, progress: bool = True, callbacks=()):
         self.cfg = config
         self.ctx = ctx or DistributedContext(device=torch.device("cpu"))
         self.data = data
@@ -169,6 +172,7 @@ class Trainer:
         self.resume = resume
         self.run_config = run_config or {}
         self.progress = progress and self.ctx.is_main
+        self.callbacks = list(callbacks)
         if config.loss.halting > 0 and getattr(model, "halting", None) is None:
             raise ConfigError("training.loss.halting > 0 needs a model with a halting head; set model.act: true")
 
@@ -433,6 +437,8 @@ class Trainer:
             if ctx.is_main and state is not None:
                 save_training_state(ckpt, state)
             self._log(row)
+            for callback in self.callbacks:
+                callback(self, row)
             if bar is not None:
                 bar.update(1)
                 post = {"loss": f"{row.get('train_loss', math.nan):.4g}"}

@@ -1,0 +1,546 @@
+"""A scripted expert for LIBERO pick-and-place tasks, and the demonstration generator.
+
+LIBERO's own demonstrations (50 human teleoperations per task) cannot be downloaded here, so
+demonstrations are produced in the real LIBERO scenes by a scripted expert that reads the
+objects' poses from the simulator (privileged information the learned policy never sees) and
+drives the arm through robosuite's operational-space controller with the same 7-DoF delta
+actions a policy outputs.
+
+The expert (:class:`PickPlaceExpert`) handles goals of the form ``(on <object> <target>)``
+(all of LIBERO-Spatial and the pick-and-place tasks of LIBERO-Object): a state machine
+
+    approach -> descend -> grasp -> lift -> carry -> lower -> release -> retreat
+
+with proportional control of the grip-site position and orientation toward waypoints computed
+from the object poses at every step (so it corrects for slip and contact). Bowls are grasped
+at their rim with the fingers straddling the wall; other objects at their centre.
+
+Demonstrations (:func:`generate`) follow LIBERO's HDF5 layout
+(:mod:`trc.generators.libero_storage`), one file per task; only successful episodes are kept.
+Optional action noise during collection (``noise_std``) makes the expert visit and correct
+states off its nominal path (DART, Laskey et al., "DART: Noise Injection for Robust Imitation
+Learning", CoRL 2017); the stored ``actions`` are then the expert's noise-free labels and the
+executed ones are stored as ``executed_actions``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from dynamics.errors import ConfigError, SolverError
+
+__all__ = ["ExpertConfig", "PickPlaceExpert", "Episode", "run_episode", "generate", "LiberoGeneratorConfig"]
+
+#: Grip-site orientation the expert holds: fingers pointing down, closing along world y.
+R_DOWN = np.diag([1.0, -1.0, -1.0])
+#: Full-scale position and rotation steps of LIBERO's OSC_POSE controller (m, rad).
+POS_SCALE, ROT_SCALE = 0.05, 0.5
+
+
+@dataclasses.dataclass
+class ExpertConfig:
+    """Gains and geometry of :class:`PickPlaceExpert` (lengths in m).
+
+    Attributes
+    ----------
+    kp, kr : float
+        Proportional gains on the position and orientation errors, in units of the
+        controller's full-scale step (``a = kp * e / 0.05``).
+    max_speed : float
+        Largest position action (fraction of the 5 cm full scale).
+    rim_radius : float
+        Radius of the bowl wall where the fingers grasp it.
+    grasp_depth : float
+        Height of the grip site above the object's base when grasping.
+    hover, carry_clearance : float
+        Height above the grasp point of the approach, and clearance of the carried object
+        above the highest of its start and its target.
+    place_height : float
+        Height of the object's base above the target's base when it is released.
+    close_steps, release_steps : int
+        Steps the gripper is commanded closed (open) before lifting (retreating).
+    """
+
+    kp: float = 1.2
+    kr: float = 1.0
+    max_speed: float = 1.0
+    rim_radius: float = 0.047
+    grasp_depth: float = 0.035
+    hover: float = 0.10
+    carry_clearance: float = 0.17
+    place_height: float = 0.025
+    close_steps: int = 10
+    release_steps: int = 6
+    tolerance: float = 0.008
+
+    def __post_init__(self):
+        for key in ("kp", "kr", "max_speed", "rim_radius", "hover", "carry_clearance", "tolerance"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"expert.{key} must be positive, got {getattr(self, key)!r}")
+
+
+class PickPlaceExpert:
+    """Scripted pick-and-place expert for goals ``(on <object> <target>)``.
+
+    Parameters
+    ----------
+    sim : dynamics.libero.LiberoSimulator
+        The task; its goal must be a single ``on`` predicate.
+    config : ExpertConfig, optional
+    rng : numpy.random.Generator, optional
+        Randomises the grasp side when both are free.
+
+    Raises
+    ------
+    SolverError
+        If the task's goal is not a single ``on`` predicate.
+    """
+
+    PHASES = ("approach", "descend", "grasp", "lift", "carry", "lower", "release", "retreat")
+
+    def __init__(self, sim, config: ExpertConfig | None = None, rng: np.random.Generator | None = None):
+        goal = sim.goal()
+        if len(goal) != 1 or goal[0][0].lower() != "on":
+            raise SolverError(f"the pick-and-place expert needs a goal (on A B); task {sim.task.name} has {goal}")
+        self.sim = sim
+        self.obj, self.target = goal[0][1], goal[0][2]
+        self.config = config or ExpertConfig()
+        self.rng = rng or np.random.default_rng(0)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new episode (call after the simulator's reset)."""
+        self.phase = "approach"
+        self.phase_steps = 0
+        self.side = None
+        self.carry_z = None
+        self.hold = None
+
+    # ---------------------------------------------------------------- geometry
+    def _is_bowl(self) -> bool:
+        return "bowl" in self.obj
+
+    def _choose_side(self, obj_pos: np.ndarray) -> float:
+        """Grasp the rim at ``+y`` or ``-y`` of the bowl: the side farther from other objects."""
+        others = []
+        for name in list(self.sim.env.objects_dict):
+            if name in (self.obj,):
+                continue
+            pos, _ = self.sim.body_pose(name)
+            if abs(pos[2] - obj_pos[2]) < 0.08:  # only objects at the height of the fingers
+                others.append(pos[:2])
+        clearance = []
+        for s in (1.0, -1.0):
+            finger = obj_pos[:2] + np.array([0.0, s * (self.config.rim_radius + 0.04)])
+            d = min((np.linalg.norm(finger - o) for o in others), default=np.inf)
+            clearance.append(d)
+        if abs(clearance[0] - clearance[1]) < 0.02:
+            return float(self.rng.choice([1.0, -1.0]))
+        return 1.0 if clearance[0] > clearance[1] else -1.0
+
+    def _grasp_point(self, obj_pos: np.ndarray) -> np.ndarray:
+        c = self.config
+        offset = np.array([0.0, self.side * c.rim_radius, 0.0]) if self._is_bowl() else np.zeros(3)
+        return obj_pos + offset + np.array([0.0, 0.0, c.grasp_depth])
+
+    # ---------------------------------------------------------------- control
+    def _servo(self, raw: dict, target: np.ndarray, gripper: float, speed: float | None = None) -> np.ndarray:
+        c = self.config
+        pos = np.asarray(raw["robot0_eef_pos"], dtype=float)
+        R = Rotation.from_quat(np.asarray(raw["robot0_eef_quat"], dtype=float)).as_matrix()  # (x, y, z, w)
+        a_pos = c.kp * (target - pos) / POS_SCALE
+        limit = c.max_speed if speed is None else speed
+        norm = np.linalg.norm(a_pos)
+        if norm > limit:
+            a_pos *= limit / norm
+        rotvec = Rotation.from_matrix(R_DOWN @ R.T).as_rotvec()
+        a_rot = np.clip(c.kr * rotvec / ROT_SCALE, -1.0, 1.0)
+        return np.concatenate([np.clip(a_pos, -1, 1), a_rot, [gripper]])
+
+    def _next(self, phase: str) -> None:
+        self.phase, self.phase_steps = phase, 0
+
+    def act(self, raw: dict) -> np.ndarray:
+        """The expert's action in the current state, shape ``(7,)`` in ``[-1, 1]``.
+
+        Parameters
+        ----------
+        raw : dict
+            robosuite's raw observations of the current state.
+        """
+        c = self.config
+        obj_pos, _ = self.sim.body_pose(self.obj)
+        tgt_pos, _ = self.sim.body_pose(self.target)
+        eef = np.asarray(raw["robot0_eef_pos"], dtype=float)
+        if self.side is None:
+            self.side = self._choose_side(obj_pos)
+        self.phase_steps += 1
+        grasp = self._grasp_point(obj_pos)
+        if self.phase == "approach":
+            above = grasp + np.array([0.0, 0.0, c.hover])
+            if np.linalg.norm((above - eef)[:2]) < 0.01 and abs(above[2] - eef[2]) < 0.03:
+                self._next("descend")
+            else:
+                return self._servo(raw, above, -1.0)
+        if self.phase == "descend":
+            if np.linalg.norm(grasp - eef) < c.tolerance or self.phase_steps > 40:
+                self._next("grasp")
+                self.hold = grasp.copy()
+            else:
+                return self._servo(raw, grasp, -1.0, speed=0.6)
+        if self.phase == "grasp":
+            if self.phase_steps > c.close_steps:
+                self._next("lift")
+                self.carry_z = max(obj_pos[2], tgt_pos[2]) + c.carry_clearance + c.grasp_depth
+            else:
+                return self._servo(raw, self.hold, 1.0)
+        if self.phase == "lift":
+            target = np.array([self.hold[0], self.hold[1], self.carry_z])
+            if eef[2] > self.carry_z - 0.03 or self.phase_steps > 40:
+                self._next("carry")
+            else:
+                return self._servo(raw, target, 1.0)
+        if self.phase == "carry":
+            shift = tgt_pos[:2] - obj_pos[:2]
+            target = np.array([eef[0] + shift[0], eef[1] + shift[1], self.carry_z])
+            if np.linalg.norm(shift) < 0.01 or self.phase_steps > 80:
+                self._next("lower")
+            else:
+                return self._servo(raw, target, 1.0)
+        if self.phase == "lower":
+            shift = tgt_pos[:2] - obj_pos[:2]
+            drop = (tgt_pos[2] + c.place_height) - obj_pos[2]
+            target = eef + np.array([shift[0], shift[1], drop])
+            if drop > -0.01 or self.phase_steps > 50:
+                self._next("release")
+                self.hold = eef.copy()
+            else:
+                return self._servo(raw, target, 1.0, speed=0.7)
+        if self.phase == "release":
+            if self.phase_steps > c.release_steps:
+                self._next("retreat")
+                self.hold = eef + np.array([0.0, 0.0, 0.10])
+            else:
+                return self._servo(raw, self.hold, -1.0)
+        return self._servo(raw, self.hold, -1.0)
+
+
+# ---------------------------------------------------------------------- episodes
+@dataclasses.dataclass
+class Episode:
+    """One episode in LIBERO's data-set layout (``T`` steps; arrays in time order).
+
+    Attributes
+    ----------
+    obs : dict of ndarray
+        ``agentview_rgb`` ``(T, H, W, 3)`` uint8, ``eye_in_hand_rgb`` ``(T, H, W, 3)`` uint8,
+        ``ee_pos`` ``(T, 3)``, ``ee_ori`` ``(T, 3)``, ``ee_states`` ``(T, 6)``,
+        ``gripper_states`` ``(T, 2)``, ``joint_states`` ``(T, 7)``: the observation before
+        each action.
+    actions : ndarray, shape ``(T, 7)``
+        The expert's actions (labels).
+    executed_actions : ndarray, shape ``(T, 7)``
+        The actions applied (labels plus exploration noise).
+    rewards, dones : ndarray, shape ``(T,)``
+        1 at the step after which the goal holds (the last), else 0.
+    states : ndarray, shape ``(T, state_dim)``
+        Flattened MuJoCo states before each action.
+    success : bool
+    init_state_id : int
+    task_index : int
+    cpu_seconds : float
+        Process CPU time of the episode (simulation, rendering, expert).
+    """
+
+    obs: dict
+    actions: np.ndarray
+    executed_actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    states: np.ndarray
+    success: bool
+    init_state_id: int
+    task_index: int
+    cpu_seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def _obs_record(raw: dict, cameras: bool) -> dict:
+    from dynamics.libero import proprio_from_raw
+
+    rec = proprio_from_raw(raw)
+    if cameras:
+        rec["agentview_rgb"] = np.asarray(raw["agentview_image"], dtype=np.uint8)
+        rec["eye_in_hand_rgb"] = np.asarray(raw["robot0_eye_in_hand_image"], dtype=np.uint8)
+    return rec
+
+
+def run_episode(
+    sim,
+    init_state_id: int,
+    *,
+    max_steps: int = 220,
+    noise_std: float = 0.0,
+    seed: int = 0,
+    expert_config: ExpertConfig | None = None,
+    extra_steps: int = 0,
+) -> Episode:
+    """Run the scripted expert from an official init state.
+
+    Parameters
+    ----------
+    sim : dynamics.libero.LiberoSimulator
+    init_state_id : int
+        Index of the official init state.
+    max_steps : int
+        Episode limit (LIBERO-Spatial: 220).
+    noise_std : float
+        Standard deviation of Gaussian noise added to the executed position and rotation
+        actions (the gripper command is not perturbed); see the module notes.
+    seed : int
+        Seeds the noise and the grasp-side choice.
+    expert_config : ExpertConfig, optional
+    extra_steps : int
+        Steps recorded after success (0: the episode ends at the first successful step,
+        as LIBERO's evaluation does).
+
+    Returns
+    -------
+    Episode
+    """
+    t0 = time.process_time()
+    rng = np.random.default_rng(seed)
+    raw = sim.reset(init_state_id)
+    expert = PickPlaceExpert(sim, expert_config, rng)
+    recs, actions, executed, states = [], [], [], []
+    success, after = False, 0
+    for _ in range(max_steps):
+        a = expert.act(raw)
+        a_exec = a.copy()
+        if noise_std > 0:
+            a_exec[:6] = np.clip(a_exec[:6] + rng.normal(0.0, noise_std, 6), -1, 1)
+        recs.append(_obs_record(raw, sim.cameras))
+        states.append(sim.get_state())
+        actions.append(a)
+        executed.append(a_exec)
+        raw, ok = sim.step(a_exec)
+        success = success or ok
+        if success:
+            after += 1
+            if after > extra_steps:
+                break
+    T = len(actions)
+    rewards = np.zeros(T)
+    dones = np.zeros(T, dtype=np.uint8)
+    if success:
+        rewards[-1], dones[-1] = 1.0, 1
+    obs = {k: np.stack([r[k] for r in recs]) for k in recs[0]}
+    return Episode(
+        obs=obs,
+        actions=np.asarray(actions, dtype=np.float64),
+        executed_actions=np.asarray(executed, dtype=np.float64),
+        rewards=rewards,
+        dones=dones,
+        states=np.asarray(states, dtype=np.float64),
+        success=bool(success),
+        init_state_id=int(init_state_id),
+        task_index=int(sim.task.index),
+        cpu_seconds=time.process_time() - t0,
+    )
+
+
+# ---------------------------------------------------------------------- generation
+@dataclasses.dataclass
+class LiberoGeneratorConfig:
+    """The ``generator:`` section of a LIBERO configuration.
+
+    Attributes
+    ----------
+    demos_per_task : int
+        Successful demonstrations wanted per task.
+    max_attempts_per_task : int
+        Episodes tried per task at most (init states are used in order, cycling).
+    noise_std : float
+        Exploration noise of the executed actions, see :func:`run_episode`.
+    output : str
+        Output folder; one ``<task name>_demo.hdf5`` per task.
+    workers : int
+        Parallel worker processes (one simulator each).
+    expert : ExpertConfig
+    """
+
+    demos_per_task: int = 10
+    max_attempts_per_task: int = 20
+    noise_std: float = 0.1
+    output: str = "datasets/libero_spatial"
+    workers: int = 1
+    expert: ExpertConfig = dataclasses.field(default_factory=ExpertConfig)
+
+    def __post_init__(self):
+        if isinstance(self.expert, dict):
+            from trc.config import from_dict
+
+            self.expert = from_dict(ExpertConfig, self.expert, "generator.expert")
+        for key in ("demos_per_task", "max_attempts_per_task", "workers"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"generator.{key} must be a positive integer, got {v!r}")
+        if not 0 <= self.noise_std < 1:
+            raise ConfigError(f"generator.noise_std must be in [0, 1), got {self.noise_std!r}")
+
+
+_WORKER_SIM: dict[str, Any] = {}
+
+
+def _worker_episode(args: tuple) -> Episode:
+    """Run one episode in a worker process, reusing the worker's simulator of the task."""
+    problem, task_index, init_id, seed, noise_std, expert_cfg = args
+    from dynamics.libero import LiberoSimulator
+
+    key = f"{problem['suite']}/{task_index}"
+    sim = _WORKER_SIM.get(key)
+    if sim is None:
+        for old in list(_WORKER_SIM):
+            _WORKER_SIM.pop(old).close()
+        sim = LiberoSimulator(
+            problem["suite"], task_index, camera_size=problem["camera_size"], render=problem["render"],
+            assets=problem.get("assets"),
+        )
+        _WORKER_SIM[key] = sim
+    return run_episode(
+        sim, init_id, max_steps=problem["max_steps"], noise_std=noise_std, seed=seed,
+        expert_config=ExpertConfig(**expert_cfg),
+    )
+
+
+def generate(problem, config: LiberoGeneratorConfig, *, output: str | os.PathLike | None = None, seed: int = 0,
+             resume: bool = True, progress: bool = True) -> dict:
+    """Generate scripted demonstrations for the tasks of a LIBERO problem.
+
+    Episodes run from the official init states in order (``0, 1, ...``, cycling), each with
+    its own seed derived from ``seed``, task and attempt, so the same seed gives the same data
+    whatever the number of workers. Finished episodes are staged in ``<output>/.staging``
+    (atomically), so an interrupted run resumes where it stopped; a task's HDF5 file is
+    written (atomically) when its demonstrations are complete.
+
+    Parameters
+    ----------
+    problem : trc.generators.libero_storage.LiberoProblem
+    config : LiberoGeneratorConfig
+    output : path, optional
+        Output folder; default ``config.output``.
+    seed : int
+    resume : bool
+        Reuse staged episodes and finished task files.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    dict
+        Per task: ``attempts``, ``successes``, ``success_rate``, ``mean_length``,
+        ``cpu_seconds``, ``file``.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing as mp
+
+    from tqdm import tqdm
+
+    from .libero_storage import load_staged, stage_episode, task_file_name, write_task_file
+
+    out = Path(output or config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / ".staging"
+    tasks = problem.task_list()
+    pdict = problem.worker_dict()
+    expert_cfg = dataclasses.asdict(config.expert)
+    report: dict = {}
+    jobs = []
+    staged: dict[int, list] = {}
+    from dynamics.libero import get_task, load_init_states
+
+    infos = {}
+    for t in tasks:
+        task = get_task(problem.suite, t)
+        n_init = len(load_init_states(task))
+        infos[t] = task
+        final = out / task_file_name(task.name)
+        if resume and final.is_file():
+            report[t] = {"file": str(final), "skipped": True}
+            continue
+        done = load_staged(staging, t) if resume else []
+        staged[t] = done
+        n_ok = sum(e["success"] for e in done)
+        tried = {e["attempt"] for e in done}
+        need = config.demos_per_task - n_ok
+        for attempt in range(config.max_attempts_per_task):
+            if need <= 0:
+                break
+            if attempt in tried:
+                continue
+            init_id = attempt % n_init
+            ep_seed = int(np.random.SeedSequence([seed, t, attempt]).generate_state(1)[0])
+            jobs.append((t, attempt, (pdict, t, init_id, ep_seed, config.noise_std, expert_cfg)))
+            need -= 1  # optimistic: queue as many attempts as demos still needed
+    # Queue further attempts lazily when episodes fail.
+    pending_attempts = {t: sorted({j[1] for j in jobs if j[0] == t}) for t in staged}
+    next_attempt = {t: (max(pending_attempts[t] + [e["attempt"] for e in staged[t]], default=-1) + 1) for t in staged}
+    bar = tqdm(total=sum(config.demos_per_task - sum(e["success"] for e in staged[t]) for t in staged),
+               desc="LIBERO demos", disable=not progress)
+
+    def handle(t, attempt, ep: Episode):
+        stage_episode(staging, t, attempt, ep)
+        staged[t].append({"attempt": attempt, "success": ep.success, "path": None})
+        if ep.success:
+            bar.update(1)
+
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=config.workers, mp_context=ctx) as pool:
+        futures = {pool.submit(_worker_episode, args): (t, attempt) for t, attempt, args in jobs}
+        while futures:
+            fut = next(iter(_as_completed(futures)))
+            t, attempt = futures.pop(fut)
+            ep = fut.result()
+            handle(t, attempt, ep)
+            n_ok = sum(e["success"] for e in staged[t])
+            n_running = sum(1 for v in futures.values() if v[0] == t)
+            if not ep.success and n_ok + n_running < config.demos_per_task and next_attempt[t] < config.max_attempts_per_task:
+                a = next_attempt[t]
+                next_attempt[t] += 1
+                n_init = len(load_init_states(infos[t]))
+                ep_seed = int(np.random.SeedSequence([seed, t, a]).generate_state(1)[0])
+                args = (pdict, t, a % n_init, ep_seed, config.noise_std, expert_cfg)
+                futures[pool.submit(_worker_episode, args)] = (t, a)
+    bar.close()
+    for t in staged:
+        episodes = load_staged(staging, t, with_data=True)
+        ok = [e for e in episodes if e["episode"].success]
+        ok.sort(key=lambda e: e["attempt"])
+        ok = ok[: config.demos_per_task]
+        final = out / task_file_name(infos[t].name)
+        write_task_file(final, [e["episode"] for e in ok], problem.file_attrs(t))
+        n = len(episodes)
+        report[t] = {
+            "attempts": n,
+            "successes": sum(e["episode"].success for e in episodes),
+            "success_rate": sum(e["episode"].success for e in episodes) / max(n, 1),
+            "mean_length": float(np.mean([len(e["episode"]) for e in ok])) if ok else float("nan"),
+            "cpu_seconds": float(sum(e["episode"].cpu_seconds for e in episodes)),
+            "file": str(final),
+        }
+    return report
+
+
+def _as_completed(futures):
+    from concurrent.futures import as_completed
+
+    return as_completed(list(futures))
