@@ -598,7 +598,9 @@ class PlantVectorEnv(gymnasium.vector.VectorEnv):
         m = self.plant.control_dim
         u = np.asarray(actions, dtype=np.float64)
         if u.shape != (self.num_envs, m):
-            raise DimensionError(f"actions have shape {u.shape}; expected (num_envs, control_dim) = ({self.num_envs}, {m})")
+            raise DimensionError(
+                f"actions have shape {u.shape}; expected (num_envs, control_dim) = ({self.num_envs}, {m})"
+            )
         if not np.isfinite(u).all():
             raise NonFiniteError("actions contain NaN or infinity")
         resets = np.flatnonzero(self._autoreset)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torchdiffeq import odeint
 
-from .errors import DimensionError, NonFiniteError
+from .errors import ConfigError, DimensionError, NonFiniteError
 
 __all__ = ["Plant", "FIXED_STEP_METHODS"]
 
@@ -100,14 +100,14 @@ class Plant(nn.Module):
     ):
         super().__init__()
         if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
-            raise ValueError(f"dt must be a positive finite number of seconds, got {dt!r}")
+            raise ConfigError(f"dt must be a positive finite number of seconds, got {dt!r}")
         if int(substeps) != substeps or substeps < 1:
-            raise ValueError(f"substeps must be a positive integer, got {substeps!r}")
+            raise ConfigError(f"substeps must be a positive integer, got {substeps!r}")
         self.dt = float(dt)
         self.method = method
         self.substeps = int(substeps)
         self.rtol, self.atol = float(rtol), float(atol)
-        self._param_names: list[str] = []
+        self._param_values: dict = {}
         n, m = self.state_dim, self.control_dim
         self.register_buffer("u_min", _as_bound(u_min, m, -math.inf, "u_min").float())
         self.register_buffer("u_max", _as_bound(u_max, m, math.inf, "u_max").float())
@@ -115,7 +115,7 @@ class Plant(nn.Module):
         self.register_buffer("x_max", _as_bound(x_max, n, math.inf, "x_max").float())
         for lo, hi, what in ((self.u_min, self.u_max, "u"), (self.x_min, self.x_max, "x")):
             if (lo > hi).any():
-                raise ValueError(f"{what}_min {lo.tolist()} exceeds {what}_max {hi.tolist()}")
+                raise ConfigError(f"{what}_min {lo.tolist()} exceeds {what}_max {hi.tolist()}")
 
     # ------------------------------------------------------------------ description
     @property
@@ -138,12 +138,13 @@ class Plant(nn.Module):
                 self._buffers[key] = t.to(self._buffers[key])
             else:
                 self.register_buffer(key, t)
-                self._param_names.append(key)
+            # Keep the exact values given (float64 Python data) for config(); the buffer may be float32.
+            self._param_values[key] = np.asarray(value, dtype=float).tolist()
 
     @property
     def params(self) -> dict:
-        """Physical parameters as plain Python numbers or nested lists (JSON-serialisable)."""
-        return {k: getattr(self, k).detach().cpu().tolist() for k in self._param_names}
+        """Physical parameters as given, as plain Python numbers or nested lists (JSON-serialisable)."""
+        return dict(self._param_values)
 
     def config(self) -> dict:
         """Everything :func:`dynamics.make` needs to rebuild this plant (JSON-serialisable)."""
@@ -159,6 +160,8 @@ class Plant(nn.Module):
             "dt": self.dt,
             "method": self.method,
             "substeps": self.substeps,
+            "rtol": self.rtol,
+            "atol": self.atol,
         }
 
     def extra_repr(self) -> str:
@@ -216,7 +219,7 @@ class Plant(nn.Module):
         fixed = self.method in FIXED_STEP_METHODS
         per_interval = self.substeps if fixed else 1
         grid = torch.arange(horizon * per_interval + 1, dtype=x0.dtype, device=x0.device) * (dt / per_interval)
-        switch = grid[::per_interval]  # the control switching times
+        switch = grid[::per_interval].contiguous()  # the control switching times
 
         def field(t, x):
             # The solver nudges t to the correct side of a switch (perturb / jump_t), so the

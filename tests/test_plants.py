@@ -158,7 +158,7 @@ def test_gradcheck_rollout(case, name, kwargs):
     gen = torch.Generator().manual_seed(0)
     x0 = sample_states(plant, 2, gen).requires_grad_()
     controls = sample_controls(plant, 2, 3, gen).requires_grad_()
-    key = GRAD_PARAM.get(name, plant._param_names[0] if plant._param_names else None)
+    key = GRAD_PARAM.get(name, next(iter(plant.params), None))
     inputs = [x0, controls]
     if key is not None:
         inputs.append(plant.get_buffer(key).detach().clone().requires_grad_())
@@ -253,7 +253,8 @@ def test_rollout_shapes_and_batching(case, name, kwargs):
         assert traj.shape == (batch, horizon + 1, n) and traj.dtype == torch.float32
         torch.testing.assert_close(traj[:, 0], x0)
         for i in range(batch):
-            torch.testing.assert_close(plant.rollout(x0[i : i + 1], controls[i : i + 1])[0], traj[i], rtol=1e-5, atol=1e-5)
+            single = plant.rollout(x0[i : i + 1], controls[i : i + 1])[0]
+            torch.testing.assert_close(single, traj[i], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(plant.step(x0, controls[:, 0]), traj[:, 1], rtol=1e-5, atol=1e-5)
         assert plant.rollout(x0, controls[:, :0]).shape == (batch, 1, n)
         if not plant.discrete:
@@ -501,7 +502,7 @@ def test_cartpole_matches_gymnasium_cartpole_v1():
         env.step(action)
         gym_acc = (env.state[[1, 3]] - state[[1, 3]]) / env.tau  # explicit Euler
         force = env.force_mag if action == 1 else -env.force_mag
-        ours = plant.f(torch.tensor([state], dtype=F64), torch.tensor([[force]], dtype=F64))[0, [1, 3]].numpy()
+        ours = plant.f(torch.tensor(state[None], dtype=F64), torch.tensor([[force]], dtype=F64))[0, [1, 3]].numpy()
         np.testing.assert_allclose(ours, gym_acc, rtol=1e-6, atol=1e-9)
 
 

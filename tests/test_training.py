@@ -238,7 +238,7 @@ def test_ema_update_follows_warmup_decay():
         ema.update_parameters(model)
         d = min(0.9, (1 + t) / (10 + t))
         expected = d * expected + (1 - d) * (t + 1)
-        assert float(ema.module.weight) == pytest.approx(expected, rel=1e-6)
+        assert float(ema.module.weight.detach()) == pytest.approx(expected, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- training runs

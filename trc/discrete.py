@@ -21,9 +21,9 @@ Discrete configuration files share the layout of the continuous ones (``problem`
       givens: [5, 10]          # inclusive range (or one number)
       on_mistake: terminate    # or reject
 
-``python -m trc.generate``, ``python -m trc.train`` and ``python -m trc.evaluate`` hand such files
-to :mod:`trc.generators.discrete`, :mod:`trc.training.discrete` and
-:mod:`trc.evaluation_discrete` (see :func:`is_discrete_config`).
+``python -m trc.generate`` and ``python -m trc.train`` hand such files to :func:`generate_main`
+and :func:`train_main` (see :func:`wants_discrete`), which use :mod:`trc.generators.discrete`
+and :mod:`trc.training.discrete`.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from .config import from_dict, load_yaml
 __all__ = [
     "KINDS", "MazeProblem", "SudokuProblem", "DiscreteGeneratorConfig", "DiscreteExperiment",
     "is_discrete_config", "load_discrete_experiment", "discrete_experiment_from_dict", "problem_from_dict",
+    "wants_discrete", "generate_main", "train_main",
 ]
 
 KINDS = ("maze", "sudoku")
@@ -326,3 +327,115 @@ def discrete_experiment_from_dict(data: Mapping, source: str = "<dict>") -> Disc
 def load_discrete_experiment(path) -> DiscreteExperiment:
     """Read and validate a discrete configuration file (see :func:`discrete_experiment_from_dict`)."""
     return discrete_experiment_from_dict(load_yaml(path), source=str(path))
+
+
+# ---------------------------------------------------------------------------- command lines
+def wants_discrete(argv=None) -> bool:
+    """Whether a ``trc.generate`` / ``trc.train`` command line names a discrete configuration.
+
+    The CLIs call this first and hand the whole command line to :func:`generate_main` /
+    :func:`train_main` when it is true.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config")
+    known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return known.config is not None and is_discrete_config(known.config)
+
+
+def generate_main(argv=None) -> int:
+    """``python -m trc.generate --config <discrete.yaml>``: instances and optimal solutions to HDF5.
+
+    Options: ``--num-samples``, ``--seed``, ``--out``, ``--force``, ``--quiet``. Exit status 0
+    on success, 1 on a run-time failure, 2 on a bad configuration.
+    """
+    import argparse
+    import sys
+
+    from dynamics.errors import TRCError
+
+    from .generators.discrete import generate_discrete, read_discrete_dataset, write_discrete_dataset
+
+    p = argparse.ArgumentParser(prog="python -m trc.generate", description="Generate optimal maze / sudoku solutions.")
+    p.add_argument("--config", required=True, metavar="YAML")
+    p.add_argument("--num-samples", type=int, metavar="N")
+    p.add_argument("--seed", type=int, metavar="S")
+    p.add_argument("--out", metavar="PATH")
+    p.add_argument("--force", action="store_true", help="regenerate even if the output exists")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--workers", type=int, help="accepted for compatibility; discrete generation runs in this process")
+    p.add_argument("--chunk-size", type=int, help="accepted for compatibility; ignored")
+    args = p.parse_args(argv)
+    try:
+        exp = load_discrete_experiment(args.config)
+        gen = exp.generator
+        num = args.num_samples if args.num_samples is not None else gen.num_samples
+        seed = args.seed if args.seed is not None else gen.seed
+        if num < 1 or seed < 0:
+            raise ConfigError(f"--num-samples must be positive and --seed non-negative, got {num}, {seed}")
+        out = args.out or gen.output_path(exp.problem)
+        from pathlib import Path
+
+        out = Path(out)
+        if out.is_file() and not args.force:
+            try:
+                old = read_discrete_dataset(out)
+                same = (old.problem.to_dict() == exp.problem.to_dict() and old.seed == seed and old.num_samples == num)
+            except TRCError:
+                same = False
+            if same:
+                print(f"{out}: already holds this data set ({num} {exp.problem.kind} instances, seed {seed}); use --force")
+                return 0
+        data = generate_discrete(exp.problem, num, seed, gen.splits, progress=not args.quiet)
+        write_discrete_dataset(out, data)
+    except ConfigError as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except TRCError as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    sizes = {k: len(v) for k, v in data.splits.items()}
+    print(f"wrote {out}: {data.num_samples} {exp.problem.kind} instances ({exp.problem.name}), solver {data.solver}, "
+          f"optimal steps mean {data.lengths.mean():.2f} max {data.lengths.max()}, splits {sizes}")
+    return 0
+
+
+def train_main(argv=None) -> int:
+    """``python -m trc.train --config <discrete.yaml> [--stage all|supervised|rl]``.
+
+    Supervised pre-training on the optimal solutions, REINFORCE fine-tuning, evaluation on the
+    test split; writes ``model.pt``, ``metrics.json`` and ``history.json`` to the run folder.
+    """
+    import argparse
+    import json
+    import logging
+    import sys
+
+    from dynamics.errors import TRCError
+
+    from .training.discrete import run_discrete_training
+
+    p = argparse.ArgumentParser(prog="python -m trc.train", description="Train a discrete (maze / sudoku) policy.")
+    p.add_argument("--config", required=True, metavar="YAML")
+    p.add_argument("--out", metavar="DIR")
+    p.add_argument("--seed", type=int, metavar="S")
+    p.add_argument("--stage", choices=("all", "supervised", "rl"), default="all",
+                   help="all: supervised then RL; rl: REINFORCE fine-tuning of --init (or <out>/model.pt)")
+    p.add_argument("--init", metavar="MODEL", help="policy file to start from")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(name)s: %(message)s")
+    try:
+        exp = load_discrete_experiment(args.config)
+        metrics = run_discrete_training(exp, stage=args.stage, seed=args.seed, out=args.out, init=args.init,
+                                        progress=not args.quiet)
+    except ConfigError as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except TRCError as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: v for k, v in metrics.items() if k != "after_supervised"}, indent=2))
+    return 0

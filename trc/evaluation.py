@@ -30,6 +30,7 @@ float64 (the same simulator, cost, ``dt`` and horizon as the optimal solutions):
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
@@ -234,7 +235,7 @@ def evaluate_model(
     Evaluation
     """
     model.eval()
-    device = next(iter(model.buffers())).device
+    device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
     plant = problem.make_plant(torch.float64)
     M = len(data)
     if M == 0:

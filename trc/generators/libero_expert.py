@@ -544,3 +544,64 @@ def _as_completed(futures):
     from concurrent.futures import as_completed
 
     return as_completed(list(futures))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trc.generate --config configs/libero_spatial.yaml`` for LIBERO configurations.
+
+    Options: ``--out DIR`` (default ``generator.output``), ``--num-samples N`` (demonstrations
+    per task), ``--workers W``, ``--seed S``, ``--force`` (ignore staged and finished files),
+    ``--quiet``. Writes ``generation.json`` (the expert's success rate per task and CPU time).
+    """
+    import argparse
+    import json
+    import sys
+
+    from dynamics.errors import TRCError
+    from trc.config import from_dict, load_yaml
+
+    from .libero_storage import LiberoProblem
+
+    p = argparse.ArgumentParser(prog="python -m trc.generate", description="Scripted LIBERO demonstrations.")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", default=None)
+    p.add_argument("--num-samples", type=int, default=None, help="demonstrations per task")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    args, _unknown = p.parse_known_args(argv)
+    try:
+        config = load_yaml(args.config)
+        problem = from_dict(LiberoProblem, config.get("problem"), "problem")
+        gen = from_dict(LiberoGeneratorConfig, config.get("generator"), "generator")
+        if args.num_samples is not None:
+            gen = dataclasses.replace(gen, demos_per_task=args.num_samples,
+                                      max_attempts_per_task=max(gen.max_attempts_per_task, 2 * args.num_samples))
+        if args.workers is not None:
+            gen = dataclasses.replace(gen, workers=args.workers)
+        out = Path(args.out or gen.output)
+        t0 = time.time()
+        report = generate(problem, gen, output=out, seed=args.seed, resume=not args.force, progress=not args.quiet)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TRCError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    from trc.io import atomic_write_text
+
+    summary = {"seed": args.seed, "wall_seconds": time.time() - t0, "tasks": {str(k): v for k, v in report.items()}}
+    atomic_write_text(out / "generation.json", json.dumps(summary, indent=2, default=float))
+    print("task  attempts  successes  expert success  mean length  CPU s")
+    for t, r in sorted(report.items()):
+        if r.get("skipped"):
+            print(f"{t:4d}  (already generated: {r['file']})")
+            continue
+        print(f"{t:4d}  {r['attempts']:8d}  {r['successes']:9d}  {100 * r['success_rate']:13.0f} %  "
+              f"{r['mean_length']:11.1f}  {r['cpu_seconds']:5.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -54,19 +54,28 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------- discretisation
-def exact_discretization(plant, *, linearity_rtol: float = 1e-9, seed: int = 0):
-    """Exact zero-order-hold discretisation ``x_{k+1} = A x_k + B u_k + c`` of an affine plant.
+def exact_discretization(plant, method: str = "zoh", *, linearity_rtol: float = 1e-9, seed: int = 0):
+    """Discretisation ``x_{k+1} = A x_k + B u_k + c`` of an affine plant.
 
-    For a continuous plant ``x' = Ac x + Bc u + cc`` the matrices come from
-    :meth:`~dynamics.Plant.linearize` (autograd, float64) about the origin, ``cc = f(0, 0)``,
-    and :func:`control.c2d` with ``method="zoh"`` on the augmented input ``(u, 1)`` gives
-    ``[B, c]`` (Franklin, Powell & Workman, *Digital Control of Dynamic Systems*, 3rd ed.,
-    sec. 4.3.3). A discrete plant is used as it is.
+    ``method="zoh"`` (default) is the exact zero-order-hold discretisation of the continuous
+    dynamics ``x' = Ac x + Bc u + cc``: the matrices come from :meth:`~dynamics.Plant.linearize`
+    (autograd, float64) about the origin, ``cc = f(0, 0)``, and :func:`control.c2d` with
+    ``method="zoh"`` on the augmented input ``(u, 1)`` gives ``[B, c]`` (Franklin, Powell &
+    Workman, *Digital Control of Dynamic Systems*, 3rd ed., sec. 4.3.3).
+
+    ``method="plant"`` linearises the plant's own one-step map :meth:`~dynamics.Plant.step`
+    (its integrator, e.g. RK4 with ``substeps``), which is affine too for an affine plant:
+    solutions are then exactly optimal for the simulator, whose integration error (``O(dt^5)``
+    per step for RK4) is otherwise seen as a dynamics residual. Both agree to machine precision
+    for the double integrator, which RK4 integrates exactly.
+
+    A discrete plant is used as it is (both methods).
 
     Parameters
     ----------
     plant : dynamics.Plant
         The plant, with ``plant.dt`` the sample time in seconds.
+    method : {"zoh", "plant"}
     linearity_rtol : float
         Relative tolerance of the affinity test (see Raises).
     seed : int
@@ -82,16 +91,18 @@ def exact_discretization(plant, *, linearity_rtol: float = 1e-9, seed: int = 0):
     Raises
     ------
     ConfigError
-        If the plant is not affine in ``(x, u)``: its vector field (or difference map) at 64
-        random points differs from the linearisation by more than ``linearity_rtol`` relative
-        to its magnitude; or if the plant cannot be linearised (e.g. a plant with discrete
-        actions).
+        If ``method`` is unknown; if the plant is not affine in ``(x, u)``: its vector field
+        (or difference map) at 64 random points differs from the linearisation by more than
+        ``linearity_rtol`` relative to its magnitude; or if the plant cannot be linearised
+        (e.g. a plant with discrete actions).
     """
+    if method not in ("zoh", "plant"):
+        raise ConfigError(f"discretization must be 'zoh' or 'plant', got {method!r}")
     n, m = plant.state_dim, plant.control_dim
     try:
         sys = plant.linearize(np.zeros(n), np.zeros(m))
     except NotImplementedError as exc:
-        raise ConfigError(f"lqr: plant {plant.name!r} cannot be linearised ({exc})") from exc
+        raise ConfigError(f"plant {plant.name!r} cannot be linearised ({exc})") from exc
     A, B = np.asarray(sys.A, dtype=float), np.asarray(sys.B, dtype=float)
     p64 = plant if plant.u_min.dtype == torch.float64 else _float64(plant)
     fun = p64.discrete_step if plant.discrete else p64.f
@@ -100,8 +111,9 @@ def exact_discretization(plant, *, linearity_rtol: float = 1e-9, seed: int = 0):
     scale = np.array([1.0, 10.0, 100.0]).repeat(22)[:64, None]
     xs = rng.standard_normal((64, n)) * scale
     us = rng.standard_normal((64, m)) * scale
+    zero_x, zero_u = torch.zeros(1, n, dtype=torch.float64), torch.zeros(1, m, dtype=torch.float64)
     with torch.no_grad():
-        c = fun(torch.zeros(1, n, dtype=torch.float64), torch.zeros(1, m, dtype=torch.float64))[0].numpy()
+        c = fun(zero_x, zero_u)[0].numpy()
         fx = fun(torch.from_numpy(xs), torch.from_numpy(us)).numpy()
     affine = xs @ A.T + us @ B.T + c
     err = np.abs(fx - affine).max(axis=1)
@@ -109,13 +121,18 @@ def exact_discretization(plant, *, linearity_rtol: float = 1e-9, seed: int = 0):
     worst = int(np.argmax(err / size))
     if not (err <= linearity_rtol * size).all():
         raise ConfigError(
-            f"lqr: plant {plant.name!r} is not linear: its dynamics differ from the linearisation "
+            f"plant {plant.name!r} is not linear: its dynamics differ from the linearisation "
             f"about the origin by {err[worst]:.3g} at x={np.round(xs[worst], 3).tolist()}, "
             f"u={np.round(us[worst], 3).tolist()} (expected < {linearity_rtol:g} relative); "
             "use a solver for nonlinear plants"
         )
     if plant.discrete:
         return A, B, c
+    if method == "plant":
+        Ad, Bd = torch.autograd.functional.jacobian(lambda x, u: p64.step(x, u)[0], (zero_x, zero_u))
+        with torch.no_grad():
+            cd = p64.step(zero_x, zero_u)[0].numpy()
+        return Ad.reshape(n, n).numpy(), Bd.reshape(n, m).numpy(), cd
     aug = ct.ss(A, np.hstack([B, c[:, None]]), np.eye(n), np.zeros((n, m + 1)))
     sysd = ct.c2d(aug, plant.dt, method="zoh")
     Bd = np.asarray(sysd.B, dtype=float)
@@ -428,6 +445,10 @@ class LQRSolver(Solver):
     problem : trc.problem.Problem
         A problem with ``cost == "quadratic"`` on a plant that is affine in ``(x, u)``
         (``double_integrator``, ``linear``, ...).
+    discretization : {"zoh", "plant"}
+        ``"zoh"`` (default): exact zero-order-hold discretisation (:func:`control.c2d`);
+        ``"plant"``: the plant integrator's own one-step map (see
+        :func:`exact_discretization`).
     check_controllability : bool
         Raise :class:`~dynamics.errors.UncontrollableError` for an uncontrollable
         discretised ``(A, B)`` (default True): such a plant cannot reach arbitrary targets,
@@ -435,8 +456,9 @@ class LQRSolver(Solver):
         posed, so set False to solve it anyway.
     dynamics_rtol, dynamics_atol, bound_rtol, bound_atol : float
         Tolerances of the checks (:class:`~trc.generators.checks.Tolerances`). The dynamics
-        residual compares the exact discretisation with the plant's integrator (RK4 is exact
-        for the double integrator; for other plants increase ``substeps`` if it fails).
+        residual compares the discretisation with the plant's integrator: RK4 is exact for the
+        double integrator; for other continuous plants with ``"zoh"``, RK4's error can exceed
+        the default ``1e-6`` (increase the plant's ``substeps`` or use ``"plant"``).
 
     Raises
     ------
@@ -465,11 +487,12 @@ class LQRSolver(Solver):
         opts = dict(options)
         self.tolerances = _tolerances(opts)
         check_ctrb = bool(opts.pop("check_controllability", True))
-        _reject_unknown("lqr", opts, ("check_controllability", *Tolerances.__dataclass_fields__))
+        self.discretization = opts.pop("discretization", "zoh")
+        _reject_unknown("lqr", opts, ("check_controllability", "discretization", *Tolerances.__dataclass_fields__))
         if problem.cost != "quadratic":
             raise ConfigError(f"lqr: problem {problem.name!r} has cost {problem.cost!r}; lqr needs 'quadratic'")
         self.plant = problem.make_plant(torch.float64)
-        A, B, c = exact_discretization(self.plant)
+        A, B, c = exact_discretization(self.plant, self.discretization)
         if check_ctrb:
             try:
                 check_controllable(A, B)

@@ -163,7 +163,9 @@ def default_workers() -> int:
 
 # ---------------------------------------------------------------------------- solving
 def _failure_status(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:_STATUS_MAX]
+    """``"<ExceptionType>: <message>"``; the type is the failure category (``";"`` separates
+    categories in status strings, so it is replaced in the message)."""
+    return f"{type(exc).__name__}: {str(exc).replace(';', ',')}"[:_STATUS_MAX]
 
 
 def _validate_solution(sol, B: int, N: int, n: int, m: int, solver_name: str) -> dict:
@@ -227,20 +229,16 @@ def solve_batch(solver, problem, x0: np.ndarray, target: np.ndarray) -> dict:
     B = x0.shape[0]
     N, n, m = problem.horizon, problem.state_dim, problem.control_dim
     name = getattr(solver, "name", type(solver).__name__)
+    t0 = time.perf_counter()
     try:
-        return _validate_solution(solver.solve(x0, target), B, N, n, m, name)
+        solution = solver.solve(x0, target)
     except TRCError as exc:
         if B == 1:
-            return _failed(1, N, n, m, _failure_status(exc), 0.0)
-        batch_error = exc
-    log.debug("batch solve failed (%s); solving its %d instances one by one", batch_error, B)
-    rows = []
-    for i in range(B):
-        t0 = time.perf_counter()
-        try:
-            rows.append(_validate_solution(solver.solve(x0[i:i + 1], target[i:i + 1]), 1, N, n, m, name))
-        except TRCError as exc:
-            rows.append(_failed(1, N, n, m, _failure_status(exc), time.perf_counter() - t0))
+            return _failed(1, N, n, m, _failure_status(exc), time.perf_counter() - t0)
+        log.debug("batch solve failed (%s); solving its %d instances one by one", exc, B)
+    else:  # a malformed solution is a bug of the solver: it propagates
+        return _validate_solution(solution, B, N, n, m, name)
+    rows = [solve_batch(solver, problem, x0[i:i + 1], target[i:i + 1]) for i in range(B)]
     return {key: np.concatenate([r[key] for r in rows]) for key in rows[0]}
 
 

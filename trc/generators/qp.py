@@ -91,6 +91,8 @@ class QPSolver(Solver):
     backend : {"CLARABEL", "OSQP"}
         cvxpy solver of the QP (default Clarabel, an interior-point method run to a 1e-12
         duality gap; OSQP uses ``eps = 1e-9``, polishing and warm starts).
+    discretization : {"zoh", "plant"}
+        As for the ``lqr`` solver (:func:`~trc.generators.lqr.exact_discretization`).
     fallback : bool
         Re-solve with the other backend an instance the first one does not solve to
         ``optimal`` (e.g. ``optimal_inaccurate``); default True. The status then reads
@@ -129,9 +131,10 @@ class QPSolver(Solver):
         self.backend = str(opts.pop("backend", "CLARABEL")).upper()
         self.force_qp = bool(opts.pop("force_qp", False))
         self.fallback = bool(opts.pop("fallback", True))
+        self.discretization = opts.pop("discretization", "zoh")
         settings = opts.pop("solver_settings", None) or {}
         _reject_unknown(
-            "qp", opts, ("backend", "force_qp", "fallback", "solver_settings", *Tolerances.__dataclass_fields__)
+            "qp", opts, ("backend", "force_qp", "fallback", "discretization", "solver_settings", *Tolerances.__dataclass_fields__)
         )
         if self.backend not in BACKEND_SETTINGS:
             raise ConfigError(f"qp: backend {self.backend!r} is not supported; choose one of {sorted(BACKEND_SETTINGS)}")
@@ -142,7 +145,7 @@ class QPSolver(Solver):
             raise ConfigError(f"qp: problem {problem.name!r} has cost {problem.cost!r}; qp needs 'quadratic'")
 
         self.plant = problem.make_plant(torch.float64)
-        A, B, c = exact_discretization(self.plant)
+        A, B, c = exact_discretization(self.plant, self.discretization)
         self.A, self.B, self.c = A, B, c
         self.u_min, self.u_max = (self.plant.u_min.numpy().astype(float), self.plant.u_max.numpy().astype(float))
         self.x_min, self.x_max = (self.plant.x_min.numpy().astype(float), self.plant.x_max.numpy().astype(float))

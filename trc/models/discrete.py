@@ -223,7 +223,7 @@ class DiscretePolicyConfig:
     mode: str = "two_level"
     H_cycles: int = 3
     L_cycles: int = 2
-    carry_latent: bool = True
+    carry_latent: bool = False
     condition_on_previous_action: bool = False
     mask_illegal: bool = True
     mlp_width: Optional[int] = None

@@ -508,8 +508,10 @@ class TinyRecursiveControl(nn.Module):
             return u
         all_states_t = all_costs = None
         if plant is not None:
-            if not use_feedback:  # roll every cycle's controls out here, for costs and halting targets
-                all_states = [plant.rollout(x0, uk) for uk in all_controls]
+            if not use_feedback:  # roll every cycle's controls out here in one batched call
+                C = len(all_controls)
+                X = plant.rollout(x0.repeat(C, 1), torch.cat(all_controls))
+                all_states = list(X.view(C, B, N + 1, self.state_dim))
             elif len(all_states) < len(all_controls):  # the final controls were not rolled out yet
                 all_states.append(plant.rollout(x0, u) if traj is None else traj)
             all_states_t = torch.stack(all_states)

@@ -336,14 +336,55 @@ def _policy_loss(policy, out: PolicyOutput, x, inst, cfg: DiscreteTrainConfig, a
     cycles = range(len(out.logits)) if cfg.deep_supervision else [len(out.logits) - 1]
     w = active.float() / active.float().sum().clamp(min=1)
     loss = 0.0
+    dense = out.token_logits is not None and cfg.dense_weight > 0
+    if dense:
+        t, cells = dense_targets(plant, x, inst)
+        cells = cells & active[:, None]
     for c in cycles:
         loss = loss + (set_loss(out.logits[c], opt) * w).sum()
-        if out.token_logits is not None and cfg.dense_weight > 0:
-            t, cells = dense_targets(plant, x, inst)
-            cells = cells & active[:, None]
+        if dense:
             per = set_loss(out.token_logits[c], t)
             loss = loss + cfg.dense_weight * (per * cells).sum() / cells.sum().clamp(min=1)
     return loss / len(cycles)
+
+
+@torch.no_grad()
+def _states_along(plant, inst: Instances, t: torch.Tensor):
+    """States after the first ``t[i]`` optimal actions of every instance, and the previous actions."""
+    x = inst.x0.clone()
+    prev = torch.full((len(inst),), -1, dtype=torch.long)
+    for k in range(int(t.max()) if len(t) else 0):
+        move = k < t
+        a = inst.actions[:, k].clamp(min=0)
+        x = torch.where(move[:, None], _step(plant, x, a, inst, Rewards())[0], x)
+        prev = torch.where(move, a, prev)
+    return x, prev
+
+
+def _teacher_forced(policy, inst: Instances, cfg, opt) -> list:
+    """Whole optimal sequences with the latent carried (detached) between steps; one optimiser step per step."""
+    plant = policy.plant
+    x, state = inst.x0, None
+    prev = torch.full((len(inst),), -1, dtype=torch.long)
+    steps = int(inst.lengths.max())
+    if cfg.max_sequence is not None:
+        steps = min(steps, cfg.max_sequence)
+    losses = []
+    for t in range(steps):
+        active = inst.lengths > t
+        out = policy(x, prev, state)
+        loss = _policy_loss(policy, out, x, inst, cfg, active)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(float(loss.detach()))
+        with torch.no_grad():
+            a = inst.actions[:, t].clamp(min=0)
+            x = torch.where(active[:, None], _step(plant, x, a, inst, Rewards())[0], x)
+            prev = torch.where(active, a, prev)
+            state = out.state.detach()
+    return losses
 
 
 def train_supervised(policy, train: Instances, cfg: DiscreteTrainConfig, deadline: float | None = None,
@@ -383,27 +424,19 @@ def train_supervised(policy, train: Instances, cfg: DiscreteTrainConfig, deadlin
         inst = train.subset(idx)
         if cfg.augment:
             inst = _augment(plant, inst, gen)
-        x, state = inst.x0, None
-        prev = torch.full((len(inst),), -1, dtype=torch.long)
-        steps = int(inst.lengths.max())
-        if cfg.max_sequence is not None:
-            steps = min(steps, cfg.max_sequence)
-        losses = []
-        for t in range(steps):
-            active = inst.lengths > t
-            out = policy(x, prev, state if carry else None)
-            loss = _policy_loss(policy, out, x, inst, cfg, active)
+        if carry:
+            losses = _teacher_forced(policy, inst, cfg, opt)
+        else:
+            # one state per instance, drawn uniformly along its optimal action sequence
+            t = (torch.rand(len(inst), generator=gen) * inst.lengths).long()
+            x, prev = _states_along(plant, inst, t)
+            out = policy(x, prev)
+            loss = _policy_loss(policy, out, x, inst, cfg, torch.ones(len(inst), dtype=torch.bool))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             opt.step()
-            losses.append(float(loss))
-            with torch.no_grad():
-                a = inst.actions[:, t].clamp(min=0)
-                x_next = _step(plant, x, a, inst, Rewards())[0]
-                x = torch.where(active[:, None], x_next, x)
-                prev = torch.where(active, a, prev)
-                state = None if out.state is None else out.state.detach()
+            losses = [float(loss.detach())]
         sched.step()
         history.append({"stage": "supervised", "batch": batch, "loss": float(np.mean(losses)),
                         "seconds": time.monotonic() - t0})

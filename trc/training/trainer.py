@@ -360,6 +360,15 @@ class Trainer:
         -------
         TrainResult
         """
+        threads = torch.get_num_threads()
+        if self.cfg.num_threads is not None:
+            torch.set_num_threads(self.cfg.num_threads)
+        try:
+            return self._fit()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self) -> TrainResult:
         cfg, ctx = self.cfg, self.ctx
         if self.out_dir is not None and ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
