@@ -137,6 +137,9 @@ def test_report_files(data, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the CLI
+FAST_EVAL = {"latency_repeats": 3, "throughput_batch": 32, "throughput_repeats": 1}
+
+
 def _model_file(path, problem_dict, data_path=None):
     from trc.problem import Problem
 
@@ -144,7 +147,7 @@ def _model_file(path, problem_dict, data_path=None):
     problem = Problem.from_dict(problem_dict)
     model = TinyRecursiveControl.from_problem(problem, TRCConfig(latent_dim=16, hidden_dim=32, H_cycles=2, L_cycles=1))
     save_model_file(path, state_dict=model.state_dict(), model_config=model.config.to_dict(), problem=problem.to_dict(),
-                    metadata={} if data_path is None else {"dataset": str(data_path)})
+                    metadata={"config": {"evaluation": FAST_EVAL}, **({} if data_path is None else {"dataset": str(data_path)})})
     return path
 
 

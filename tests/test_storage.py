@@ -441,13 +441,6 @@ def test_generator_config_validation(solvers):
             GeneratorConfig(solver="dense_lqr", **bad)
 
 
-def test_workers_give_the_same_arrays(problem, solvers, tmp_path):
-    run(problem, tmp_path / "one.h5", num_samples=48, chunk_size=8)
-    report = run(problem, tmp_path / "two.h5", num_samples=48, chunk_size=8, workers=2)
-    assert report.workers == 2
-    assert_same_data(read_dataset(tmp_path / "one.h5"), read_dataset(tmp_path / "two.h5"))
-
-
 RESUME_SCRIPT = """
 import sys
 sys.path[:0] = [{tests!r}, {repo!r}]

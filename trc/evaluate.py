@@ -3,7 +3,7 @@
 Usage::
 
     python -m trc.evaluate --checkpoint runs/NAME/model.pt [--data PATH] [--out DIR]
-                           [--split test] [--latency-repeats R] [--seed S]
+                           [--split test] [--latency-repeats R] [--threads T] [--seed S]
 
 Without ``--data`` the data set the model was trained on (recorded in ``model.pt``) is used.
 The report (``report.json``, ``report.md``, ``figures/``) goes to ``--out`` (default
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="report folder (default: <checkpoint folder>/evaluation)")
     p.add_argument("--split", choices=("train", "val", "test"), help="split to evaluate (default: evaluation.split, test)")
     p.add_argument("--latency-repeats", type=int, metavar="R", help="timed batch-1 passes (default 200)")
+    p.add_argument("--threads", type=int, metavar="T", help="torch intra-op threads (default: PyTorch's choice)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of torch's generator (evaluation is deterministic)")
     return p
 
@@ -133,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     from dynamics.errors import ConfigError, TRCError
 
     torch.manual_seed(args.seed)
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"error: --threads must be a positive integer, got {args.threads}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     try:
         evaluate_checkpoint(args.checkpoint, data=args.data, out=args.out, split=args.split,
                             latency_repeats=args.latency_repeats)

@@ -138,8 +138,8 @@ def experiment_from_dict(data: Mapping, source: str = "<dict>") -> Experiment:
     try:
         problem = from_dict(Problem, sections["problem"], "problem")
         generator = from_dict(GeneratorConfig, sections["generator"], "generator") if "generator" in sections else None
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
+    except ConfigError as exc:  # name the file; keep the root cause (e.g. UnknownNameError)
+        raise ConfigError(f"{source}: {exc}") from (exc.__cause__ or exc)
     return Experiment(problem=problem, generator=generator, sections=sections, source=source)
 
 
@@ -168,10 +168,12 @@ def standard_config(name: str) -> Path | None:
 def default_experiment(plant: str, solver: str | None = None) -> Experiment:
     """A ready-to-generate configuration for a plant, for quick command-line use.
 
-    The standard configuration ``configs/<plant>.yaml`` when the repository has one (with its
-    solver replaced by ``solver`` if given); otherwise a generic problem: the plant's default
-    parameters and ``dt``, horizon 50, ``Q = I``, ``R = I``, ``Qf = Q``, initial states uniform
-    in ``[-1, 1]^n`` and the origin as target.
+    * The repository's standard configuration ``configs/<plant>.yaml`` when it exists and
+      ``solver`` is None or the solver of that file.
+    * Otherwise a generic problem for ``solver``: the plant with its default parameters and
+      ``dt`` (no bounds unless the plant has default ones), horizon 50, ``Q = I``, ``R = I``,
+      ``Qf = Q``, initial states uniform in ``[-1, 1]^n`` and the origin as target, so that
+      e.g. ``--plant double_integrator --solver lqr`` is an unconstrained LQR problem.
 
     Raises
     ------
@@ -186,16 +188,15 @@ def default_experiment(plant: str, solver: str | None = None) -> Experiment:
     path = standard_config(plant)
     if path is not None:
         data = load_yaml(path)
-        if (data.get("problem") or {}).get("plant", {}).get("name") == plant:
-            if solver is not None and (data.get("generator") or {}).get("solver") != solver:
-                data["generator"] = {**data.get("generator", {}), "solver": solver, "options": {}}
+        standard_solver = (data.get("generator") or {}).get("solver")
+        if (data.get("problem") or {}).get("plant", {}).get("name") == plant and solver in (None, standard_solver):
             return experiment_from_dict(data, source=str(path))
     if solver is None:
-        raise ConfigError(f"plant {plant!r} has no standard configuration in {CONFIG_DIR}; give --solver")
+        raise ConfigError(f"plant {plant!r} has no standard configuration in {CONFIG_DIR}; give a solver (--solver)")
     instance = cls()
     n = instance.state_dim
     problem = {
-        "name": plant,
+        "name": f"{plant}_{solver}",
         "plant": {"name": plant},
         "dt": instance.dt,
         "horizon": 50,
@@ -204,4 +205,6 @@ def default_experiment(plant: str, solver: str | None = None) -> Experiment:
         "initial_state": {"low": [-1.0] * n, "high": [1.0] * n},
         "target_state": {"low": [0.0] * n, "high": [0.0] * n},
     }
-    return experiment_from_dict({"problem": problem, "generator": {"solver": solver}}, source=f"<default {plant}>")
+    return experiment_from_dict(
+        {"problem": problem, "generator": {"solver": solver}}, source=f"<generic {plant} problem for {solver}>"
+    )

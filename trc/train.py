@@ -266,8 +266,38 @@ def evaluate_run(model, problem, data, eval_cfg, out_dir, *, history=None, extra
     return metrics
 
 
+def _problem_kind(argv: list[str] | None) -> str | None:
+    """``problem.kind`` of the ``--config`` file of a command line (None if absent or unreadable)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config")
+    known, _ = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if known.config is None:
+        return None
+    from .config import load_yaml
+    from dynamics.errors import ConfigError
+
+    try:
+        problem = load_yaml(known.config).get("problem")
+    except ConfigError:
+        return None
+    return problem.get("kind") if isinstance(problem, dict) else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 success, 1 failure, 2 bad usage/config)."""
+    """Run the command line; returns the exit status (0 success, 1 failure, 2 bad usage/config).
+
+    Configurations of other problem kinds go to their own pipelines: ``kind: maze | sudoku`` to
+    :func:`trc.discrete.train_main`, ``kind: libero`` to :func:`trc.training.bc.main`.
+    """
+    kind = _problem_kind(argv)
+    if kind in ("maze", "sudoku"):
+        from .discrete import train_main
+
+        return train_main(argv)
+    if kind == "libero":
+        from .training.bc import main as bc_main
+
+        return bc_main(argv)
     args = build_parser().parse_args(argv)
     from dynamics.errors import ConfigError, TRCError, UnknownNameError
 

@@ -79,6 +79,7 @@ class ExpertConfig:
     close_steps: int = 10
     release_steps: int = 6
     tolerance: float = 0.008
+    force_direction: str | None = None
 
     def __post_init__(self):
         for key in ("kp", "kr", "max_speed", "rim_radius", "hover", "carry_clearance", "tolerance"):
@@ -103,7 +104,7 @@ class PickPlaceExpert:
         If the task's goal is not a single ``on`` predicate.
     """
 
-    PHASES = ("approach", "descend", "grasp", "lift", "carry", "lower", "release", "retreat")
+    PHASES = ("backoff", "approach", "descend", "grasp", "lift", "carry", "lower", "release", "retreat")
 
     def __init__(self, sim, config: ExpertConfig | None = None, rng: np.random.Generator | None = None):
         goal = sim.goal()
@@ -120,35 +121,84 @@ class PickPlaceExpert:
         self.phase = "approach"
         self.phase_steps = 0
         self.side = None
+        self.candidates: list[str] = []
         self.carry_z = None
+        self.best_z = np.inf
         self.hold = None
 
     # ---------------------------------------------------------------- geometry
     def _is_bowl(self) -> bool:
         return "bowl" in self.obj
 
-    def _choose_side(self, obj_pos: np.ndarray) -> float:
-        """Grasp the rim at ``+y`` or ``-y`` of the bowl: the side farther from other objects."""
+    #: Grasp directions (unit vectors in the table plane from the object centre to the grasp
+    #: point on the rim) and the yaw of the gripper that closes its fingers along them.
+    DIRECTIONS = {"+y": ((0.0, 1.0), 0.0), "-y": ((0.0, -1.0), 0.0), "+x": ((1.0, 0.0), 90.0), "-x": ((-1.0, 0.0), 90.0)}
+
+    def _candidates(self, obj_pos: np.ndarray) -> list[str]:
+        """Grasp directions, the ones farthest from other objects first (``+-y`` before ``+-x``)."""
         others = []
         for name in list(self.sim.env.objects_dict):
-            if name in (self.obj,):
+            if name == self.obj:
                 continue
             pos, _ = self.sim.body_pose(name)
             if abs(pos[2] - obj_pos[2]) < 0.08:  # only objects at the height of the fingers
                 others.append(pos[:2])
-        clearance = []
-        for s in (1.0, -1.0):
-            finger = obj_pos[:2] + np.array([0.0, s * (self.config.rim_radius + 0.04)])
-            d = min((np.linalg.norm(finger - o) for o in others), default=np.inf)
-            clearance.append(d)
-        if abs(clearance[0] - clearance[1]) < 0.02:
-            return float(self.rng.choice([1.0, -1.0]))
-        return 1.0 if clearance[0] > clearance[1] else -1.0
+
+        def clearance(key):
+            d = np.asarray(self.DIRECTIONS[key][0])
+            finger = obj_pos[:2] + d * (self.config.rim_radius + 0.04)
+            return min((np.linalg.norm(finger - o) for o in others), default=1.0)
+
+        ys = sorted(["+y", "-y"], key=lambda k: -clearance(k))
+        if abs(clearance("+y") - clearance("-y")) < 0.02 and self.rng.random() < 0.5:
+            ys.reverse()
+        order = ys + ["+x", "-x"]
+        free = [k for k in order if not self._fingers_blocked(k, obj_pos)]
+        return free + [k for k in order if k not in free]
+
+    def _fingers_blocked(self, key: str, obj_pos: np.ndarray) -> bool:
+        """Whether a fixture or object stands above the fingertips' depth under the outer finger.
+
+        Casts vertical rays (``mujoco.mj_ray``) at the outer finger's footprint, ignoring the
+        object itself and the robot.
+        """
+        import mujoco
+
+        c = self.config
+        env = self.sim.env
+        m, d = env.sim.model._model, env.sim.data._data
+        own = env.obj_body_id[self.obj]
+        robot = {i for i in range(m.nbody) if (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, i) or "").startswith(("robot", "gripper", "mount"))}
+        u = np.asarray(self.DIRECTIONS[key][0])
+        v = np.array([-u[1], u[0]])
+        tip_z = obj_pos[2] + c.grasp_depth - 0.015  # lowest point of the fingertips
+        geomid = np.zeros(1, dtype=np.int32)
+        for along in (c.rim_radius + 0.03, c.rim_radius + 0.05):
+            for across in (-0.012, 0.0, 0.012):
+                xy = obj_pos[:2] + u * along + v * across
+                start = np.array([xy[0], xy[1], tip_z + 0.25])
+                for _ in range(5):  # skip robot geoms above the footprint
+                    dist = mujoco.mj_ray(m, d, start, np.array([0.0, 0.0, -1.0]), None, 1, own, geomid)
+                    if dist < 0:
+                        break
+                    hit_z = start[2] - dist
+                    if m.geom_bodyid[geomid[0]] in robot or m.geom_contype[geomid[0]] == 0 and m.geom_conaffinity[geomid[0]] == 0:
+                        start = np.array([xy[0], xy[1], hit_z - 1e-4])
+                        continue
+                    if hit_z > tip_z:
+                        return True
+                    break
+        return False
 
     def _grasp_point(self, obj_pos: np.ndarray) -> np.ndarray:
         c = self.config
-        offset = np.array([0.0, self.side * c.rim_radius, 0.0]) if self._is_bowl() else np.zeros(3)
+        d = np.asarray(self.DIRECTIONS[self.side][0])
+        offset = np.array([d[0], d[1], 0.0]) * c.rim_radius if self._is_bowl() else np.zeros(3)
         return obj_pos + offset + np.array([0.0, 0.0, c.grasp_depth])
+
+    def _target_rotation(self) -> np.ndarray:
+        yaw = self.DIRECTIONS[self.side or "+y"][1]
+        return Rotation.from_euler("z", yaw, degrees=True).as_matrix() @ R_DOWN
 
     # ---------------------------------------------------------------- control
     def _servo(self, raw: dict, target: np.ndarray, gripper: float, speed: float | None = None) -> np.ndarray:
@@ -160,7 +210,7 @@ class PickPlaceExpert:
         norm = np.linalg.norm(a_pos)
         if norm > limit:
             a_pos *= limit / norm
-        rotvec = Rotation.from_matrix(R_DOWN @ R.T).as_rotvec()
+        rotvec = Rotation.from_matrix(self._target_rotation() @ R.T).as_rotvec()
         a_rot = np.clip(c.kr * rotvec / ROT_SCALE, -1.0, 1.0)
         return np.concatenate([np.clip(a_pos, -1, 1), a_rot, [gripper]])
 
@@ -180,9 +230,15 @@ class PickPlaceExpert:
         tgt_pos, _ = self.sim.body_pose(self.target)
         eef = np.asarray(raw["robot0_eef_pos"], dtype=float)
         if self.side is None:
-            self.side = self._choose_side(obj_pos)
+            self.candidates = self._candidates(obj_pos) if self.config.force_direction is None else [self.config.force_direction]
+            self.side = self.candidates.pop(0)
         self.phase_steps += 1
         grasp = self._grasp_point(obj_pos)
+        if self.phase == "backoff":
+            if self.phase_steps > 8:
+                self._next("approach")
+            else:
+                return self._servo(raw, self.hold, -1.0)
         if self.phase == "approach":
             above = grasp + np.array([0.0, 0.0, c.hover])
             if np.linalg.norm((above - eef)[:2]) < 0.01 and abs(above[2] - eef[2]) < 0.03:
@@ -190,6 +246,18 @@ class PickPlaceExpert:
             else:
                 return self._servo(raw, above, -1.0)
         if self.phase == "descend":
+            if eef[2] < self.best_z - 0.002:
+                self.best_z, self.stall = eef[2], 0
+            else:
+                self.stall = getattr(self, "stall", 0) + 1
+            blocked = self.stall > 6 and eef[2] - grasp[2] > 0.015
+            if blocked and self.candidates:
+                # the fingers rest on something (a drawer wall, a neighbour): try the next grasp
+                self.side = self.candidates.pop(0)
+                self.best_z, self.stall = np.inf, 0
+                self.hold = eef + np.array([0.0, 0.0, 0.06])
+                self._next("backoff")
+                return self._servo(raw, self.hold, -1.0)
             if np.linalg.norm(grasp - eef) < c.tolerance or self.phase_steps > 40:
                 self._next("grasp")
                 self.hold = grasp.copy()
@@ -198,12 +266,20 @@ class PickPlaceExpert:
         if self.phase == "grasp":
             if self.phase_steps > c.close_steps:
                 self._next("lift")
+                self.obj_z0 = obj_pos[2]
                 self.carry_z = max(obj_pos[2], tgt_pos[2]) + c.carry_clearance + c.grasp_depth
             else:
                 return self._servo(raw, self.hold, 1.0)
         if self.phase == "lift":
             target = np.array([self.hold[0], self.hold[1], self.carry_z])
             if eef[2] > self.carry_z - 0.03 or self.phase_steps > 40:
+                if obj_pos[2] < self.obj_z0 + 0.03:  # the object stayed behind: grasp again
+                    if self.candidates:
+                        self.side = self.candidates.pop(0)
+                    self.best_z, self.stall = np.inf, 0
+                    self.hold = eef.copy()
+                    self._next("backoff")
+                    return self._servo(raw, self.hold, -1.0)
                 self._next("carry")
             else:
                 return self._servo(raw, target, 1.0)

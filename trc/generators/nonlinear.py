@@ -86,6 +86,7 @@ __all__ = ["NonlinearSolver"]
 
 logger = logging.getLogger("trc.generators")
 
+_DEBUG = False
 _INITIAL_GUESSES = ("interpolate", "neighbour")
 
 
@@ -310,7 +311,6 @@ class NonlinearSolver(Solver):
         U = torch.minimum(torch.maximum(torch.as_tensor(Ug, **f64), self._u_lo), self._u_hi)
         xt = torch.as_tensor(target, **f64)
         lam = torch.zeros(Bsz, N, n, **f64)
-        nu = torch.zeros(Bsz, **f64)  # l1 penalty parameters, non-decreasing
         active = np.zeros((Bsz, L.nw), dtype=np.int8)
         known = np.zeros(Bsz, dtype=bool)  # has an active-set prediction
         running = np.ones(Bsz, dtype=bool)
@@ -367,8 +367,10 @@ class NonlinearSolver(Solver):
             # ---- line search on the l1 merit function, all trial steps of all instances at once
             g_ = torch.as_tensor(go, device=dev)
             ag = at[g_]
-            nu_g = torch.maximum(nu[ag], 1.1 * lam_qp[g_].abs().amax((1, 2)) + 1e-6)
-            nu[ag] = nu_g
+            # penalty just above the dual norm of the QP multipliers (so that d is a descent
+            # direction, Nocedal & Wright Thm. 18.2); it follows the multipliers down as well, so
+            # the large multipliers of a poor initial guess do not block full steps later on
+            nu_g = 1.1 * lam_qp[g_].abs().amax((1, 2)) + 1e-6
             dX, dU = (torch.as_tensor(v, **f64) for v in L.unpack(res.d[go]))
             Xg_, Ug_, cg = Xa[g_], Ua[g_], c[g_]
             viol = cg.abs().sum((1, 2))
@@ -380,14 +382,41 @@ class NonlinearSolver(Solver):
             Ut = Ug_[:, None] + alphas[None, :, None, None] * dU[:, None]
             Xt, Ut = Xt.reshape(Ng * Na, N + 1, n), Ut.reshape(Ng * Na, N, m)
             Jt, _, _ = self._cost(Xt, Ut, xta[g_].repeat_interleave(Na, 0))
-            phi = (Jt + nu_g.repeat_interleave(Na, 0) * self._defects(Xt, Ut).abs().sum((1, 2))).reshape(Ng, Na)
+            ct = self._defects(Xt, Ut).reshape(Ng, Na, N, n)
+            phi = Jt.reshape(Ng, Na) + nu_g[:, None] * ct.abs().sum((2, 3))
             accept = phi <= phi0[:, None] + 1e-4 * alphas[None] * slope[:, None]
             # Near a solution the predicted decrease falls below the rounding error of the merit
             # function: the full step is then taken (it is a Newton-type step on the KKT system).
             accept[:, 0] |= slope.abs() <= 1e3 * eps * (phi0.abs() + 1.0)
+            # Second-order correction where the full step is rejected (Maratos effect; Nocedal &
+            # Wright, sec. 15.5, eq. 18.32): the same QP with the dynamics rows shifted by the
+            # defects at the full step, solved with the active set just found; the corrected
+            # full step is taken if it passes the same Armijo test.
+            soc = np.flatnonzero(~accept[:, 0].cpu().numpy())
+            if _DEBUG and soc.size:
+                print("reject", a[go[soc]], "phi0", phi0[soc].tolist()[:2], "slope", slope[soc].tolist()[:2], "dphi", (phi[soc, :3]-phi0[soc,None]).tolist()[:2], "nu", nu_g[soc].tolist()[:2], "viol", viol[soc].tolist()[:2], "dmax", np.abs(res.d[go[soc]]).max(1)[:2])
+            dXs = dUs = None
+            if soc.size:
+                gs = go[soc]
+                b_soc = b[gs].copy()
+                b_soc[:, : L.n_eq] -= ct[torch.as_tensor(soc, device=dev), 0].reshape(soc.size, -1).cpu().numpy()
+                r2 = L.solve(self._P_src, q[gs], A_src[gs], b_soc, w[gs], active[a[gs]], self.qp_tol)
+                qps += soc.size; fast_qps += int(r2.fast.sum())
+                dXs, dUs = (torch.as_tensor(v, **f64) for v in L.unpack(r2.d))
+                st = torch.as_tensor(soc, device=dev)
+                Xs = Xg_[st].clone(); Xs[:, 1:] += dXs
+                Us = Ug_[st] + dUs
+                Js, _, _ = self._cost(Xs, Us, xta[g_][st])
+                phis = Js + nu_g[st] * self._defects(Xs, Us).abs().sum((1, 2))
+                soc_ok = torch.as_tensor(r2.ok, device=dev) & (phis <= phi0[st] + 1e-4 * slope[st])
             found = accept.any(1)
             first = torch.where(found, accept.to(torch.int8).argmax(1), torch.zeros_like(found, dtype=torch.long))
             alpha = alphas[first]
+            if soc.size:  # the corrected step replaces the backtracking where it is accepted
+                st_ok = st[soc_ok]
+                dX[st_ok], dU[st_ok] = dXs[soc_ok], dUs[soc_ok]
+                alpha[st_ok] = 1.0
+                found[st_ok] = True
             stuck = ~found.cpu().numpy()
             if stuck.any():  # no decrease of the merit function at any step length
                 status[a[go[stuck]]] = "line search failed"

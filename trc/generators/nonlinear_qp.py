@@ -12,7 +12,8 @@ into one block-diagonal sparse system, so there is no Python loop over instances
 
 1. **Active-set fast path.** With the active bounds predicted from the previous iteration
    (they settle after a few SQP iterations), the QP reduces to an equality-constrained QP whose
-   KKT system is solved by one sparse LU factorisation (SuperLU, :func:`scipy.sparse.linalg.splu`).
+   KKT system, ordered stage by stage so that it is banded, is solved for the whole batch by one
+   banded LU factorisation (LAPACK ``gbsv`` through :func:`scipy.linalg.solve_banded`).
    The result is accepted for an instance only if it satisfies *all* KKT conditions of the QP
    (free variables inside their bounds, bound multipliers of the right sign), i.e. it *is* the
    QP's unique solution (Nocedal & Wright, *Numerical Optimization*, 2nd ed., sec. 16.5).
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.linalg as spla
+from scipy.linalg import solve_banded
 
 __all__ = ["QPLayout", "QPResult"]
 
@@ -137,6 +138,21 @@ class QPLayout:
         self._K_col = np.repeat(np.arange(self.nK), np.diff(self._K[1]))
         self._K_top = Ki < self.nw  # entries in a variable's row
         self._K_diag = Ki == self._K_col
+        # Banded ordering of the KKT system, stage by stage: u_0, lam_0, x_1, u_1, lam_1, ..., x_N.
+        # Every entry couples unknowns of neighbouring stages, so the bandwidth is about 2n + m
+        # and LAPACK's banded LU (gbsv) factorises a whole batch in O(B N (2n + m)^3).
+        lam_idx = self.nw + np.arange(N * n).reshape(N, n)
+        order = [self.u_idx[0], lam_idx[0]]
+        for k in range(1, N):
+            order += [self.x_idx[k - 1], self.u_idx[k], lam_idx[k]]
+        order.append(self.x_idx[N - 1])
+        self._band_perm = np.concatenate(order)  # new position -> KKT index
+        inv = np.empty(self.nK, dtype=np.int64)
+        inv[self._band_perm] = np.arange(self.nK)
+        r, c = inv[Ki], inv[self._K_col]
+        self._band_l, self._band_u = int((r - c).max()), int((c - r).max())
+        self._band_row = self._band_u + r - c  # row of each entry in LAPACK's band storage
+        self._band_col = c
 
     # ------------------------------------------------------------------ assembly
     def constraint_sources(self, A, Bu) -> np.ndarray:
@@ -247,17 +263,22 @@ class QPLayout:
         data = np.where(fixed, np.where(self._K_diag[None], 1.0, 0.0), data)
         target = np.where(active > 0, self.w_hi - w, np.where(active < 0, self.w_lo - w, 0.0))
         rhs = np.concatenate([np.where(active != 0, target, -q), b[:, : self.n_eq]], axis=1)
-        K = _block_diag_csc(data, Ki, Kp, self.nK, self.nK)
+        # banded LU of all instances at once (the stacked system is banded as well)
+        nb = B * self.nK
+        ab = np.zeros((self._band_l + self._band_u + 1, nb))
+        cols = (self._band_col[None] + self.nK * np.arange(B)[:, None]).ravel()
+        ab[np.broadcast_to(self._band_row, (B, self._band_row.size)).ravel(), cols] = data.ravel()
         try:
-            sol = spla.splu(K, permc_spec="COLAMD").solve(rhs.ravel()).reshape(B, self.nK)
-        except RuntimeError:  # singular: leave every instance to the interior-point solver
+            sol_b = solve_banded((self._band_l, self._band_u), ab, rhs[:, self._band_perm].ravel(),
+                                 overwrite_ab=True, check_finite=False)
+        except np.linalg.LinAlgError:  # singular: leave every instance to the interior-point solver
             return None, None, np.zeros(B, dtype=bool)
+        sol = np.empty((B, self.nK))
+        sol[:, self._band_perm] = sol_b.reshape(B, self.nK)
         d, lam = sol[:, : self.nw], sol[:, self.nw:]
         # bound multipliers from stationarity: r = H d + q + Aeq' lam; upper: z = -r, lower: z = r
-        P = _block_diag_csc(np.broadcast_to(P_src[self._P[2]], (B, self._P[2].size)), self._P[0], self._P[1], self.nw, self.nw)
-        Pd = (P @ d.ravel() + P.T @ d.ravel() - P.diagonal() * d.ravel()).reshape(B, self.nw)
-        Aeq = self._dyn_matrix(A_src)
-        r = Pd + q + (Aeq.T @ lam.ravel()).reshape(B, self.nw)
+        K = _block_diag_csc(src[:, Ks], Ki, Kp, self.nK, self.nK)
+        r = (K @ sol.ravel()).reshape(B, self.nK)[:, : self.nw] + q
         z_up = np.where(active[:, self.upper] > 0, -r[:, self.upper], 0.0)
         z_lo = np.where(active[:, self.lower] < 0, r[:, self.lower], 0.0)
         z = np.concatenate([lam, z_up, z_lo], axis=1)
@@ -267,14 +288,6 @@ class QPLayout:
         sign_ok = (z[:, self.n_eq:] >= -tol * scale).all(1)
         finite = np.isfinite(sol).all(1)
         return d, z, finite & slack_ok & sign_ok
-
-    def _dyn_matrix(self, A_src):
-        """The stacked dynamics rows ``(B N n, B nw)`` of the constraint matrix."""
-        Ai, Ap, As = self._A
-        B = A_src.shape[0]
-        A = _block_diag_csc(A_src[:, As], Ai, Ap, self.n_con, self.nw).tocsr()
-        keep = (np.arange(B)[:, None] * self.n_con + np.arange(self.n_eq)[None]).ravel()
-        return A[keep]
 
     def _solve_clarabel(self, P_src, q, A_src, b, tol):
         """The QPs as one block-diagonal conic problem for Clarabel (per instance if that fails)."""

@@ -1,0 +1,206 @@
+"""Discrete policies (recursive and MLP), losses, training stages, data sets and CLIs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import dynamics
+from dynamics.errors import CheckpointError, ConfigError, DatasetError, DimensionError
+from trc.discrete import generate_main, problem_from_dict, train_main, wants_discrete
+from trc.generators.discrete import generate_discrete, read_discrete_dataset, write_discrete_dataset
+from trc.models.discrete import (DiscretePolicyConfig, MLPPolicy, RecursivePolicy, count_parameters,
+                                 make_discrete_policy)
+from trc.models.recursion import RecursionCore
+from trc.training.discrete import (DiscreteTrainConfig, _augment, evaluate_policy, instances_from_problem, load_policy,
+                                   optimal_action_mask, rollout, save_policy, set_loss, train_reinforce,
+                                   train_supervised)
+
+MAZE = dict(kind="maze", name="maze5", height=5, width=5, loop_probability=0.3, max_steps=30)
+SUDOKU = dict(kind="sudoku", name="sudoku4", size=4, givens=[6, 10])
+
+
+@pytest.fixture(scope="module")
+def maze():
+    problem = problem_from_dict(MAZE)
+    return problem, instances_from_problem(problem, 64, 0)
+
+
+@pytest.mark.parametrize("spec", [MAZE, SUDOKU, dict(SUDOKU, size=9, givens=[40, 45])])
+@pytest.mark.parametrize("arch", ["trc", "mlp"])
+def test_policy_shapes_and_masks(spec, arch):
+    problem = problem_from_dict(spec)
+    plant = problem.make_plant()
+    inst = instances_from_problem(problem, 3, 0)
+    cfg = DiscretePolicyConfig(architecture=arch, H_cycles=2, L_cycles=1, condition_on_previous_action=True)
+    policy = make_discrete_policy(plant, cfg)
+    out = policy(inst.x0, torch.tensor([-1, 0, 2]))
+    assert len(out.logits) == (2 if arch == "trc" else 1)
+    assert all(l.shape == (3, plant.num_actions) for l in out.logits)
+    legal = dynamics.maze.Maze.blocked(plant, inst.x0).logical_not() if plant.name == "maze" else plant.legal_actions(inst.x0)
+    assert (out.logits[-1][~legal] <= -1e8).all() and (out.logits[-1][legal] > -1e8).all()
+    if arch == "trc":
+        tokens = plant.height * plant.width if plant.name == "maze" else plant.size ** 2
+        assert out.token_logits[-1].shape[:2] == (3, tokens)
+        assert out.state.z_H.shape == (3, tokens, cfg.latent_dim) and out.state.z_L is not None
+    with pytest.raises(DimensionError, match="expected"):
+        policy(inst.x0[:, :-1])
+
+
+def test_recursive_policy_reuses_the_trc_core_and_mlp_matches_parameters():
+    plant = dynamics.make("maze", height=9, width=9)
+    cfg = DiscretePolicyConfig(latent_dim=16, hidden_dim=32)
+    trc = RecursivePolicy(plant, cfg)
+    assert isinstance(trc.core, RecursionCore)
+    mlp = MLPPolicy(plant, cfg)
+    assert abs(count_parameters(mlp) / count_parameters(trc) - 1) < 0.05
+    # one shared network: more cycles do not add parameters
+    assert count_parameters(RecursivePolicy(plant, DiscretePolicyConfig(latent_dim=16, hidden_dim=32, H_cycles=5))) \
+        == count_parameters(trc)
+
+
+def test_set_loss_matches_definition():
+    logits = torch.tensor([[1.0, 2.0, 0.0, -1.0], [0.5, 0.5, 0.5, 0.5]])
+    targets = torch.tensor([[True, False, True, False], [False, False, False, False]])
+    p = torch.softmax(logits[0], -1)
+    assert torch.allclose(set_loss(logits, targets), torch.tensor([-torch.log(p[0] + p[2]), 0.0]))
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="architecture"):
+        DiscretePolicyConfig(architecture="transformer")
+    with pytest.raises(ConfigError, match="H_cycles"):
+        DiscretePolicyConfig(H_cycles=0)
+    with pytest.raises(ConfigError, match="kind"):
+        problem_from_dict({"kind": "chess", "name": "x"})
+    with pytest.raises(ConfigError, match="unknown key"):
+        problem_from_dict(dict(MAZE, colour="red"))
+    with pytest.raises(ConfigError, match="gamma"):
+        DiscreteTrainConfig(gamma=0)
+    with pytest.raises(ConfigError, match="maze"):
+        make_discrete_policy(dynamics.make("double_integrator"), {})
+
+
+def test_supervised_training_reduces_the_loss(maze):
+    problem, inst = maze
+    torch.manual_seed(0)
+    policy = make_discrete_policy(problem.make_plant(), dict(latent_dim=16, hidden_dim=32, H_cycles=2, L_cycles=1))
+    hist = train_supervised(policy, inst, DiscreteTrainConfig(supervised_batches=40, batch_size=32, lr=3e-3))
+    first, last = np.mean([h["loss"] for h in hist[:5]]), np.mean([h["loss"] for h in hist[-5:]])
+    assert last < 0.8 * first
+
+
+def test_tiny_reinforce_run_improves_reward():
+    problem = problem_from_dict(dict(kind="maze", name="tiny", height=3, width=5, layout="random",
+                                     wall_probability=0.2, max_steps=12))
+    torch.manual_seed(0)
+    policy = make_discrete_policy(problem.make_plant(), dict(architecture="mlp", mlp_width=32, mlp_layers=1))
+    test = instances_from_problem(problem, 256, 123)
+
+    def sampled_return():
+        g = torch.Generator().manual_seed(5)
+        rewards = dynamics.discrete_env.Rewards(**problem.rewards)
+        return float(rollout(policy, test, problem.max_steps, greedy=False, rewards=rewards, generator=g)["returns"].mean())
+
+    before = sampled_return()
+    cfg = DiscreteTrainConfig(rl_iterations=25, rl_batch=64, rl_lr=1e-2, entropy=0.0)
+    hist = train_reinforce(policy, problem, cfg)
+    after = sampled_return()
+    assert after > before + 0.1, (before, after)
+    assert len(hist) == 25 and all(np.isfinite(h["mean_return"]) for h in hist)
+
+
+def test_evaluation_of_an_oracle_policy_is_optimal(maze):
+    problem, inst = maze
+    plant = problem.make_plant()
+
+    class Oracle(torch.nn.Module):
+        config = DiscretePolicyConfig(architecture="mlp")
+
+        def __init__(self):
+            super().__init__()
+            self.plant = plant
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, prev=None, state=None, H_cycles=None, mask=None):
+            from trc.models.discrete import PolicyOutput
+
+            return PolicyOutput([optimal_action_mask(plant, x, self.inst).float() * 10], None, None)
+
+    oracle = Oracle()
+    oracle.inst = inst
+    m = evaluate_policy(oracle, problem, inst, batch_size=len(inst))
+    assert m["success_rate"] == 1.0 and m["optimality_gap"] == 0.0 and m["within_5pct"] == 1.0
+
+
+@pytest.mark.parametrize("spec", [MAZE, SUDOKU])
+def test_augmentation_keeps_solutions_optimal(spec):
+    problem = problem_from_dict(spec)
+    plant = problem.make_plant()
+    inst = _augment(plant, instances_from_problem(problem, 32, 0), torch.Generator().manual_seed(0))
+    x = inst.x0
+    from trc.training.discrete import _step
+    from dynamics.discrete_env import Rewards
+
+    for t in range(int(inst.lengths.max())):
+        active = inst.lengths > t
+        a = inst.actions[:, t].clamp(min=0)
+        assert optimal_action_mask(plant, x, inst)[active, a[active]].all()
+        x = torch.where(active[:, None], _step(plant, x, a, inst, Rewards())[0], x)
+    done = plant.at_goal(x) if plant.name == "maze" else plant.solved(x)
+    assert done.all()
+
+
+def test_dataset_round_trip_and_corruption(tmp_path):
+    for spec in (MAZE, SUDOKU):
+        problem = problem_from_dict(spec)
+        data = generate_discrete(problem, 20, 1)
+        path = write_discrete_dataset(tmp_path / f"{problem.name}.h5", data)
+        back = read_discrete_dataset(path)
+        for name, value in data.arrays().items():
+            np.testing.assert_array_equal(getattr(back, name), value)
+        traj = back.trajectory(0)
+        assert traj.shape == (data.lengths[0] + 1, problem.make_plant().state_dim)
+        np.testing.assert_array_equal(traj[-1].numpy(), data.target_states[0])
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DatasetError, match="truncated, corrupt or not HDF5"):
+        read_discrete_dataset(path)
+    with pytest.raises(DatasetError, match="does not exist"):
+        read_discrete_dataset(tmp_path / "missing.h5")
+
+
+def test_policy_file_round_trip(tmp_path, maze):
+    problem, inst = maze
+    policy = make_discrete_policy(problem.make_plant(), dict(latent_dim=8, hidden_dim=16))
+    save_policy(tmp_path / "p.pt", policy, problem)
+    loaded, prob = load_policy(tmp_path / "p.pt")
+    assert prob.to_dict() == problem.to_dict()
+    assert torch.equal(loaded(inst.x0).logits[-1], policy(inst.x0).logits[-1])
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_policy(tmp_path / "bad.pt")
+
+
+def test_command_lines(tmp_path, capsys):
+    cfg = {
+        "problem": dict(MAZE),
+        "generator": {"num_samples": 60, "seed": 0, "out": str(tmp_path / "m.h5")},
+        "model": {"latent_dim": 8, "hidden_dim": 16, "H_cycles": 2, "L_cycles": 1},
+        "training": {"supervised_batches": 3, "batch_size": 8, "rl_iterations": 1, "rl_batch": 8, "eval_episodes": 6},
+    }
+    path = tmp_path / "maze.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert wants_discrete(["--config", str(path)])
+    assert generate_main(["--config", str(path), "--quiet"]) == 0
+    assert read_discrete_dataset(tmp_path / "m.h5").num_samples == 60
+    assert generate_main(["--config", str(path)]) == 0 and "already holds" in capsys.readouterr().out
+    assert train_main(["--config", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0 <= metrics["success_rate"] <= 1 and metrics["episodes"] == 6
+    assert train_main(["--config", str(path), "--out", str(tmp_path / "run"), "--stage", "rl", "--quiet"]) == 0
+    cfg["problem"]["height"] = 1
+    path.write_text(yaml.safe_dump(cfg))
+    assert generate_main(["--config", str(path)]) == 2 and "height" in capsys.readouterr().err
