@@ -125,7 +125,7 @@ class LearnedArmDynamics(Plant):
     control_units = ("1",) * 7
 
     def __init__(self, hidden_dim: int = 256, num_layers: int = 3, checkpoint: str | os.PathLike | None = None,
-                 *, dt: float = 0.05, **kwargs):
+                 *, seed: int = 0, dt: float = 0.05, **kwargs):
         kwargs.setdefault("u_min", -1.0)
         kwargs.setdefault("u_max", 1.0)
         super().__init__(dt=dt, **kwargs)
@@ -141,7 +141,14 @@ class LearnedArmDynamics(Plant):
             width = self.hidden_dim
         layers.append(nn.Linear(width, n))
         self.net = nn.Sequential(*layers)
+        self.seed = int(seed)
+        gen = torch.Generator().manual_seed(self.seed)  # the same seed gives the same network
         with torch.no_grad():
+            for layer in self.net:
+                if isinstance(layer, nn.Linear):
+                    bound = 1.0 / math.sqrt(layer.in_features)  # PyTorch's default nn.Linear range
+                    layer.weight.uniform_(-bound, bound, generator=gen)
+                    layer.bias.uniform_(-bound, bound, generator=gen)
             self.net[-1].weight.mul_(0.1)
             self.net[-1].bias.zero_()
         self.register_buffer("x_mean", torch.zeros(n))
@@ -155,7 +162,8 @@ class LearnedArmDynamics(Plant):
                 raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not match the model: {exc}") from exc
 
     def config(self) -> dict:
-        cfg = {"name": self.name, "hidden_dim": self.hidden_dim, "num_layers": self.num_layers, "dt": self.dt}
+        cfg = super().config()
+        cfg.update(hidden_dim=self.hidden_dim, num_layers=self.num_layers, seed=self.seed)
         if self.checkpoint:
             cfg["checkpoint"] = self.checkpoint
         return cfg
@@ -164,7 +172,7 @@ class LearnedArmDynamics(Plant):
         """``x[k+1] = x[k] + S g((x[k] - m) / s, u[k])``; ``x`` ``(batch, 14)``, ``u`` ``(batch, 7)``."""
         u = torch.clamp(u, -1.0, 1.0)
         inp = torch.cat([(x - self.x_mean.to(x)) / self.x_std.to(x), u.to(x)], dim=-1)
-        x_next = x + self.dx_scale.to(x) * self.net.to(x.dtype)(inp)
+        x_next = x + self.dx_scale.to(x) * self.net(inp)
         return torch.cat([x_next[..., :3], _gram_schmidt(x_next[..., 3:9]), x_next[..., 9:]], dim=-1)
 
     def rollout_chunk(self, x0: torch.Tensor, controls: torch.Tensor) -> torch.Tensor:

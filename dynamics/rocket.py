@@ -7,7 +7,7 @@ References
 ----------
 .. [1] B. Açıkmeşe and S. R. Ploen, "Convex programming approach to powered descent guidance
    for Mars landing", *J. Guidance, Control, and Dynamics* 30(5), 1353-1366, 2007,
-   doi:10.2514/1.27553 (dynamics of Sec. II, numerical example of Sec. V).
+   doi:10.2514/1.27553 (dynamics and the Mars numerical example).
 .. [2] L. Blackmore, B. Açıkmeşe and D. P. Scharf, "Minimum-landing-error powered-descent
    guidance for Mars landing using convex optimization", *J. Guidance, Control, and
    Dynamics* 33(4), 1161-1171, 2010, doi:10.2514/1.47202 (same vehicle parameters).
@@ -38,7 +38,7 @@ class Rocket(Plant):
     frame origin, velocity ``v`` in m/s and mass ``m`` in kg. Control: the thrust vector
     ``T = (T_x, T_y, T_z)`` in newtons, held constant over each sample (zero-order hold).
 
-    Dynamics ([1]_, Sec. II, eq. (1)-(2))::
+    Dynamics ([1]_)::
 
         r' = v,    v' = T / m + g,    m' = -alpha ||T||_eps,
         alpha = 1 / (Isp g0),    g = (0, 0, -g_mars),
@@ -53,7 +53,7 @@ class Rocket(Plant):
     permutation, so handedness is kept): their initial position ``(1500, 0, 2000)`` m and
     velocity ``(-75, 0, 100)`` m/s are our ``(0, 2000, 1500)`` m and ``(0, 100, -75)`` m/s.
 
-    Default parameters are the published Mars example ([1]_ Sec. V, [2]_ Table 1): six
+    Default parameters are the published Mars example of [1]_ and [2]_: six
     engines of ``T_bar = 3100`` N canted by ``phi = 27`` deg and throttled between 30 % and
     80 %, so the net thrust magnitude is bounded by ``rho1 = 6 * 0.3 * 3100 cos 27deg =
     4971.9`` N and ``rho2 = 6 * 0.8 * 3100 cos 27deg = 13258.5`` N; ``Isp = 225`` s, wet mass
@@ -128,7 +128,10 @@ class Rocket(Plant):
             (isp > 0, f"isp must be positive (s), got {isp!r}"),
             (0 < m_dry < m_wet, f"need 0 < m_dry < m_wet (kg), got m_dry={m_dry!r}, m_wet={m_wet!r}"),
             (thrust_max > 0, f"thrust_max must be positive (N), got {thrust_max!r}"),
-            (int(n_engines) == n_engines and n_engines >= 1, f"n_engines must be a positive integer, got {n_engines!r}"),
+            (
+                int(n_engines) == n_engines and n_engines >= 1,
+                f"n_engines must be a positive integer, got {n_engines!r}",
+            ),
             (0 <= cant_angle < 90, f"cant_angle must be in [0, 90) degrees, got {cant_angle!r}"),
             (
                 0 <= throttle_min <= throttle_max <= 1,

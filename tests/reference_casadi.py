@@ -217,6 +217,12 @@ class IpoptReference:
         self._lbw = np.concatenate([np.tile(xlo, N + 1), np.tile(ulo, N)])
         self._ubw = np.concatenate([np.tile(xhi, N + 1), np.tile(uhi, N)])
         self._F = F
+        # gradient of the Lagrangian J + sum_k lam_k' (x_{k+1} - F(x_k, u_k)) w.r.t. x_1..x_N, u
+        lam = ca.SX.sym("lam", n, N)
+        Lag = J + ca.sum1(ca.sum2(lam * (X[:, 1:] - Fmap(X[:, :N], U))))
+        self._grad_L = ca.Function("grad_L", [X, U, lam, P], [ca.gradient(Lag, X)[:, 1:], ca.gradient(Lag, U)])
+        self._grad_J = ca.Function("grad_J", [X, U, P], [ca.gradient(J, X)[:, 1:], ca.gradient(J, U)])
+        self._bounds = (xlo, xhi, ulo, uhi)
 
     def solve(self, x0, target, states_guess=None, controls_guess=None) -> ReferenceResult:
         """Solve one instance.
@@ -255,6 +261,37 @@ class IpoptReference:
             iterations=int(stats["iter_count"]),
             solve_time=elapsed,
         )
+
+    def kkt_residual(self, x0, target, states, controls, multipliers, bound_tol: float = 1e-9) -> float:
+        """Largest violation of the KKT stationarity conditions at a candidate solution.
+
+        ``L = J + sum_k lam_k' (x_{k+1} - F(x_k, u_k))`` is differentiated by CasADi. For an entry
+        strictly inside its bounds the residual is ``|dL/dw|``; at an upper bound it is
+        ``max(dL/dw, 0)`` (the bound multiplier ``-dL/dw`` must be >= 0), at a lower bound
+        ``max(-dL/dw, 0)``. The result is divided by ``max(1, ||grad J||_inf)``.
+
+        Parameters
+        ----------
+        x0, target : array_like, shape ``(n,)``
+        states : array_like, shape ``(N + 1, n)``
+        controls : array_like, shape ``(N, m)``
+        multipliers : array_like, shape ``(N, n)``
+            Multipliers of the dynamics constraints ``x_{k+1} - F(x_k, u_k) = 0``.
+        """
+        p = np.concatenate([np.asarray(x0, float).ravel(), np.asarray(target, float).ravel()])
+        X = np.asarray(states, float).T
+        U = np.asarray(controls, float).T
+        lam = np.asarray(multipliers, float).T
+        gx, gu = (np.asarray(v) for v in self._grad_L(X, U, lam, p))
+        jx, ju = (np.asarray(v) for v in self._grad_J(X, U, p))
+        xlo, xhi, ulo, uhi = self._bounds
+        out = 0.0
+        for g, v, lo, hi in ((gx, X[:, 1:], xlo, xhi), (gu, U, ulo, uhi)):
+            at_hi = v >= hi[:, None] - bound_tol
+            at_lo = v <= lo[:, None] + bound_tol
+            r = np.where(at_hi, np.maximum(g, 0.0), np.where(at_lo, np.maximum(-g, 0.0), np.abs(g)))
+            out = max(out, float(r.max()))
+        return out / max(1.0, float(np.abs(np.concatenate([jx.ravel(), ju.ravel()])).max()))
 
     def simulate(self, x0, controls) -> np.ndarray:
         """Roll ``controls`` ``(N, m)`` out from ``x0`` through the CasADi step; ``(N + 1, n)``."""

@@ -133,7 +133,7 @@ def test_thrust_is_bang_bang_within_bounds(published):
     at_max = np.isclose(T, rho2, rtol=1e-3)
     assert at_min.sum() >= 5 and at_max.sum() >= 5  # both arcs appear
     assert (at_min | at_max).mean() >= 0.9  # switching intervals only in between
-    # max - min - max structure (Açıkmeşe & Ploen 2007, Sec. IV)
+    # max - min - max structure, as in the published solutions
     arcs = [k for k, flag in enumerate(at_max) if flag]
     assert arcs[0] == 0 and arcs[-1] == len(T) - 1
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -32,7 +31,6 @@ from trc.generators.pipeline import (
     parts_dir,
     run_hash,
     sample_instances,
-    solve_batch,
     split_indices,
 )
 from trc.generators.storage import REQUIRED_ATTRS, GeneratedDataset, read_attrs, read_dataset, write_dataset
@@ -367,7 +365,8 @@ def test_generate_is_deterministic_and_keeps_failures_apart(problem, solvers, tm
     assert not parts_dir(tmp_path / "a.h5").exists()
     assert "control_bounds" in report.summary() and str(tmp_path / "a.h5") in report.summary()
 
-    run(problem, tmp_path / "b.h5")  # same seed: same arrays
+    auto = run(problem, tmp_path / "b.h5", workers=None)  # same seed: same arrays
+    assert auto.workers == 1  # default workers: this small run stays in this process
     assert_same_data(a, read_dataset(tmp_path / "b.h5"))
     run(problem, tmp_path / "c.h5", seed=1)  # another seed: other instances
     c = read_dataset(tmp_path / "c.h5")

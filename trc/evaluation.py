@@ -4,14 +4,17 @@ Every metric is computed from the TRC controls rolled out through the problem's 
 float64 (the same simulator, cost, ``dt`` and horizon as the optimal solutions):
 
 ``success_rate``
-    Fraction of samples with ``||x_N - x*||_2 < problem.tolerance``.
+    Fraction of samples with ``||x_N - x*||_2 < problem.tolerance`` (:func:`terminal_error`;
+    for the rocket ``||r_N - r*|| + ||v_N - v*||``, the convention of its solver).
 ``terminal_error_mean``, ``terminal_error_median``, ``terminal_error_p95``
     Statistics of ``||x_N - x*||_2`` (state units).
 ``cost_gap_median``, ``cost_gap_p95``, ``cost_gap_mean``
     Statistics of ``J_TRC / J_opt - 1`` with both costs from :meth:`trc.Problem.cost_of`.
 ``constraint_violation_rate``
     Fraction of samples with a control outside ``[u_min, u_max]`` or a rolled-out state
-    outside ``[x_min, x_max]`` (relative tolerance ``1e-6``).
+    outside ``[x_min, x_max]`` (relative tolerance ``1e-6``), or violating a problem's own
+    constraints (rocket: thrust magnitude in ``[rho1, rho2]``, glide slope; see
+    :func:`problem_violations`).
 ``gap_per_cycle``, ``success_per_cycle``
     Median gap and success rate of the controls after every refinement cycle (entry 0 is the
     initial decode), from ``return_all_iterations=True``.
@@ -42,7 +45,8 @@ import torch
 
 from dynamics.errors import DimensionError
 
-__all__ = ["REPORT_KEYS", "SplitData", "split_data", "Evaluation", "rollout_metrics", "measure_latency", "evaluate_model"]
+__all__ = ["REPORT_KEYS", "SplitData", "split_data", "Evaluation", "terminal_error", "target_dims",
+           "problem_violations", "rollout_metrics", "measure_latency", "evaluate_model"]
 
 #: Keys every evaluation report holds.
 REPORT_KEYS = (
@@ -142,6 +146,48 @@ def _quantile(x: torch.Tensor, q: float) -> float:
     return float(torch.quantile(x, q)) if x.numel() else math.nan
 
 
+def target_dims(problem) -> list[int] | None:
+    """State dimensions the target constrains: ``None`` for all; the rocket's position and
+    velocity (its target mass is ignored, as in the ``rocket`` solver)."""
+    if problem.plant.get("name") == "rocket":
+        return [0, 1, 2, 3, 4, 5]
+    return None
+
+
+def terminal_error(problem, x_N: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Distance of final states ``x_N`` ``(B, n)`` to the targets ``(B, n)``, shape ``(B,)``.
+
+    ``||x_N - x*||_2`` in state units, except for the rocket: ``||r_N - r*|| + ||v_N - v*||``
+    (metres plus metres per second), the landing check of the ``rocket`` solver
+    (:mod:`trc.generators.rocket`). Success is ``terminal_error < problem.tolerance``.
+    """
+    d = x_N - target
+    if problem.plant.get("name") == "rocket":
+        return torch.linalg.vector_norm(d[:, 0:3], dim=-1) + torch.linalg.vector_norm(d[:, 3:6], dim=-1)
+    return torch.linalg.vector_norm(d, dim=-1)
+
+
+def problem_violations(problem, plant, states: torch.Tensor, controls: torch.Tensor, target: torch.Tensor,
+                       thrust_rtol: float = 1e-3, glide_tol: float = 1.0) -> torch.Tensor:
+    """Constraints of a problem beyond the plant's boxes, per sample ``(B,)`` (bool).
+
+    Rocket (Açıkmeşe & Ploen 2007, as checked by the ``rocket`` solver): thrust magnitude
+    ``rho1 <= ||T_k|| <= rho2`` (relative tolerance ``thrust_rtol``) and the glide slope
+    ``(r_k - r*)_z >= tan(gamma) ||(r_k - r*)_xy||`` at every node ``k >= 1`` (tolerance
+    ``glide_tol`` metres), ``gamma = problem.options["glide_slope"]`` degrees (default 4).
+    Other problems: none.
+    """
+    B = states.shape[0]
+    if problem.plant.get("name") != "rocket":
+        return torch.zeros(B, dtype=torch.bool)
+    thrust = torch.linalg.vector_norm(controls, dim=-1)
+    bad = ((thrust < plant.rho1 * (1 - thrust_rtol)) | (thrust > plant.rho2 * (1 + thrust_rtol))).any(1)
+    gamma = math.radians(float(problem.options.get("glide_slope", 4.0)))
+    d = states[:, 1:, :3] - target[:, None, :3]
+    margin = d[..., 2] - math.tan(gamma) * torch.linalg.vector_norm(d[..., :2], dim=-1)
+    return bad | (margin < -glide_tol).any(1)
+
+
 def rollout_metrics(problem, plant, x0, target, controls, J_opt) -> dict[str, torch.Tensor]:
     """Per-sample success, terminal error, cost gap and constraint violation of ``controls``.
 
@@ -164,8 +210,7 @@ def rollout_metrics(problem, plant, x0, target, controls, J_opt) -> dict[str, to
     controls = controls.to(torch.float64)
     states = plant.rollout(x0, controls)
     J = problem.cost_of(states, controls, target)
-    err = torch.linalg.vector_norm(states[:, -1] - target, dim=-1)
-    err = torch.nan_to_num(err, nan=math.inf)
+    err = torch.nan_to_num(terminal_error(problem, states[:, -1], target), nan=math.inf)
     gap = J / J_opt.clamp_min(torch.finfo(torch.float64).tiny) - 1.0
     gap = torch.nan_to_num(gap, nan=math.inf)
 
@@ -176,6 +221,7 @@ def rollout_metrics(problem, plant, x0, target, controls, J_opt) -> dict[str, to
         return ((v < lo - tol_lo) | (v > hi + tol_hi) | ~torch.isfinite(v)).flatten(1).any(1)
 
     violation = outside(controls, plant.u_min, plant.u_max) | outside(states, plant.x_min, plant.x_max)
+    violation = violation | problem_violations(problem, plant, states, controls, target)
     return {
         "success": err < problem.tolerance,
         "terminal_error": err,
@@ -241,7 +287,7 @@ def evaluate_model(
     if M == 0:
         raise DimensionError("cannot evaluate on an empty split")
     J_opt = problem.cost_of(data.states, data.controls, data.target_states)
-    opt_err = torch.linalg.vector_norm(data.states[:, -1] - data.target_states, dim=-1)
+    opt_err = terminal_error(problem, data.states[:, -1], data.target_states)
 
     per: dict[str, list] = {k: [] for k in ("success", "terminal_error", "gap", "violation")}
     cyc_gap: list[torch.Tensor] = []

@@ -77,8 +77,11 @@ def _continuous(args) -> str:
         config = GeneratorConfig(**overrides)
     elif overrides:
         config = dataclasses.replace(config, **overrides)  # re-validated by __post_init__
-    report = generate(exp.problem, config, out=args.out, workers=args.workers, progress=not args.quiet,
-                      force=args.force)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+        report = generate(exp.problem, config, out=args.out, workers=args.workers, progress=not args.quiet,
+                          force=args.force)
     return report.summary()
 
 

@@ -184,7 +184,7 @@ def controller_iosys(
         return control.copy()
 
     return ct.nlsys(
-        None, outfcn, inputs=in_names, outputs=control_out, states=0, dt=float(dt), name=name,
+        None, outfcn, inputs=in_names, outputs=control_out, dt=float(dt), name=name,
         params={} if fixed is None else {"target": fixed},
     )
 

@@ -237,11 +237,11 @@ def check_solution(
 
     Notes
     -----
-    Checks, in order: the solver status; finite controls (where the solver succeeded); the
-    simulation is finite; dynamics
-    residual ``max |x_pred - x_sim| <= atol + rtol * max(1, max |x_sim|)``; control bounds
-    ``u_min - tol <= u <= u_max + tol``; state bounds on every simulated state, ``x0``
-    included. Bounds are the plant's ``u_min``/``u_max``/``x_min``/``x_max``.
+    Checks, in order: the solver status; finite controls and dynamics residual
+    ``max |x_pred - x_sim| <= atol + rtol * max(1, max |x_sim|)`` (both where the solver
+    succeeded); the simulation is finite; control bounds ``u_min - tol <= u <= u_max + tol``;
+    state bounds on every simulated state, ``x0`` included. Bounds are the plant's
+    ``u_min``/``u_max``/``x_min``/``x_max``.
     """
     tol = tolerances or Tolerances()
     plant = plant if plant is not None else problem.make_plant(torch.float64)
@@ -252,7 +252,8 @@ def check_solution(
     controls = _as_batch(controls, (N, m), "controls", B)
     for a, what in ((x0, "x0"), (target, "target")):
         if not np.isfinite(a).all():
-            raise NonFiniteError(f"{what} contains NaN or infinity in rows {np.flatnonzero(~np.isfinite(a).all(1))[:10].tolist()}")
+            rows = np.flatnonzero(~np.isfinite(a).all(1))[:10].tolist()
+            raise NonFiniteError(f"{what} contains NaN or infinity in rows {rows}")
     predicted = None if states is None else _as_batch(states, (N + 1, n), "states", B)
     status = np.full(B, "optimal", dtype=object) if solver_status is None else np.asarray(solver_status).astype(object)
     ok_solver = np.ones(B, dtype=bool) if solver_success is None else np.asarray(solver_success, dtype=bool)
@@ -290,8 +291,9 @@ def check_solution(
             scale = np.maximum(1.0, np.abs(sim).max(axis=(1, 2)))
         residual = np.where(np.isfinite(predicted).all(axis=(1, 2)), residual, np.inf)
         report.dynamics_residual = residual
-        bad = finite_x & ~(residual <= tol.dynamics_atol + tol.dynamics_rtol * scale)
-        report.fail(bad, "dynamics", lambda idx: _fmt("residual %.3g between predicted and simulated states", residual[idx]))
+        bad = ok_solver & finite_x & ~(residual <= tol.dynamics_atol + tol.dynamics_rtol * scale)
+        report.fail(bad, "dynamics",
+                    lambda idx: _fmt("residual %.3g between predicted and simulated states", residual[idx]))
 
     def violation(values, lo, hi):
         """Largest violation per instance and whether it exceeds the tolerance."""
@@ -311,7 +313,8 @@ def check_solution(
             excess = np.maximum(excess, (over - allow).max(axis=(1, 2)))
         return worst, excess > 0
 
-    report.control_violation, bad_u = violation(np.where(np.isfinite(controls), controls, 0.0), plant.u_min, plant.u_max)
+    finite_controls = np.where(np.isfinite(controls), controls, 0.0)
+    report.control_violation, bad_u = violation(finite_controls, plant.u_min, plant.u_max)
     report.fail(finite_u & bad_u, "control_bounds",
                 lambda idx: _fmt("max violation %.3g of [u_min, u_max]", report.control_violation[idx]))
     report.state_violation, bad_x = violation(np.where(np.isfinite(sim), sim, 0.0), plant.x_min, plant.x_max)
@@ -321,8 +324,8 @@ def check_solution(
 
 
 def _fmt(template: str, values) -> np.ndarray:
-    """``template % v`` for every value, as an object array (vectorised formatting)."""
-    return np.char.mod(template, np.asarray(values)).astype(object)
+    """``template % v`` for every value, as an object array."""
+    return np.array([template % v for v in np.asarray(values).tolist()], dtype=object)
 
 
 def assemble_solution(

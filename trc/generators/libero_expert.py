@@ -124,6 +124,7 @@ class PickPlaceExpert:
         self.candidates: list[str] = []
         self.carry_z = None
         self.best_z = np.inf
+        self.stall = 0
         self.hold = None
 
     # ---------------------------------------------------------------- geometry
@@ -241,8 +242,10 @@ class PickPlaceExpert:
                 return self._servo(raw, self.hold, -1.0)
         if self.phase == "approach":
             above = grasp + np.array([0.0, 0.0, c.hover])
-            if np.linalg.norm((above - eef)[:2]) < 0.01 and abs(above[2] - eef[2]) < 0.03:
+            close = np.linalg.norm((above - eef)[:2]) < 0.01 and abs(above[2] - eef[2]) < 0.03
+            if close or (self.phase_steps > 40 and np.linalg.norm((above - eef)[:2]) < 0.02):
                 self._next("descend")
+                self.best_z, self.stall = np.inf, 0
             else:
                 return self._servo(raw, above, -1.0)
         if self.phase == "descend":
@@ -267,13 +270,19 @@ class PickPlaceExpert:
             if self.phase_steps > c.close_steps:
                 self._next("lift")
                 self.obj_z0 = obj_pos[2]
+                self.best_z, self.stall = -np.inf, 0
                 self.carry_z = max(obj_pos[2], tgt_pos[2]) + c.carry_clearance + c.grasp_depth
             else:
                 return self._servo(raw, self.hold, 1.0)
         if self.phase == "lift":
             target = np.array([self.hold[0], self.hold[1], self.carry_z])
-            if eef[2] > self.carry_z - 0.03 or self.phase_steps > 40:
-                if obj_pos[2] < self.obj_z0 + 0.03:  # the object stayed behind: grasp again
+            if eef[2] > self.best_z + 0.002:
+                self.best_z, self.stall = eef[2], 0
+            else:
+                self.stall += 1
+            stuck = self.stall > 8
+            if eef[2] > self.carry_z - 0.03 or self.phase_steps > 40 or stuck:
+                if stuck or obj_pos[2] < self.obj_z0 + 0.03:  # object left behind or caught: grasp again
                     if self.candidates:
                         self.side = self.candidates.pop(0)
                     self.best_z, self.stall = np.inf, 0

@@ -13,8 +13,8 @@ checks (:mod:`trc.generators.checks`) report every instance whose solution viola
 (use the ``qp`` solver for bounded problems).
 
 Riccati recursion with affine terms (Bertsekas, *Dynamic Programming and Optimal Control*,
-vol. I, 4th ed., sec. 3.1; Anderson & Moore, *Optimal Control: Linear Quadratic Methods*,
-sec. 2.3 and 4.2 for the tracking case). With the value function
+vol. I, the linear-quadratic problem; Anderson & Moore, *Optimal Control: Linear Quadratic
+Methods*, the regulator and tracking problems). With the value function
 ``V_k(x) = x' P_k x + 2 s_k' x + const``, ``P_N = Qf``, ``s_N = -Qf x*``::
 
     G_k   = Rd + B' P_{k+1} B
@@ -61,7 +61,7 @@ def exact_discretization(plant, method: str = "zoh", *, linearity_rtol: float = 
     dynamics ``x' = Ac x + Bc u + cc``: the matrices come from :meth:`~dynamics.Plant.linearize`
     (autograd, float64) about the origin, ``cc = f(0, 0)``, and :func:`control.c2d` with
     ``method="zoh"`` on the augmented input ``(u, 1)`` gives ``[B, c]`` (Franklin, Powell &
-    Workman, *Digital Control of Dynamic Systems*, 3rd ed., sec. 4.3.3).
+    Workman, *Digital Control of Dynamic Systems*, 3rd ed., ch. 4).
 
     ``method="plant"`` linearises the plant's own one-step map :meth:`~dynamics.Plant.step`
     (its integrator, e.g. RK4 with ``substeps``), which is affine too for an affine plant:
@@ -460,6 +460,12 @@ class LQRSolver(Solver):
         double integrator; for other continuous plants with ``"zoh"``, RK4's error can exceed
         the default ``1e-6`` (increase the plant's ``substeps`` or use ``"plant"``).
 
+    Attributes
+    ----------
+    last_report : trc.generators.checks.CheckReport
+        The checks of the last :meth:`solve` (dynamics residuals, bound violations per
+        instance): diagnostics the :class:`~trc.generators.Solution` does not hold.
+
     Raises
     ------
     ConfigError
@@ -527,6 +533,7 @@ class LQRSolver(Solver):
         )
         B = x0.shape[0]
         elapsed = time.perf_counter() - start
+        self.last_report = report
         return assemble_solution(
             self.problem, target, controls, report, np.ones(B, dtype=np.int64),
             np.full(B, elapsed / max(B, 1)), solver_name="lqr",

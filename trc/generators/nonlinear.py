@@ -86,7 +86,6 @@ __all__ = ["NonlinearSolver"]
 
 logger = logging.getLogger("trc.generators")
 
-_DEBUG = False
 _INITIAL_GUESSES = ("interpolate", "neighbour")
 
 
@@ -109,15 +108,16 @@ def _linearize(plant, x: torch.Tensor, u: torch.Tensor):
     B : Tensor, shape ``(M, n, m)``
         ``dF/du``.
     """
-    n = x.shape[1]
+    M, n = x.shape
     with torch.enable_grad():
-        z = torch.cat([x, u], dim=1).detach().requires_grad_(True)
+        # n copies of the nodes; copy i back-propagates the unit vector e_i, so ONE reverse
+        # sweep gives row i of every node's Jacobian in copy i (the nodes are independent).
+        z = torch.cat([x, u], dim=1).detach().repeat(n, 1).requires_grad_(True)
         F = plant.step(z[:, :n], z[:, n:])
-        # The nodes are independent, so the gradient of the sum over nodes of output i is row i
-        # of every node's Jacobian: n reverse sweeps for all M nodes.
-        rows = [torch.autograd.grad(F[:, i].sum(), z, retain_graph=i < n - 1)[0] for i in range(n)]
-    J = torch.stack(rows, dim=1)
-    return F.detach(), J[..., :n], J[..., n:]
+        seeds = torch.eye(n, dtype=F.dtype, device=F.device).repeat_interleave(M, dim=0)
+        (grad,) = torch.autograd.grad(F, z, seeds)
+    J = grad.reshape(n, M, -1).transpose(0, 1)  # (M, n, n + m)
+    return F[:M].detach(), J[..., :n], J[..., n:]
 
 
 @register_solver("nonlinear")
@@ -346,7 +346,6 @@ class NonlinearSolver(Solver):
             known[a] = res.ok
 
             # ---- KKT test at the current iterate: grad_z L = -H d (QP stationarity)
-            d = torch.as_tensor(res.d, **f64)
             lam_qp = torch.as_tensor(res.z[:, : N * n], **f64).reshape(Ba, N, n)
             Hd = torch.as_tensor(_hess_vec(L, self._P_src, res.d), **f64)
             g_inf = torch.cat([gx.reshape(Ba, -1), gu.reshape(Ba, -1)], 1).abs().amax(1)
@@ -376,47 +375,33 @@ class NonlinearSolver(Solver):
             viol = cg.abs().sum((1, 2))
             phi0 = J[g_] + nu_g * viol
             slope = (gx[g_] * dX).sum((1, 2)) + (gu[g_] * dU).sum((1, 2)) - nu_g * viol
-            Ng, Na = go.size, alphas.numel()
-            Xt = Xg_[:, None].repeat(1, Na, 1, 1)
-            Xt[:, :, 1:] += alphas[None, :, None, None] * dX[:, None]
-            Ut = Ug_[:, None] + alphas[None, :, None, None] * dU[:, None]
-            Xt, Ut = Xt.reshape(Ng * Na, N + 1, n), Ut.reshape(Ng * Na, N, m)
-            Jt, _, _ = self._cost(Xt, Ut, xta[g_].repeat_interleave(Na, 0))
-            ct = self._defects(Xt, Ut).reshape(Ng, Na, N, n)
-            phi = Jt.reshape(Ng, Na) + nu_g[:, None] * ct.abs().sum((2, 3))
-            accept = phi <= phi0[:, None] + 1e-4 * alphas[None] * slope[:, None]
-            # Near a solution the predicted decrease falls below the rounding error of the merit
-            # function: the full step is then taken (it is a Newton-type step on the KKT system).
-            accept[:, 0] |= slope.abs() <= 1e3 * eps * (phi0.abs() + 1.0)
-            # Second-order correction where the full step is rejected (Maratos effect; Nocedal &
-            # Wright, sec. 15.5, eq. 18.32): the same QP with the dynamics rows shifted by the
-            # defects at the full step, solved with the active set just found; the corrected
-            # full step is taken if it passes the same Armijo test.
-            soc = np.flatnonzero(~accept[:, 0].cpu().numpy())
-            if _DEBUG and soc.size:
-                print("reject", a[go[soc]], "phi0", phi0[soc].tolist()[:2], "slope", slope[soc].tolist()[:2], "dphi", (phi[soc, :3]-phi0[soc,None]).tolist()[:2], "nu", nu_g[soc].tolist()[:2], "viol", viol[soc].tolist()[:2], "dmax", np.abs(res.d[go[soc]]).max(1)[:2])
-            dXs = dUs = None
-            if soc.size:
-                gs = go[soc]
-                b_soc = b[gs].copy()
-                b_soc[:, : L.n_eq] -= ct[torch.as_tensor(soc, device=dev), 0].reshape(soc.size, -1).cpu().numpy()
-                r2 = L.solve(self._P_src, q[gs], A_src[gs], b_soc, w[gs], active[a[gs]], self.qp_tol)
-                qps += soc.size; fast_qps += int(r2.fast.sum())
-                dXs, dUs = (torch.as_tensor(v, **f64) for v in L.unpack(r2.d))
-                st = torch.as_tensor(soc, device=dev)
-                Xs = Xg_[st].clone(); Xs[:, 1:] += dXs
-                Us = Ug_[st] + dUs
-                Js, _, _ = self._cost(Xs, Us, xta[g_][st])
-                phis = Js + nu_g[st] * self._defects(Xs, Us).abs().sum((1, 2))
-                soc_ok = torch.as_tensor(r2.ok, device=dev) & (phis <= phi0[st] + 1e-4 * slope[st])
+            # trial step lengths in two rounds: 1 .. 1/8 for everybody, the rest where none passed
+            Ng = go.size
+            accept = torch.zeros(Ng, alphas.numel(), dtype=torch.bool, device=dev)
+            tiny = slope.abs() <= 1e3 * eps * (phi0.abs() + 1.0)
+            todo = torch.arange(Ng, device=dev)
+            for lo_, hi_ in ((0, 4), (4, alphas.numel())):
+                if todo.numel() == 0:
+                    break
+                al = alphas[lo_:hi_]
+                Nt, Na = todo.numel(), al.numel()
+                Xt = Xg_[todo][:, None].repeat(1, Na, 1, 1)
+                Xt[:, :, 1:] += al[None, :, None, None] * dX[todo][:, None]
+                Ut = Ug_[todo][:, None] + al[None, :, None, None] * dU[todo][:, None]
+                Xt, Ut = Xt.reshape(Nt * Na, N + 1, n), Ut.reshape(Nt * Na, N, m)
+                Jt, _, _ = self._cost(Xt, Ut, xta[g_][todo].repeat_interleave(Na, 0))
+                ct = self._defects(Xt, Ut).reshape(Nt, Na, N, n)
+                phi = Jt.reshape(Nt, Na) + nu_g[todo, None] * ct.abs().sum((2, 3))
+                ok_t = phi <= phi0[todo, None] + 1e-4 * al[None] * slope[todo, None]
+                if lo_ == 0:
+                    # Near a solution the predicted decrease falls below the rounding error of
+                    # the merit function: the full step is then taken (a Newton-type step).
+                    ok_t[:, 0] |= tiny[todo]
+                accept[todo, lo_:hi_] = ok_t
+                todo = todo[~ok_t.any(1)]
             found = accept.any(1)
             first = torch.where(found, accept.to(torch.int8).argmax(1), torch.zeros_like(found, dtype=torch.long))
             alpha = alphas[first]
-            if soc.size:  # the corrected step replaces the backtracking where it is accepted
-                st_ok = st[soc_ok]
-                dX[st_ok], dU[st_ok] = dXs[soc_ok], dUs[soc_ok]
-                alpha[st_ok] = 1.0
-                found[st_ok] = True
             stuck = ~found.cpu().numpy()
             if stuck.any():  # no decrease of the merit function at any step length
                 status[a[go[stuck]]] = "line search failed"

@@ -58,6 +58,7 @@ from .storage import SCHEMA_VERSION, GeneratedDataset, read_attrs, write_dataset
 
 __all__ = [
     "SAMPLE_BLOCK",
+    "POOL_MIN_SECONDS",
     "GenerationReport",
     "generate",
     "sample_instances",
@@ -71,6 +72,11 @@ log = logging.getLogger("trc.generate")
 
 #: Instances per block of the seeded instance stream (fixed: changing it changes the data).
 SAMPLE_BLOCK = 1024
+
+#: With the default number of workers, worker processes are started only when the remaining
+#: chunks would take longer than this many seconds in one process (estimated from the first
+#: chunk): starting a worker (spawn, import torch and the solvers) costs seconds.
+POOL_MIN_SECONDS = 10.0
 
 _STATUS_MAX = 200  # characters of a failure status kept
 _PART_KEYS = ("instance_index", "initial_states", "target_states", "states", "controls", "costs",
@@ -322,15 +328,23 @@ def _summary(chunk: int, part: dict) -> dict:
 
 @contextlib.contextmanager
 def _single_threaded():
-    """Run the in-process path with one torch thread (as the workers do), then restore."""
+    """Run the in-process path with one torch (and, with threadpoolctl, BLAS) thread, as the
+    workers do, so that results do not depend on the number of workers; then restore."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    with contextlib.ExitStack() as stack:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # optional: workers get one BLAS thread from the environment
+            pass
+        else:
+            stack.enter_context(threadpool_limits(limits=1))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
@@ -497,8 +511,11 @@ def generate(
     out : str or PathLike, optional
         Output HDF5 file; default :meth:`GeneratorConfig.output_path`.
     workers : int, optional
-        Worker processes; default all cores (:func:`default_workers`). ``1`` solves in this
-        process. The arrays do not depend on it.
+        Worker processes. Default: all cores (:func:`default_workers`) if the work is worth
+        it, i.e. if the remaining chunks would take more than :data:`POOL_MIN_SECONDS` in
+        one process (estimated by solving the first chunk here), else this process. An
+        explicit ``workers > 1`` always starts that many processes (at most one per chunk);
+        ``1`` solves in this process. The arrays do not depend on it.
     progress : bool
         Show a tqdm progress bar on stderr.
     force : bool
@@ -521,7 +538,8 @@ def generate(
     t_start = time.perf_counter()
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     path = Path(out) if out is not None else config.output_path(problem)
-    workers = default_workers() if workers is None else workers
+    auto = workers is None
+    workers = default_workers() if auto else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     tag = run_hash(problem, config)
@@ -570,29 +588,50 @@ def generate(
     bar = tqdm(total=planned * size, unit="inst", desc=f"{problem.name}/{config.solver}", disable=not progress,
                dynamic_ncols=True, file=sys.stderr,
                initial=sum(s["attempts"] for c, s in summaries.items() if c < planned))
+    failures = sum(s["attempts"] - s["successes"] for s in summaries.values())
+
+    def record(summary):
+        nonlocal solved, failures
+        summaries[summary["chunk"]] = summary
+        solved += 1
+        failures += summary["attempts"] - summary["successes"]
+        bar.update(summary["attempts"])
+        bar.set_postfix(failed=failures, refresh=False)
+
     ok = False
     try:
         while True:
             todo = [c for c in range(planned) if c not in summaries]
-            if todo:
-                if executor is None:
-                    n_workers = max(1, min(workers, len(todo)))
+            tasks = [
+                {
+                    "tag": tag, "problem": problem.to_dict(), "solver_cls": type(solver),
+                    "options": config.options, "seed": config.seed, "chunk": c,
+                    "start": bounds(c)[0], "stop": bounds(c)[1], "part": str(_part_path(folder, tag, c)),
+                }
+                for c in todo
+            ]
+            if tasks and executor is None:
+                n_workers = max(1, min(workers, len(tasks)))
+                if auto and n_workers > 1:
+                    # Probe: solve one chunk here; start worker processes only if the rest
+                    # would take long enough to repay their start-up (imports of torch etc.).
+                    executor = _Executor(1, tag, problem, solver)
+                    t0 = time.perf_counter()
+                    for summary in executor.map(tasks[:1]):
+                        record(summary)
+                    rest = (time.perf_counter() - t0) * (len(tasks) - 1)
+                    tasks = tasks[1:]
+                    if rest > POOL_MIN_SECONDS:
+                        executor.close(True)
+                        executor = _Executor(n_workers, tag, problem, solver)
+                    else:
+                        n_workers = 1
+                        log.info("solving in this process: the remaining %d chunk(s) take about %.1f s", len(tasks), rest)
+                else:
                     executor = _Executor(n_workers, tag, problem, solver)
-                tasks = [
-                    {
-                        "tag": tag, "problem": problem.to_dict(), "solver_cls": type(solver),
-                        "options": config.options, "seed": config.seed, "chunk": c,
-                        "start": bounds(c)[0], "stop": bounds(c)[1], "part": str(_part_path(folder, tag, c)),
-                    }
-                    for c in todo
-                ]
-                failures = sum(s["attempts"] - s["successes"] for s in summaries.values())
+            if tasks:
                 for summary in executor.map(tasks):
-                    summaries[summary["chunk"]] = summary
-                    solved += 1
-                    failures += summary["attempts"] - summary["successes"]
-                    bar.update(summary["attempts"])
-                    bar.set_postfix(failed=failures, refresh=False)
+                    record(summary)
             used = [summaries[c] for c in range(planned)]
             attempts = sum(s["attempts"] for s in used)
             successes = sum(s["successes"] for s in used)

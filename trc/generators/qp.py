@@ -106,6 +106,12 @@ class QPSolver(Solver):
         Check tolerances (:class:`~trc.generators.checks.Tolerances`); bounds default to a
         relative ``1e-6`` to absorb the QP's ``1e-9``-accurate constraint satisfaction.
 
+    Attributes
+    ----------
+    last_report : trc.generators.checks.CheckReport
+        The checks of the last :meth:`solve` (dynamics residuals, bound violations per
+        instance): diagnostics the :class:`~trc.generators.Solution` does not hold.
+
     Raises
     ------
     ConfigError
@@ -134,10 +140,13 @@ class QPSolver(Solver):
         self.discretization = opts.pop("discretization", "zoh")
         settings = opts.pop("solver_settings", None) or {}
         _reject_unknown(
-            "qp", opts, ("backend", "force_qp", "fallback", "discretization", "solver_settings", *Tolerances.__dataclass_fields__)
+            "qp", opts,
+            ("backend", "force_qp", "fallback", "discretization", "solver_settings", *Tolerances.__dataclass_fields__),
         )
         if self.backend not in BACKEND_SETTINGS:
-            raise ConfigError(f"qp: backend {self.backend!r} is not supported; choose one of {sorted(BACKEND_SETTINGS)}")
+            raise ConfigError(
+                f"qp: backend {self.backend!r} is not supported; choose one of {sorted(BACKEND_SETTINGS)}"
+            )
         if self.backend not in cp.installed_solvers():
             raise ConfigError(f"qp: backend {self.backend!r} is not installed; installed: {cp.installed_solvers()}")
         self.settings = {**BACKEND_SETTINGS[self.backend], **settings}
@@ -151,7 +160,9 @@ class QPSolver(Solver):
         self.x_min, self.x_max = (self.plant.x_min.numpy().astype(float), self.plant.x_max.numpy().astype(float))
         for lo, hi, what in ((self.u_min, self.u_max, "u"), (self.x_min, self.x_max, "x")):
             if (lo > hi).any():
-                raise InfeasibleError(f"qp: {what}_min {lo.tolist()} exceeds {what}_max {hi.tolist()}: no feasible {what}")
+                raise InfeasibleError(
+                    f"qp: {what}_min {lo.tolist()} exceeds {what}_max {hi.tolist()}: no feasible {what}"
+                )
         Q, R, Qf = problem.weights
         dt = float(problem.dt)
         self.lqr = FiniteHorizonLQR.from_matrices(A, B, dt * Q, dt * R, Qf, problem.horizon, c=c)
@@ -280,10 +291,11 @@ class QPSolver(Solver):
                 controls[i], states[i] = np.clip(u, self.u_min, self.u_max), x
         fast = np.ones(Bn, dtype=bool)
         fast[todo] = False
-        solve_time[fast] = t_fast / Bn
-        solve_time[todo] += t_fast / Bn
+        solve_time[fast] = t_fast / max(Bn, 1)
+        solve_time[todo] += t_fast / max(Bn, 1)
         report = check_solution(
             self.problem, x0, target, controls, states, solver_status=status, solver_success=ok,
             plant=self.plant, tolerances=self.tolerances,
         )
+        self.last_report = report
         return assemble_solution(self.problem, target, controls, report, iterations, solve_time, solver_name="qp")

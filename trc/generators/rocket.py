@@ -2,9 +2,8 @@
 
 The minimum-fuel landing problem of the ``rocket`` plant (:class:`dynamics.rocket.Rocket`)
 has the non-convex thrust constraint ``0 < rho1 <= ||T|| <= rho2``. Açıkmeşe & Ploen [1]_
-relax it with a slack ``Gamma >= ||T||`` (their Problem 2, ``rho1 <= Gamma <= rho2``), prove
-that the relaxation is lossless (``||T|| = Gamma`` at the optimum, Sec. III), and change
-variables (Sec. III.B) to
+relax it with a slack ``Gamma >= ||T||`` (``rho1 <= Gamma <= rho2``), prove that the
+relaxation is lossless (``||T|| = Gamma`` at the optimum), and change variables to
 
     u = T / m,    sigma = Gamma / m,    z = ln m,
 
@@ -18,9 +17,10 @@ at time ``t``):
 
 with ``z_ref(t) <= z(t) <= ln(m0 - alpha rho1 t)``. Both are conservative for
 ``z >= z_ref`` (``e^{-w} >= 1 - w`` and ``e^{-w} <= 1 - w + w^2/2`` for ``w >= 0``), so the
-thrust of the SOCP solution meets the original bounds. The equations are those of [1]_ Sec.
-III (relaxed problem, change of variables and the Taylor bounds on ``sigma``) and of [2]_
-Sec. III, Problem 4 and its eq. for the ``sigma`` bounds.
+thrust of the SOCP solution meets the original bounds (here to about 1e-6 relative, because
+the bounds are imposed at the interval's mid-point mass, see below). This is the relaxed,
+change-of-variables problem of [1]_ with its Taylor bounds on ``sigma``, as restated in [2]_
+(their minimum-fuel problem); the equation numbers of the papers are not quoted here.
 
 Discretisation (fixed horizon ``N``, ``dt`` from the problem, time of flight ``N dt``):
 ``u_k`` and ``sigma_k`` are held constant on ``[t_k, t_{k+1})``, which makes the SOCP's
@@ -53,9 +53,10 @@ measured and checked in either case.
 
 Constraints: initial state, landing at the target position and velocity (the target's mass
 entry is ignored), final mass ``>= m_dry``, glide slope ``||(r - r_f)_xy|| tan(gamma) <=
-(r - r_f)_z`` at every node ([1]_ Sec. II, ``gamma`` from ``problem.options["glide_slope"]``
-in degrees, default 4 as in [2]_). The objective is the fuel used, ``m0 (1 - e^{-alpha dt
-sum sigma_k})``, minimised as ``dt sum_k sigma_k`` ([1]_ Problem 4).
+(r - r_f)_z`` at every node (``gamma`` from ``problem.options["glide_slope"]`` in degrees,
+default 4 as in the Mars example of [2]_). The objective is the fuel used, ``m0 (1 -
+e^{-alpha dt sum sigma_k})``, minimised as ``dt sum_k sigma_k`` (equivalently, ``z_N``
+maximised, as in [1]_).
 
 References
 ----------
@@ -81,7 +82,7 @@ from dynamics.errors import ConfigError, SolverError
 from dynamics.rocket import Rocket
 
 from .base import Solution, Solver, register_solver
-from .checks import Tolerances, assemble_solution, check_solution
+from .checks import Tolerances, _fmt, assemble_solution, check_solution
 from .lqr import _check_instances, _reject_unknown, _tolerances
 
 __all__ = ["RocketSolver", "RocketSOCPResult", "PROBLEM_OPTIONS", "position_weight"]
@@ -155,7 +156,8 @@ class RocketSolver(Solver):
         the time of flight ``N dt``; ``problem.options`` may set ``glide_slope`` (degrees
         above the horizontal, ``0 < gamma < 90``, default 4).
     backend : str
-        cvxpy SOCP solver: ``"CLARABEL"`` (default), ``"ECOS"`` or ``"SCS"`` if installed.
+        cvxpy SOCP solver: ``"CLARABEL"``, ``"ECOS"`` or ``"SCS"``; default the first of
+        these that is installed (interior-point solvers first: they reach 1e-9).
     solver_settings : dict, optional
         Backend settings overriding the defaults (tolerances 1e-9).
     thrust_rtol : float
@@ -174,6 +176,12 @@ class RocketSolver(Solver):
         Check tolerances (:class:`~trc.generators.checks.Tolerances`); the dynamics residual
         (mostly position, see the module docstring) defaults to ``1e-5`` relative to the
         largest state with ``refine`` (2 cm at 2 km) and ``3e-4`` without (0.6 m).
+
+    Attributes
+    ----------
+    last_report : trc.generators.checks.CheckReport
+        The checks of the last :meth:`solve` (dynamics residuals, bound violations per
+        instance): diagnostics the :class:`~trc.generators.Solution` does not hold.
 
     Raises
     ------
@@ -194,7 +202,8 @@ class RocketSolver(Solver):
         self.refine = bool(opts.pop("refine", True))
         opts.setdefault("dynamics_rtol", 1e-5 if self.refine else 3e-4)
         self.tolerances = _tolerances(opts)
-        backend = str(opts.pop("backend", "CLARABEL")).upper()
+        available = [b for b in BACKEND_SETTINGS if b in cp.installed_solvers()]
+        backend = str(opts.pop("backend", available[0] if available else "CLARABEL")).upper()
         settings = opts.pop("solver_settings", None) or {}
         self.thrust_rtol = float(opts.pop("thrust_rtol", 1e-5))
         self.lossless_rtol = float(opts.pop("lossless_rtol", 1e-4))
@@ -212,7 +221,9 @@ class RocketSolver(Solver):
             )
         self.backend, self.settings = backend, {**BACKEND_SETTINGS[backend], **settings}
         if problem.cost != "fuel":
-            raise ConfigError(f"rocket: problem {problem.name!r} has cost {problem.cost!r}; the rocket solver needs 'fuel'")
+            raise ConfigError(
+                f"rocket: problem {problem.name!r} has cost {problem.cost!r}; the rocket solver needs 'fuel'"
+            )
         self.plant = problem.make_plant(torch.float64)
         if not isinstance(self.plant, Rocket):
             raise ConfigError(f"rocket: problem {problem.name!r} uses plant {self.plant.name!r}; expected 'rocket'")
@@ -221,7 +232,9 @@ class RocketSolver(Solver):
             raise ConfigError(f"rocket: unknown problem.options {unknown}; allowed: {sorted(PROBLEM_OPTIONS)}")
         self.glide_slope = float(problem.options.get("glide_slope", PROBLEM_OPTIONS["glide_slope"]))
         if not 0 < self.glide_slope < 90:
-            raise ConfigError(f"rocket: problem.options.glide_slope must be in (0, 90) degrees, got {self.glide_slope!r}")
+            raise ConfigError(
+                f"rocket: problem.options.glide_slope must be in (0, 90) degrees, got {self.glide_slope!r}"
+            )
         p = self.plant
         self.alpha, self.rho1, self.rho2 = p.alpha, p.rho1, p.rho2
         self.g = p.gravity.numpy().astype(float)
@@ -388,18 +401,19 @@ class RocketSolver(Solver):
         )
         finite = ok & np.isfinite(report.states).all(axis=(1, 2))
         report.fail(finite & (gap > self.lossless_rtol), "lossless",
-                    lambda idx: np.char.mod("||u|| < sigma by %.3g (relative)", gap[idx]).astype(object))
+                    lambda idx: _fmt("||u|| < sigma by %.3g (relative)", gap[idx]))
         thrust = np.linalg.norm(np.where(np.isfinite(controls), controls, 0.0), axis=-1)
         low = np.max(self.rho1 * (1 - self.thrust_rtol) - thrust, axis=1)
         high = np.max(thrust - self.rho2 * (1 + self.thrust_rtol), axis=1)
         report.fail(finite & ((low > 0) | (high > 0)), "thrust",
-                    lambda idx: np.char.mod("||T|| outside [rho1, rho2] by %.3g N", np.maximum(low, high)[idx] + 0).astype(object))
+                    lambda idx: _fmt("||T|| outside [rho1, rho2] by %.3g N", np.maximum(low, high)[idx]))
         margin = self.glide_margin(report.states, target)
         report.fail(finite & (margin < -self.glide_tol), "glide_slope",
-                    lambda idx: np.char.mod("below the glide slope by %.3g m", -margin[idx]).astype(object))
+                    lambda idx: _fmt("below the glide slope by %.3g m", -margin[idx]))
         err = report.terminal_error(target, [0, 1, 2]) + report.terminal_error(target, [3, 4, 5])
         report.fail(finite & ~(err <= self.terminal_tol), "terminal",
-                    lambda idx: np.char.mod("landing error %.3g (m + m/s)", err[idx]).astype(object))
+                    lambda idx: _fmt("landing error %.3g (m + m/s)", err[idx]))
+        self.last_report = report
         return assemble_solution(self.problem, target, controls, report, iterations, solve_time, solver_name="rocket")
 
     def glide_margin(self, states, target) -> np.ndarray:
@@ -412,4 +426,5 @@ class RocketSolver(Solver):
         target : ndarray, shape ``(B, 7)``
         """
         d = np.asarray(states)[:, 1:, :3] - np.asarray(target)[:, None, :3]
-        return np.min(d[..., 2] - math.tan(math.radians(self.glide_slope)) * np.linalg.norm(d[..., :2], axis=-1), axis=1)
+        slope = math.tan(math.radians(self.glide_slope))
+        return np.min(d[..., 2] - slope * np.linalg.norm(d[..., :2], axis=-1), axis=1)

@@ -401,6 +401,11 @@ def _attrs_of(f: h5py.File, path) -> dict:
         raise
     except Exception as exc:  # HDF5 raises OSError/RuntimeError/KeyError on damaged metadata
         raise DatasetError(f"data set {str(path)!r}: cannot read its attributes (corrupt file?): {exc}") from exc
+    if attrs.get("kind") in ("maze", "sudoku"):
+        raise DatasetError(
+            f"data set {str(path)!r} is a discrete ({attrs['kind']}) data set; read it with "
+            "trc.generators.discrete.read_discrete_dataset"
+        )
     missing = [key for key in REQUIRED_ATTRS if key not in attrs]
     if missing:
         raise DatasetError(f"data set {str(path)!r} lacks the attribute(s) {missing}; a TRC data set has {list(REQUIRED_ATTRS)}")

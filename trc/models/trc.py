@@ -217,6 +217,7 @@ class TinyRecursiveControl(nn.Module):
         kind[fin_lo & ~fin_hi] = _LOWER
         kind[~fin_lo & fin_hi] = _UPPER
         box = kind == _BOX
+        self._all_box = bool(box.all())  # fast path of squash(): every dimension boxed
         self.register_buffer("u_min", lo.float())
         self.register_buffer("u_max", hi.float())
         self.register_buffer("_kind", kind)
@@ -379,6 +380,8 @@ class TinyRecursiveControl(nn.Module):
         kind = self._kind
         # The clamp only removes floating-point overshoot of the exact bound.
         box = torch.minimum(torch.maximum(self._u_center + self._u_half * torch.tanh(a), self._u_lo), self._u_hi)
+        if self._all_box:
+            return box
         lower = self._u_lo + self.control_scale * nn.functional.softplus(a)
         upper = self._u_hi - self.control_scale * nn.functional.softplus(-a)
         free = self.control_scale * a
@@ -388,6 +391,8 @@ class TinyRecursiveControl(nn.Module):
 
     def _unit(self, a: torch.Tensor) -> torch.Tensor:
         """Normalised controls for the control embedding: ``tanh(a)`` on boxes, ``a`` elsewhere."""
+        if self._all_box:
+            return torch.tanh(a)
         return torch.where(self._kind == _BOX, torch.tanh(a), a)
 
     def cost(self, states: torch.Tensor, controls: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
@@ -499,13 +504,14 @@ class TinyRecursiveControl(nn.Module):
             else:
                 a = a + delta
                 cycles = cycles + 1
-            u = self.squash(a)
             traj = None
-            if record:
-                all_controls.append(u)
+            if record or use_feedback:
+                u = self.squash(a)
+                if record:
+                    all_controls.append(u)
 
         if not record:
-            return u
+            return self.squash(a)
         all_states_t = all_costs = None
         if plant is not None:
             if not use_feedback:  # roll every cycle's controls out here in one batched call

@@ -13,7 +13,8 @@ refinement cycle ``k = 1..K``, the loss is
 * cost ``L_J = mean(J(u) / max(J*, c) - 1)`` with ``J(u)`` the :mod:`trc.cost` cost of the
   rollout of ``u`` through the differentiable plant (same cost, same ``dt`` as ``J*``) and
   ``c`` a floor (``cost_floor`` times the median ``J*`` of the training set);
-* terminal ``L_T = mean(||(x_N - x*) / s_x||^2)``, ``x_N`` the end of that rollout;
+* terminal ``L_T = mean(||(x_N - x*) / s_x||^2)``, ``x_N`` the end of that rollout, over the
+  state entries the target constrains (:func:`trc.evaluation.target_dims`);
 * halting: :func:`trc.models.halting_loss` (binary cross-entropy against "the next cycle does
   not pay").
 
@@ -127,6 +128,9 @@ class TRCLoss:
         self.cost_floor = float(cost_floor)
         self.halt_threshold = float(halt_threshold)
         self.reuse_rollouts = reuse_rollouts
+        from ..evaluation import target_dims
+
+        self.dims = target_dims(problem)
         self.needs_rollout = config.cost > 0 or config.terminal > 0
 
     def __call__(self, output, x0: torch.Tensor, target: torch.Tensor, u_opt: torch.Tensor,
@@ -189,7 +193,10 @@ class TRCLoss:
             tgt = target.repeat(A, 1)
             J = self.problem.cost_of(x_act, u_act.flatten(0, 1), tgt).reshape(A, B)
             ratio = cost_ratio_loss(J, J_opt.unsqueeze(0), self.cost_floor).mean(1)
-            term = terminal_loss(x_act[:, -1], tgt, self.x_scale).reshape(A, B).mean(1)
+            xN, xs = x_act[:, -1], self.x_scale
+            if self.dims is not None:  # only the constrained entries of the target (rocket: not the mass)
+                xN, tgt, xs = xN[:, self.dims], tgt[:, self.dims], xs[self.dims]
+            term = terminal_loss(xN, tgt, xs).reshape(A, B).mean(1)
             parts["cost_ratio"], parts["terminal"] = ratio[-1], term[-1]
             w_act = w[idx]
             if cfg.cost > 0:

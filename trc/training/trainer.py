@@ -197,8 +197,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             unused = getattr(model, "halting", None) is not None and config.loss.halting == 0
+            # buffers (plant parameters, normalisation) are constants: no need to broadcast them
             self.ddp = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None,
-                           find_unused_parameters=unused)
+                           find_unused_parameters=unused, broadcast_buffers=False)
         else:
             self.ddp = self.model
         self.ema = None

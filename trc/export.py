@@ -1,0 +1,478 @@
+"""Deployment: export a trained TRC controller to TorchScript, ``torch.export`` or ONNX.
+
+The exported program maps ``(current_state (B, n), target_state (B, n))`` to the planned
+controls ``(B, N, m)`` (float32, batch size free), exactly as ``model(x0, target)``:
+
+==================  ===========  ===================  ====================================
+format              file         trajectory feedback  runs with
+==================  ===========  ===================  ====================================
+``torchscript``     ``.ts``      yes                  ``torch.jit.load`` (C++: libtorch)
+``onnx``            ``.onnx``    yes                  onnxruntime (opset 17), TensorRT, ...
+``torch_export``    ``.pt2``     no (plant-free)      ``torch.export.load``, AOTInductor
+==================  ===========  ===================  ====================================
+
+What works, and why:
+
+* **TorchScript** and **ONNX** record the model by *tracing*
+  (:func:`torch.jit.trace`; the ONNX exporter is PyTorch's TorchScript-based one,
+  ``dynamo=False``). Tracing runs the plant rollouts of the trajectory-error feedback once and
+  records their tensor operations. That is exact for fixed-step integrators (``rk4``,
+  ``euler``, ...), whose grid of time steps is the same for every input; adaptive methods
+  (``dopri5``) and adaptive halting (``act``) take data-dependent decisions that a trace
+  would freeze, so they are refused. For the trace the plant is wrapped in
+  :class:`IntervalRollout`, which integrates each control interval with its own
+  :func:`torchdiffeq.odeint` call (the same fixed steps as :meth:`dynamics.Plant.rollout`,
+  without the time-grid bookkeeping of the zero-order hold, which records Python autograd
+  functions that TorchScript cannot save). The ONNX export adds two operator translations the
+  exporter lacks at opset 17: ``rms_norm`` (as ``x / sqrt(mean(x^2) + eps) * w``,
+  Zhang & Sennrich, NeurIPS 2019) and ``asinh`` (ONNX ``Asinh``).
+* **torch.export** (:func:`torch.export.export`, dynamic batch dimension) captures the
+  network, but not the feedback rollouts: torchdiffeq validates its time grid with
+  data-dependent checks that ``torch.export`` cannot capture. Only models with
+  ``feedback=False`` (or an explicit ``feedback=False`` here, which changes the controls of
+  a model trained with feedback) can use it. The model's own finiteness check on the inputs is
+  data-dependent too and is dropped from the exported program (shapes are still checked).
+
+:func:`export_controller` writes the file atomically and checks that the exported program
+reproduces the PyTorch model on fresh random inputs; :func:`load_controller` reads any of the
+three formats into a NumPy-in, NumPy-out callable.
+
+Command line (sizes and latencies of the exported files)::
+
+    python -m trc.export --checkpoint runs/double_integrator/model.pt --format all --out exported/
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import os
+import sys
+import types
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchdiffeq import odeint
+
+from dynamics.errors import ConfigError, DimensionError, TRCError
+from dynamics.plant import FIXED_STEP_METHODS, Plant
+
+from .io import atomic_path
+
+__all__ = [
+    "FORMATS",
+    "ControllerProgram",
+    "IntervalRollout",
+    "ExportResult",
+    "ExportedController",
+    "export_controller",
+    "load_controller",
+    "main",
+]
+
+#: Export format -> default file suffix.
+FORMATS = {"torchscript": ".ts", "onnx": ".onnx", "torch_export": ".pt2"}
+
+#: ONNX opset of the exports.
+ONNX_OPSET = 17
+
+_SUFFIX_FORMAT = {".ts": "torchscript", ".pt": "torchscript", ".onnx": "onnx", ".pt2": "torch_export"}
+
+
+class IntervalRollout(Plant):
+    """A fixed-step plant whose rollout integrates one control interval per solver call.
+
+    ``rollout`` calls :func:`torchdiffeq.odeint` once per control interval ``k`` on the grid
+    ``[0, dt / substeps, ..., dt]`` with ``u_k`` held, i.e. the same fixed steps as
+    :meth:`dynamics.Plant.rollout` (the vector fields are autonomous between switches), with no
+    input checks and no switching-time bookkeeping, so that a trace records only tensor
+    operations. Discrete-time plants step their difference equation.
+
+    Parameters
+    ----------
+    plant : dynamics.Plant
+        A continuous plant with a fixed-step method, or a discrete plant.
+
+    Raises
+    ------
+    ConfigError
+        If the plant integrates with an adaptive method.
+    """
+
+    def __init__(self, plant: Plant):
+        nn.Module.__init__(self)
+        if not plant.discrete and plant.method not in FIXED_STEP_METHODS:
+            raise ConfigError(f"{plant.name}: method {plant.method!r} is adaptive; IntervalRollout needs one of {FIXED_STEP_METHODS}")
+        self.inner = plant
+        self.name, self.discrete = plant.name, plant.discrete
+        self.state_names, self.control_names = plant.state_names, plant.control_names
+        self.dt, self.method, self.substeps = plant.dt, plant.method, plant.substeps
+
+    def f(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self.inner.f(x, u)
+
+    def discrete_step(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self.inner.discrete_step(x, u)
+
+    def rollout(self, x0: torch.Tensor, controls: torch.Tensor, dt: float | None = None) -> torch.Tensor:
+        """Trajectories ``(B, horizon + 1, state_dim)`` of controls ``(B, horizon, control_dim)``."""
+        states = [x0]
+        x = x0
+        if not self.discrete:
+            h = self.dt if dt is None else float(dt)
+            grid = torch.linspace(0.0, h, self.substeps + 1, dtype=x0.dtype, device=x0.device)
+        for k in range(controls.shape[1]):
+            u = controls[:, k]
+            if self.discrete:
+                x = self.inner.discrete_step(x, u)
+            else:
+                x = odeint(lambda t, y, u=u: self.inner.f(y, u), x, grid, method=self.method)[-1]
+            states.append(x)
+        return torch.stack(states, dim=1)
+
+
+class ControllerProgram(nn.Module):
+    """The function that is exported: ``(current_state, target_state) -> controls``.
+
+    Parameters
+    ----------
+    model : trc.models.TinyRecursiveControl
+        Deep-copied, in eval mode.
+    feedback : bool
+        Roll the controls out through the model's plant (wrapped in :class:`IntervalRollout`)
+        at every cycle, the model's normal behaviour when it has a plant; ``False`` runs the
+        plant-free network.
+    """
+
+    def __init__(self, model, feedback: bool):
+        super().__init__()
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.feedback = bool(feedback)
+        self.rollout_plant = IntervalRollout(self.model.plant) if self.feedback else None
+
+    def forward(self, current_state: torch.Tensor, target_state: torch.Tensor) -> torch.Tensor:
+        """Controls ``(B, horizon, control_dim)`` of states and targets ``(B, state_dim)``."""
+        plant = self.rollout_plant if self.feedback else False
+        return self.model(current_state, target_state, plant=plant)
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_controller` wrote.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    format : str
+        One of :data:`FORMATS`.
+    feedback : bool
+        Whether the exported program includes the trajectory-error feedback rollouts.
+    size_bytes : int
+        File size.
+    max_abs_error : float
+        Largest difference between the exported program's controls and the PyTorch model's on
+        the verification inputs (control units).
+    """
+
+    path: Path
+    format: str
+    feedback: bool
+    size_bytes: int
+    max_abs_error: float
+
+
+def _has_feedback(model) -> bool:
+    return getattr(model, "error_encoder", None) is not None and getattr(model, "plant", None) is not None
+
+
+def _check_exportable(model, fmt: str, feedback: bool) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {sorted(FORMATS)}")
+    if getattr(model, "halting", None) is not None:
+        raise ConfigError(
+            "the model uses adaptive halting (act: true), whose number of cycles depends on the input; "
+            "it cannot be exported as a fixed graph"
+        )
+    if feedback:
+        if not _has_feedback(model):
+            raise ConfigError("feedback=True needs a model with trajectory-error feedback and a plant")
+        plant = model.plant
+        if not plant.discrete and plant.method not in FIXED_STEP_METHODS:
+            raise ConfigError(
+                f"the model's plant integrates with the adaptive method {plant.method!r}, whose steps depend on "
+                f"the input; export needs a fixed-step method {FIXED_STEP_METHODS} (or feedback=False)"
+            )
+        if fmt == "torch_export":
+            raise ConfigError(
+                "torch.export cannot capture the feedback rollouts (torchdiffeq checks its time grid with "
+                "data-dependent control flow); use format 'torchscript' or 'onnx', or feedback=False for a "
+                "model trained without feedback"
+            )
+
+
+def _state_check_for_export(self, t, what: str):
+    """``TinyRecursiveControl._check_states`` without its data-dependent finiteness test."""
+    if not torch.is_tensor(t):
+        t = torch.as_tensor(np.asarray(t, dtype=float))
+    if t.ndim != 2 or t.shape[1] != self.state_dim:
+        raise DimensionError(f"{what} has shape {tuple(t.shape)}; expected (batch, state_dim={self.state_dim})")
+    return t.to(dtype=self.state_scale.dtype, device=self.state_scale.device)
+
+
+@contextlib.contextmanager
+def _onnx_translations():
+    """Register ONNX translations of ``aten::rms_norm`` and ``aten::asinh`` for the export."""
+    from torch.onnx import symbolic_helper as sh
+
+    def rms_norm(g, x, normalized_shape, weight, eps):
+        shape = sh._get_const(normalized_shape, "is", "normalized_shape")
+        axes = list(range(-len(shape), 0))
+        value = None if sh._is_none(eps) else sh._maybe_get_const(eps, "f")
+        if value is None or not isinstance(value, float):
+            value = float(torch.finfo(torch.float32).eps)  # nn.RMSNorm's default eps=None
+        mean_square = g.op("ReduceMean", g.op("Mul", x, x), axes_i=axes, keepdims_i=1)
+        rms = g.op("Sqrt", g.op("Add", mean_square, g.op("Constant", value_t=torch.tensor(value, dtype=torch.float32))))
+        y = g.op("Div", x, rms)
+        return y if sh._is_none(weight) else g.op("Mul", y, weight)
+
+    def asinh(g, x):
+        return g.op("Asinh", x)
+
+    torch.onnx.register_custom_op_symbolic("aten::rms_norm", rms_norm, ONNX_OPSET)
+    torch.onnx.register_custom_op_symbolic("aten::asinh", asinh, ONNX_OPSET)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::rms_norm", ONNX_OPSET)
+        torch.onnx.unregister_custom_op_symbolic("aten::asinh", ONNX_OPSET)
+
+
+def _example_inputs(model, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """States and targets drawn around the model's state normalisation box, float32, CPU."""
+    g = torch.Generator().manual_seed(seed)
+    c, s = model.state_center.detach().float().cpu(), model.state_scale.detach().float().cpu()
+    x0 = c + s * (2 * torch.rand(batch, model.state_dim, generator=g) - 1)
+    xt = c + s * (2 * torch.rand(batch, model.state_dim, generator=g) - 1)
+    return x0, xt
+
+
+def export_controller(
+    model,
+    path: str | os.PathLike,
+    *,
+    format: str | None = None,
+    feedback: bool | None = None,
+    example_batch: int = 2,
+    verify_batch: int = 5,
+    atol: float = 1e-4,
+) -> ExportResult:
+    """Export a trained TRC model for deployment and verify the exported program.
+
+    Parameters
+    ----------
+    model : trc.models.TinyRecursiveControl
+        A trained model (copied to the CPU in float32; the original is not changed).
+    path : str or PathLike
+        Output file, written atomically.
+    format : {"torchscript", "onnx", "torch_export"}, optional
+        Default from the suffix (``.ts``/``.pt``, ``.onnx``, ``.pt2``).
+    feedback : bool, optional
+        Include the trajectory-error feedback rollouts; default: whenever the model has them.
+    example_batch : int
+        Batch size of the example inputs of the trace (the exported batch size is free).
+    verify_batch : int
+        Batch size of the fresh inputs on which the exported program is compared with the
+        PyTorch model (a different size than ``example_batch`` checks the free batch size).
+    atol : float
+        Largest accepted difference of the controls (control units).
+
+    Returns
+    -------
+    ExportResult
+
+    Raises
+    ------
+    ConfigError
+        On an unknown format or suffix, or a model the format cannot represent (see the module
+        documentation: adaptive halting, adaptive integrators, feedback with ``torch_export``).
+    TRCError
+        If the exported program's controls differ from the model's by more than ``atol`` (the
+        file is not written).
+    """
+    path = Path(path)
+    fmt = format or _SUFFIX_FORMAT.get(path.suffix)
+    if fmt is None:
+        raise ConfigError(f"cannot tell the export format from suffix {path.suffix!r}; pass format= one of {sorted(FORMATS)}")
+    feedback = _has_feedback(model) if feedback is None else bool(feedback)
+    _check_exportable(model, fmt, feedback)
+    cpu_model = copy.deepcopy(model).cpu().float()
+    program = ControllerProgram(cpu_model, feedback).eval()
+    example = _example_inputs(cpu_model, example_batch, seed=0)
+    fresh = _example_inputs(cpu_model, verify_batch, seed=1)
+    with torch.no_grad():
+        expected = program(*fresh).numpy()
+
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # Tracing warns about every tensor-to-Python conversion it freezes; they are the fixed
+        # time grid of the rollouts and the input checks (see the module documentation).
+        warnings.simplefilter("ignore")
+        if fmt == "torchscript":
+            with torch.no_grad():
+                traced = torch.jit.trace(program, example, check_trace=False)
+            torch.jit.save(traced, str(tmp))
+        elif fmt == "onnx":
+            with _onnx_translations(), torch.no_grad():
+                torch.onnx.export(
+                    program, example, str(tmp), dynamo=False, opset_version=ONNX_OPSET,
+                    input_names=["current_state", "target_state"], output_names=["controls"],
+                    dynamic_axes={"current_state": {0: "batch"}, "target_state": {0: "batch"}, "controls": {0: "batch"}},
+                )
+        else:
+            program.model._check_states = types.MethodType(_state_check_for_export, program.model)
+            batch = torch.export.Dim("batch", min=1, max=1 << 20)
+            exported = torch.export.export(program, example, dynamic_shapes=({0: batch}, {0: batch}), strict=False)
+            buffer = io.BytesIO()  # torch.export.save insists on a .pt2 name; the temporary file has none
+            torch.export.save(exported, buffer)
+            tmp.write_bytes(buffer.getvalue())
+        got = ExportedController(tmp, fmt)(*(t.numpy() for t in fresh))
+        error = float(np.abs(got - expected).max())
+        if not error <= atol:
+            raise TRCError(f"the exported {fmt} program differs from the PyTorch model by {error:.3g} > atol={atol:g}")
+    return ExportResult(path=path, format=fmt, feedback=feedback, size_bytes=path.stat().st_size, max_abs_error=error)
+
+
+class ExportedController:
+    """An exported controller loaded for inference: ``controller(x0, target) -> controls``.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A file written by :func:`export_controller`.
+    format : str, optional
+        Default from the suffix.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown format or suffix.
+    FileNotFoundError
+        If the file does not exist.
+    """
+
+    def __init__(self, path: str | os.PathLike, format: str | None = None):
+        path = Path(path)
+        fmt = format or _SUFFIX_FORMAT.get(path.suffix)
+        if fmt not in FORMATS:
+            raise ConfigError(f"unknown export format {fmt!r} (file {str(path)!r}); choose one of {sorted(FORMATS)}")
+        if not path.is_file():
+            raise FileNotFoundError(f"exported controller {str(path)!r} does not exist")
+        self.path, self.format = path, fmt
+        if fmt == "onnx":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self._run = lambda x0, xt: self._session.run(None, {"current_state": x0, "target_state": xt})[0]
+        else:
+            if fmt == "torchscript":
+                module = torch.jit.load(str(path))
+            else:
+                module = torch.export.load(io.BytesIO(path.read_bytes())).module()
+
+            def run(x0, xt):
+                with torch.no_grad():
+                    return module(torch.from_numpy(x0), torch.from_numpy(xt)).numpy()
+
+            self._module = module
+            self._run = run
+
+    def __call__(self, current_state, target_state) -> np.ndarray:
+        """Controls ``(B, horizon, control_dim)`` (float32) of ``(B, state_dim)`` states and targets.
+
+        Raises
+        ------
+        DimensionError
+            If the inputs are not 2-D arrays of equal shape.
+        """
+        x0 = np.ascontiguousarray(current_state, dtype=np.float32)
+        xt = np.ascontiguousarray(target_state, dtype=np.float32)
+        if x0.ndim != 2 or x0.shape != xt.shape:
+            raise DimensionError(f"states {x0.shape} and targets {xt.shape} must both be (batch, state_dim)")
+        return self._run(x0, xt)
+
+
+def load_controller(path: str | os.PathLike, format: str | None = None) -> ExportedController:
+    """Load a file written by :func:`export_controller`; see :class:`ExportedController`."""
+    return ExportedController(path, format)
+
+
+# ---------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m trc.export``."""
+    p = argparse.ArgumentParser(
+        prog="python -m trc.export",
+        description="Export a trained TRC model (model.pt) to TorchScript, ONNX or torch.export; print the "
+        "file sizes, the agreement with PyTorch and the CPU latencies.",
+    )
+    p.add_argument("--checkpoint", required=True, help="model file written by python -m trc.train")
+    p.add_argument("--format", default="all", choices=[*FORMATS, "all"], help="export format (default: all that apply)")
+    p.add_argument("--out", default="exported", help="output folder (default: exported/)")
+    p.add_argument("--no-feedback", action="store_true", help="export the plant-free network")
+    p.add_argument("--repeats", type=int, default=50, help="timed calls per latency measurement")
+    p.add_argument("--threads", type=int, default=1, help="torch/onnxruntime intra-op threads (default 1)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m trc.export``; returns the exit status (0, 1 failure, 2 usage)."""
+    from .evaluation import measure_latency
+    from .loading import load
+
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        model = load(args.checkpoint)
+    except TRCError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    feedback = False if args.no_feedback else None
+    formats = list(FORMATS) if args.format == "all" else [args.format]
+    out = Path(args.out)
+    rows = []
+    for batch in (1, 1024):
+        x0, xt = _example_inputs(model, batch, seed=2)
+        with torch.no_grad():
+            ms = measure_latency(lambda: model(x0, xt, plant=False if args.no_feedback else None), args.repeats)
+        rows.append(("pytorch (eager)", batch, ms, None, None))
+    status = 0
+    for fmt in formats:
+        path = out / f"{Path(args.checkpoint).parent.name or 'model'}{FORMATS[fmt]}"
+        try:
+            result = export_controller(model, path, format=fmt, feedback=feedback)
+        except (ConfigError, TRCError) as exc:
+            print(f"{fmt}: not exported: {exc}", file=sys.stderr)
+            status = 1 if args.format != "all" else status
+            continue
+        ctrl = load_controller(path)
+        for batch in (1, 1024):
+            x0, xt = (t.numpy() for t in _example_inputs(model, batch, seed=2))
+            ms = measure_latency(lambda: ctrl(x0, xt), args.repeats)
+            rows.append((f"{fmt} ({path})", batch, ms, result.size_bytes, result.max_abs_error))
+    print(f"{'program':<48} {'batch':>6} {'latency ms':>11} {'size KiB':>9} {'max |du|':>9}")
+    for name, batch, ms, size, err in rows:
+        size_s = "" if size is None else f"{size / 1024:.0f}"
+        err_s = "" if err is None else f"{err:.1e}"
+        print(f"{name:<48} {batch:>6} {ms:>11.3f} {size_s:>9} {err_s:>9}")
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
