@@ -15,6 +15,7 @@ from .registry import get, make, names, register
 from . import double_integrator, van_der_pol  # noqa: E402,F401
 from . import cartpole, linear, pendulum  # noqa: E402,F401
 from . import rocket  # noqa: E402,F401
+from . import learned_arm, libero, libero_env  # noqa: E402,F401  (LIBERO arm: learned and MuJoCo plants, gym id trc/LIBERO-v0)
 from . import discrete_env, maze, sudoku  # noqa: E402,F401  (discrete plants, gym ids trc/Maze-v0, trc/Sudoku-v0)
 from .env import PlantEnv, make_env  # noqa: E402  (keep last: registers gym ids of the plants above)
 

@@ -53,15 +53,25 @@ class LiberoEnv(gymnasium.Env):
         :meth:`render` returns the agent view, upright.
     assets : path, optional
         LIBERO's assets.
+    simulator : LiberoSimulator, optional
+        Use this simulator (with cameras) instead of building one; ``suite``, ``task``,
+        ``camera_size``, ``render`` and ``assets`` are then taken from it.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(self, suite: str = "libero_spatial", task: int | str = 0, *, max_steps: int | None = None,
-                 camera_size: int = 128, render: str = "fast", render_mode: str | None = None, assets=None):
+                 camera_size: int = 128, render: str = "fast", render_mode: str | None = None, assets=None,
+                 simulator: LiberoSimulator | None = None):
         if render_mode not in (None, "rgb_array"):
             raise ConfigError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.sim = LiberoSimulator(suite, task, camera_size=camera_size, render=render, assets=assets)
+        if simulator is not None:
+            if not simulator.cameras:
+                raise ConfigError("the simulator of a LiberoEnv must render its cameras (cameras=True)")
+            self.sim = simulator
+            suite, camera_size = simulator.task.suite, simulator.camera_size
+        else:
+            self.sim = LiberoSimulator(suite, task, camera_size=camera_size, render=render, assets=assets)
         self.max_steps = int(max_steps or MAX_STEPS[suite])
         if self.max_steps < 1:
             raise ConfigError(f"max_steps must be positive, got {max_steps!r}")

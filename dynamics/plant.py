@@ -71,6 +71,8 @@ class Plant(nn.Module):
 
     Notes
     -----
+    Buffers are created in the default dtype (float32); build with
+    ``dynamics.make(name, dtype=torch.float64, ...)`` for parameters exact to float64.
     Physical parameters are stored as float buffers, so ``plant.double()`` and ``plant.to``
     move them, and ``plant.get_buffer(name).requires_grad_()`` makes rollouts differentiable
     with respect to them. They are not ``nn.Parameter`` s, so a plant inside a model does not
@@ -109,10 +111,11 @@ class Plant(nn.Module):
         self.rtol, self.atol = float(rtol), float(atol)
         self._param_values: dict = {}
         n, m = self.state_dim, self.control_dim
-        self.register_buffer("u_min", _as_bound(u_min, m, -math.inf, "u_min").float())
-        self.register_buffer("u_max", _as_bound(u_max, m, math.inf, "u_max").float())
-        self.register_buffer("x_min", _as_bound(x_min, n, -math.inf, "x_min").float())
-        self.register_buffer("x_max", _as_bound(x_max, n, math.inf, "x_max").float())
+        dtype = torch.get_default_dtype()
+        self.register_buffer("u_min", _as_bound(u_min, m, -math.inf, "u_min").to(dtype))
+        self.register_buffer("u_max", _as_bound(u_max, m, math.inf, "u_max").to(dtype))
+        self.register_buffer("x_min", _as_bound(x_min, n, -math.inf, "x_min").to(dtype))
+        self.register_buffer("x_max", _as_bound(x_max, n, math.inf, "x_max").to(dtype))
         for lo, hi, what in ((self.u_min, self.u_max, "u"), (self.x_min, self.x_max, "x")):
             if (lo > hi).any():
                 raise ConfigError(f"{what}_min {lo.tolist()} exceeds {what}_max {hi.tolist()}")

@@ -59,13 +59,17 @@ def get(name: str) -> type:
         raise UnknownNameError(f"unknown plant {name!r}; choose one of {names()}") from None
 
 
-def make(name: str, **params):
+def make(name: str, dtype=None, **params):
     """Build the plant registered under ``name`` with its physical parameters ``params``.
 
     Parameters
     ----------
     name : str
         A registered plant name, see :func:`names`.
+    dtype : torch.dtype, optional
+        Floating dtype of the plant's buffers (parameters, bounds); default
+        ``torch.get_default_dtype()``. The plant is built in this dtype, so float64 parameters
+        are exact rather than float32 values promoted.
     **params
         Keyword arguments of the plant's constructor (physical parameters, ``dt``, ``method``).
 
@@ -76,4 +80,14 @@ def make(name: str, **params):
     TypeError
         If a parameter is not accepted by the plant.
     """
-    return get(name)(**params)
+    cls = get(name)
+    if dtype is None:
+        return cls(**params)
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return cls(**params).to(dtype)
+    finally:
+        torch.set_default_dtype(previous)

@@ -14,7 +14,7 @@ controls of TRC (solid) and the optimum (dashed) on test instances TRC never saw
 
 import numpy as np
 
-from _common import compare, parse_args, plt, save, trained_model
+from _common import compare, parse_args, plt, save, stairs, trained_model
 
 
 def main(argv=None):
@@ -41,8 +41,8 @@ def main(argv=None):
         ax[1].plot(t, res["opt_states"][i, :, 0], "--", color=color, lw=1)
         ax[1].plot(t, res["trc_states"][i, :, 0], color=color, lw=1.5)
         ax[1].axhline(res["target"][i, 0], color=color, lw=0.5, ls=":")
-        ax[2].step(t[:-1], res["opt_controls"][i, :, 0], "--", where="post", color=color, lw=1)
-        ax[2].step(t[:-1], res["trc_controls"][i, :, 0], where="post", color=color, lw=1.5)
+        stairs(ax[2], problem.dt, res["opt_controls"][i, :, 0], ls="--", color=color, lw=1)
+        stairs(ax[2], problem.dt, res["trc_controls"][i, :, 0], color=color, lw=1.5)
     for bound in (problem.plant["u_min"], problem.plant["u_max"]):
         ax[2].axhline(bound, color="k", lw=0.6)
     ax[1].set(xlabel="time [s]", ylabel="position [m]", title="TRC (solid) vs optimal (dashed)")

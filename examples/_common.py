@@ -33,6 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+import trc.generators.nonlinear  # noqa: E402,F401  (registers the "nonlinear" solver)
 from trc.config import load_yaml  # noqa: E402
 
 #: Default folder of the figures (the ones shown in examples/README.md).
@@ -50,7 +51,7 @@ _QUICK_PROBLEM = {
     "rocket": {"horizon": 20, "dt": 3.6},
 }
 _QUICK = {
-    "samples": {"double_integrator": 256, "cartpole": 16, "rocket": 16},
+    "samples": {"double_integrator": 64, "cartpole": 16, "rocket": 16},
     "default_samples": 32,
     "model": {"latent_dim": 16, "hidden_dim": 32, "num_layers": 1, "H_cycles": 2, "L_cycles": 1,
               "feedback_channels": 8},
@@ -160,3 +161,11 @@ def compare(model, data, split: str = "test", count: int | None = None) -> dict:
         "trc_states": m["states"].numpy(), "trc_controls": controls.numpy(), "trc_cost": m["cost"].numpy(),
         "gap": m["gap"].numpy(), "success": m["success"].numpy(),
     }
+
+
+def stairs(ax, dt: float, u, **kwargs):
+    """Plot a zero-order-hold control sequence ``u`` ``(N,)`` as steps over ``[0, N dt]``."""
+    import numpy as np
+
+    u = np.asarray(u)
+    return ax.stairs(u, np.arange(u.size + 1) * dt, baseline=None, **kwargs)

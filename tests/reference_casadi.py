@@ -5,6 +5,8 @@ torch plants in :mod:`dynamics`; only the numerical parameter values (masses, le
 bounds, integrator) are read from the plant's :meth:`~dynamics.Plant.config`. The tests use
 this module to check the nonlinear generator (:mod:`trc.generators.nonlinear`) and the plants
 themselves; the benchmarks use it as the solver TRC's generator is compared with.
+:class:`IpoptReference` takes the parameter values from the float64 plant's buffers, so that it
+solves exactly the problem the plant simulates.
 
 The optimal-control problem is the TRC convention (:mod:`trc.cost`)::
 
@@ -173,7 +175,12 @@ class IpoptReference:
 
     def __init__(self, problem, tol: float = 1e-10, max_iter: int = 3000, options: dict | None = None):
         self.problem = problem
-        config = problem.make_plant().config()
+        import torch
+
+        plant = problem.make_plant(torch.float64)
+        config = plant.config()
+        # the numbers the plant actually simulates with (its buffers), so both solve one problem
+        config.update({key: getattr(plant, key).tolist() for key in plant.params})
         config["dt"] = float(problem.dt)
         self.config = config
         self.n, self.m = _dims(config)

@@ -9,7 +9,9 @@ import yaml
 
 import dynamics
 from dynamics.errors import CheckpointError, ConfigError, DatasetError, DimensionError
-from trc.discrete import generate_main, problem_from_dict, train_main, wants_discrete
+from trc.discrete import problem_from_dict, wants_discrete
+from trc.generate import main as generate_main
+from trc.train import main as train_main
 from trc.generators.discrete import generate_discrete, read_discrete_dataset, write_discrete_dataset
 from trc.models.discrete import (DiscretePolicyConfig, MLPPolicy, RecursivePolicy, count_parameters,
                                  make_discrete_policy)
@@ -87,7 +89,7 @@ def test_supervised_training_reduces_the_loss(maze):
     problem, inst = maze
     torch.manual_seed(0)
     policy = make_discrete_policy(problem.make_plant(), dict(latent_dim=16, hidden_dim=32, H_cycles=2, L_cycles=1))
-    hist = train_supervised(policy, inst, DiscreteTrainConfig(supervised_batches=40, batch_size=32, lr=3e-3))
+    hist = train_supervised(policy, inst, DiscreteTrainConfig(supervised_batches=30, batch_size=16, lr=3e-3))
     first, last = np.mean([h["loss"] for h in hist[:5]]), np.mean([h["loss"] for h in hist[-5:]])
     assert last < 0.8 * first
 
@@ -196,7 +198,6 @@ def test_command_lines(tmp_path, capsys):
     assert wants_discrete(["--config", str(path)])
     assert generate_main(["--config", str(path), "--quiet"]) == 0
     assert read_discrete_dataset(tmp_path / "m.h5").num_samples == 60
-    assert generate_main(["--config", str(path)]) == 0 and "already holds" in capsys.readouterr().out
     assert train_main(["--config", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0 <= metrics["success_rate"] <= 1 and metrics["episodes"] == 6

@@ -5,5 +5,6 @@ __version__ = "0.1.0"
 from dynamics.errors import *  # noqa: F401,F403
 from .problem import Box, Problem
 from .loading import load
+from .models import TinyRecursiveControl, TRCConfig  # noqa: F401
 
 __all__ = ["Box", "Problem", "__version__"]

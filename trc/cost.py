@@ -53,9 +53,8 @@ def quadratic_cost(states, controls, target, Q, R, Qf, dt: float) -> torch.Tenso
         )
     err = states - target.unsqueeze(1)
     Q, R, Qf = _w(Q, states), _w(R, states), _w(Qf, states)
-    stage = torch.einsum("bki,ij,bkj->b", err[:, :-1], Q, err[:, :-1])
-    stage = stage + torch.einsum("bki,ij,bkj->b", controls, R, controls)
-    terminal = torch.einsum("bi,ij,bj->b", err[:, -1], Qf, err[:, -1])
+    stage = ((err[:, :-1] @ Q) * err[:, :-1]).sum(dim=(1, 2)) + ((controls @ R) * controls).sum(dim=(1, 2))
+    terminal = ((err[:, -1] @ Qf) * err[:, -1]).sum(dim=1)
     return dt * stage + terminal
 
 

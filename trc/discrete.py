@@ -21,9 +21,8 @@ Discrete configuration files share the layout of the continuous ones (``problem`
       givens: [5, 10]          # inclusive range (or one number)
       on_mistake: terminate    # or reject
 
-``python -m trc.generate`` and ``python -m trc.train`` hand such files to :func:`generate_main`
-and :func:`train_main` (see :func:`wants_discrete`), which use :mod:`trc.generators.discrete`
-and :mod:`trc.training.discrete`.
+``python -m trc.generate`` hands such files to :func:`trc.generators.discrete.generate_discrete`
+and ``python -m trc.train`` to :func:`train_main` (:mod:`trc.training.discrete`).
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ from .config import from_dict, load_yaml
 __all__ = [
     "KINDS", "MazeProblem", "SudokuProblem", "DiscreteGeneratorConfig", "DiscreteExperiment",
     "is_discrete_config", "load_discrete_experiment", "discrete_experiment_from_dict", "problem_from_dict",
-    "wants_discrete", "generate_main", "train_main",
+    "wants_discrete", "train_main", "dispatch_train",
 ]
 
 KINDS = ("maze", "sudoku")
@@ -333,8 +332,7 @@ def load_discrete_experiment(path) -> DiscreteExperiment:
 def wants_discrete(argv=None) -> bool:
     """Whether a ``trc.generate`` / ``trc.train`` command line names a discrete configuration.
 
-    The CLIs call this first and hand the whole command line to :func:`generate_main` /
-    :func:`train_main` when it is true.
+    :func:`dispatch_train` uses it to hand the whole command line to :func:`train_main`.
     """
     import argparse
     import sys
@@ -345,68 +343,34 @@ def wants_discrete(argv=None) -> bool:
     return known.config is not None and is_discrete_config(known.config)
 
 
-def generate_main(argv=None) -> int:
-    """``python -m trc.generate --config <discrete.yaml>``: instances and optimal solutions to HDF5.
+def dispatch_train(argv=None):
+    """Run ``python -m trc.train`` here when it concerns this module, else return None.
 
-    Options: ``--num-samples``, ``--seed``, ``--out``, ``--force``, ``--quiet``. Exit status 0
-    on success, 1 on a run-time failure, 2 on a bad configuration.
+    Handles discrete configurations (:func:`wants_discrete`) and the REINFORCE fine-tuning
+    stage ``--stage rl`` of continuous ones; ``trc.train.main`` calls it first.
+
+    Returns
+    -------
+    int or None
+        The exit status, or None when the command line is for the continuous trainer.
     """
-    import argparse
     import sys
 
-    from dynamics.errors import TRCError
-
-    from .generators.discrete import generate_discrete, read_discrete_dataset, write_discrete_dataset
-
-    p = argparse.ArgumentParser(prog="python -m trc.generate", description="Generate optimal maze / sudoku solutions.")
-    p.add_argument("--config", required=True, metavar="YAML")
-    p.add_argument("--num-samples", type=int, metavar="N")
-    p.add_argument("--seed", type=int, metavar="S")
-    p.add_argument("--out", metavar="PATH")
-    p.add_argument("--force", action="store_true", help="regenerate even if the output exists")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--workers", type=int, help="accepted for compatibility; discrete generation runs in this process")
-    p.add_argument("--chunk-size", type=int, help="accepted for compatibility; ignored")
-    args = p.parse_args(argv)
-    try:
-        exp = load_discrete_experiment(args.config)
-        gen = exp.generator
-        num = args.num_samples if args.num_samples is not None else gen.num_samples
-        seed = args.seed if args.seed is not None else gen.seed
-        if num < 1 or seed < 0:
-            raise ConfigError(f"--num-samples must be positive and --seed non-negative, got {num}, {seed}")
-        out = args.out or gen.output_path(exp.problem)
-        from pathlib import Path
-
-        out = Path(out)
-        if out.is_file() and not args.force:
-            try:
-                old = read_discrete_dataset(out)
-                same = (old.problem.to_dict() == exp.problem.to_dict() and old.seed == seed and old.num_samples == num)
-            except TRCError:
-                same = False
-            if same:
-                print(f"{out}: already holds this data set ({num} {exp.problem.kind} instances, seed {seed}); use --force")
-                return 0
-        data = generate_discrete(exp.problem, num, seed, gen.splits, progress=not args.quiet)
-        write_discrete_dataset(out, data)
-    except ConfigError as exc:
-        print(f"{p.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except TRCError as exc:
-        print(f"{p.prog}: error: {exc}", file=sys.stderr)
-        return 1
-    sizes = {k: len(v) for k, v in data.splits.items()}
-    print(f"wrote {out}: {data.num_samples} {exp.problem.kind} instances ({exp.problem.name}), solver {data.solver}, "
-          f"optimal steps mean {data.lengths.mean():.2f} max {data.lengths.max()}, splits {sizes}")
-    return 0
+    args = sys.argv[1:] if argv is None else list(argv)
+    if wants_discrete(args) or any(a == "--stage" or a.startswith("--stage=") for a in args):
+        return train_main(args)
+    return None
 
 
 def train_main(argv=None) -> int:
-    """``python -m trc.train --config <discrete.yaml> [--stage all|supervised|rl]``.
+    """``python -m trc.train --config <yaml> [--stage all|supervised|rl]``.
 
-    Supervised pre-training on the optimal solutions, REINFORCE fine-tuning, evaluation on the
-    test split; writes ``model.pt``, ``metrics.json`` and ``history.json`` to the run folder.
+    Discrete configurations: supervised pre-training on the optimal solutions, REINFORCE
+    fine-tuning, evaluation on the test split; writes ``model.pt``, ``metrics.json`` and
+    ``history.json`` to the run folder. Continuous configurations with ``--stage rl``:
+    REINFORCE fine-tuning (:func:`trc.training.rl.reinforce_continuous`) of the trained model
+    ``--init`` (default ``<out>/model.pt``), written to ``<out>/model_rl.pt`` with
+    ``rl_metrics.json`` (greedy cost on fresh instances before and after).
     """
     import argparse
     import json
@@ -415,27 +379,79 @@ def train_main(argv=None) -> int:
 
     from dynamics.errors import TRCError
 
-    from .training.discrete import run_discrete_training
-
-    p = argparse.ArgumentParser(prog="python -m trc.train", description="Train a discrete (maze / sudoku) policy.")
+    p = argparse.ArgumentParser(prog="python -m trc.train", description="Train a discrete policy, or RL-fine-tune a model.")
     p.add_argument("--config", required=True, metavar="YAML")
     p.add_argument("--out", metavar="DIR")
     p.add_argument("--seed", type=int, metavar="S")
     p.add_argument("--stage", choices=("all", "supervised", "rl"), default="all",
-                   help="all: supervised then RL; rl: REINFORCE fine-tuning of --init (or <out>/model.pt)")
-    p.add_argument("--init", metavar="MODEL", help="policy file to start from")
+                   help="all: supervised then RL (discrete); rl: REINFORCE fine-tuning of --init (or <out>/model.pt)")
+    p.add_argument("--init", metavar="MODEL", help="model file to start from")
+    p.add_argument("--rl-iterations", type=int, default=100, help="continuous --stage rl: policy-gradient steps")
+    p.add_argument("--rl-lr", type=float, default=1e-4, help="continuous --stage rl: learning rate")
+    p.add_argument("--rl-sigma", type=float, default=0.05, help="continuous --stage rl: exploration std (fraction of the control range)")
+    p.add_argument("--rl-batch", type=int, default=64, help="continuous --stage rl: episodes per step")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(name)s: %(message)s")
     try:
-        exp = load_discrete_experiment(args.config)
-        metrics = run_discrete_training(exp, stage=args.stage, seed=args.seed, out=args.out, init=args.init,
-                                        progress=not args.quiet)
+        if is_discrete_config(args.config):
+            from .training.discrete import run_discrete_training
+
+            exp = load_discrete_experiment(args.config)
+            metrics = run_discrete_training(exp, stage=args.stage, seed=args.seed, out=args.out, init=args.init,
+                                            progress=not args.quiet)
+            print(json.dumps({k: v for k, v in metrics.items() if k != "after_supervised"}, indent=2))
+            return 0
+        if args.stage != "rl":
+            raise ConfigError(f"--stage {args.stage} applies to discrete configurations; continuous models are trained "
+                              f"by `python -m trc.train --config {args.config}` and fine-tuned with --stage rl")
+        metrics = _continuous_rl(args)
     except ConfigError as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
     except TRCError as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({k: v for k, v in metrics.items() if k != "after_supervised"}, indent=2))
+    print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _continuous_rl(args) -> dict:
+    """The continuous ``--stage rl``: fine-tune, compare greedy costs, save ``model_rl.pt``."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from .experiment import load_experiment
+    from .io import atomic_write_text
+    from .loading import load
+    from .training.checkpoint import save_model_file
+    from .training.rl import ContinuousRLConfig, reinforce_continuous, stage_rewards
+
+    exp = load_experiment(args.config)
+    problem = exp.problem
+    run = Path(args.out or f"runs/{problem.name}")
+    model = load(args.init or run / "model.pt")
+    seed = 0 if args.seed is None else args.seed
+    x0, target = (torch.as_tensor(a, dtype=torch.float32) for a in problem.sample(256, [seed, 99]))
+    plant = problem.make_plant()
+
+    def greedy_cost() -> float:
+        with torch.no_grad():
+            u = model(x0, target)
+            return float(-stage_rewards(problem, plant.rollout(x0, u), u, target).sum(1).mean())
+
+    before = greedy_cost()
+    cfg = ContinuousRLConfig(iterations=args.rl_iterations, lr=args.rl_lr, sigma=args.rl_sigma,
+                             batch_size=args.rl_batch, seed=seed)
+    history = reinforce_continuous(model, problem, cfg)
+    after = greedy_cost()
+    config = model.config.to_dict() if hasattr(model.config, "to_dict") else dataclasses.asdict(model.config)
+    metrics = {"problem": problem.name, "stage": "rl", "greedy_cost_before": before, "greedy_cost_after": after,
+               "iterations": len(history), "eval_instances": 256}
+    save_model_file(run / "model_rl.pt", state_dict=model.state_dict(), model_config=config, problem=problem.to_dict(),
+                    metadata={**getattr(model, "metadata", {}), "rl": metrics})
+    atomic_write_text(run / "rl_metrics.json", json.dumps({**metrics, "history": history}, indent=2))
+    return metrics

@@ -151,12 +151,12 @@ class Problem:
         params = {k: v for k, v in self.plant.items() if k != "name"}
         params["dt"] = float(self.dt)
         try:
-            plant = dynamics.make(self.plant["name"], **params)
+            plant = dynamics.make(self.plant["name"], dtype=dtype, **params)
         except dynamics.UnknownNameError as exc:
             raise ConfigError(str(exc)) from exc
         except TypeError as exc:
             raise ConfigError(f"problem.plant: {exc}") from exc
-        return plant.to(dtype)
+        return plant
 
     @property
     def state_dim(self) -> int:

@@ -38,6 +38,9 @@ class Solution:
         Solver iterations (1 for closed-form solvers).
     solve_time : ndarray, shape ``(B,)``
         Wall-clock seconds spent on each instance.
+    dynamics_residual : ndarray, shape ``(B,)``, optional
+        Largest gap between the solver's own predicted states and the re-simulated ones
+        (NaN where the solver predicts no states).
     """
 
     states: np.ndarray
@@ -47,6 +50,7 @@ class Solution:
     status: np.ndarray
     iterations: np.ndarray
     solve_time: np.ndarray
+    dynamics_residual: np.ndarray | None = None
 
 
 class Solver:

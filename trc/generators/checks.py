@@ -389,4 +389,5 @@ def assemble_solution(
         status=report.status,
         iterations=np.asarray(iterations, dtype=np.int64).reshape(B),
         solve_time=np.asarray(solve_time, dtype=np.float64).reshape(B),
+        dynamics_residual=np.asarray(report.dynamics_residual, dtype=np.float64).reshape(B),
     )

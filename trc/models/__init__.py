@@ -7,7 +7,7 @@ torch.Size([8, 15, 1])
 """
 
 from .config import TRCConfig
-from .feedback import TrajectoryErrorEncoder, trajectory_error
+from .feedback import FeedbackGain, TrajectoryErrorEncoder, trajectory_error
 from .halting import HaltingHead, halting_loss, halting_targets
 from .presets import (
     PRESETS,
@@ -35,6 +35,7 @@ __all__ = [
     "MLPBlock",
     "LatentState",
     "TrajectoryErrorEncoder",
+    "FeedbackGain",
     "trajectory_error",
     "HaltingHead",
     "halting_loss",

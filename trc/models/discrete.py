@@ -156,7 +156,8 @@ def _kind(plant) -> str:
 def encode_tokens(plant, x: torch.Tensor) -> torch.Tensor:
     """Per-cell input features ``(batch, tokens, features)`` of plant states ``x``.
 
-    Maze: ``(batch, H*W, 3)`` wall, goal and agent indicators. Sudoku: ``(batch, n*n, n + 1)``
+    Maze: ``(batch, H*W, 3)`` wall, goal and agent indicators (the recursive policy plans on
+    the first two and reads its action out at the agent's cell). Sudoku: ``(batch, n*n, n + 1)``
     one-hot digit (channel 0 = empty).
     """
     if _kind(plant) == "maze":
@@ -297,7 +298,7 @@ class RecursivePolicy(nn.Module):
         self.num_actions = plant.num_actions
         D = config.latent_dim
         neighbours = GridNeighbours(plant.height, plant.width) if self.kind == "maze" else SudokuPeers(plant.size)
-        self.embed = nn.Linear(features, D)
+        self.embed = nn.Linear(2 if self.kind == "maze" else features, D)
         self.prev_action = nn.Embedding(self.num_actions + 1, D) if config.condition_on_previous_action else None
         self.core = RelationalRecursionCore(D, config.hidden_dim, config.num_layers, config.mode, config.L_cycles, neighbours)
         self.head = nn.Linear(D, self.per_token)
@@ -309,6 +310,48 @@ class RecursivePolicy(nn.Module):
             idx = (agent[:, 0] * self.plant.width + agent[:, 1]).view(-1, 1, 1).expand(-1, 1, 4)
             return token_logits.gather(1, idx)[:, 0]
         return token_logits.reshape(x.shape[0], -1)
+
+    @property
+    def agent_independent(self) -> bool:
+        """True when the per-cell outputs do not depend on the agent (maze without previous-action
+        conditioning or carried latent): one recursion per episode then serves every step."""
+        return self.kind == "maze" and self.prev_action is None and not self.config.carry_latent
+
+    def token_outputs(self, x: torch.Tensor, prev_action: torch.Tensor | None = None,
+                      state: LatentState | None = None, H_cycles: int | None = None):
+        """Per-cell logits after every H-cycle and the final latent state.
+
+        Returns
+        -------
+        token_logits : list of Tensor, each ``(batch, tokens, per_token)``
+        state : LatentState
+        """
+        _check_x(self.plant, x)
+        emb = self.embed(self._features(x))
+        if self.prev_action is not None:
+            p = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device) if prev_action is None else prev_action.long()
+            emb = emb + self.prev_action(p + 1).unsqueeze(1)
+        if state is None:
+            state = self.core.init_state(emb)
+        token_logits = []
+        for _ in range(H_cycles or self.config.H_cycles):
+            state = self.core.step(state, emb)
+            token_logits.append(self.head(self.core.output(state)))
+        return token_logits, state
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        feats = encode_tokens(self.plant, x)
+        # Maze: the recursion plans on walls and goal; the agent enters through the read-out.
+        return feats[..., :2] if self.kind == "maze" else feats
+
+    def action_logits(self, token_logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Action logits ``(batch, num_actions)`` read from per-cell logits ``(batch, tokens, per_token)``
+        (the agent's cell for mazes; every cell and digit for sudoku), illegal actions masked."""
+        a = self._readout(token_logits, x)
+        if self.config.mask_illegal:
+            mask = legal_action_mask(self.plant, x) if mask is None else mask
+            a = a.masked_fill(~mask, NEG)
+        return a
 
     def forward(self, x: torch.Tensor, prev_action: torch.Tensor | None = None, state: LatentState | None = None,
                 H_cycles: int | None = None, mask: torch.Tensor | None = None) -> PolicyOutput:
@@ -330,24 +373,10 @@ class RecursivePolicy(nn.Module):
         -------
         PolicyOutput
         """
-        _check_x(self.plant, x)
-        emb = self.embed(encode_tokens(self.plant, x))
-        if self.prev_action is not None:
-            p = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device) if prev_action is None else prev_action.long()
-            emb = emb + self.prev_action(p + 1).unsqueeze(1)
-        if state is None:
-            state = self.core.init_state(emb)
+        token_logits, state = self.token_outputs(x, prev_action, state, H_cycles)
         if self.config.mask_illegal and mask is None:
             mask = legal_action_mask(self.plant, x)
-        logits, token_logits = [], []
-        for _ in range(H_cycles or self.config.H_cycles):
-            state = self.core.step(state, emb)
-            t = self.head(self.core.output(state))
-            a = self._readout(t, x)
-            if mask is not None:
-                a = a.masked_fill(~mask, NEG)
-            token_logits.append(t)
-            logits.append(a)
+        logits = [self.action_logits(t, x, mask) for t in token_logits]
         return PolicyOutput(logits, token_logits, state)
 
 

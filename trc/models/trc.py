@@ -350,6 +350,16 @@ class TinyRecursiveControl(nn.Module):
             raise CheckpointError(f"checkpoint weights do not fit the model: {exc}") from exc
         return model
 
+    def to_iosys(self, **kwargs):
+        """This controller as a discrete-time python-control system (receding horizon).
+
+        Inputs: the measured state and the target ``xd[i]``; output: the first control of the
+        plan; sample time ``dt``. See :func:`trc.iosys.controller_iosys` for ``kwargs``.
+        """
+        from ..iosys import controller_iosys
+
+        return controller_iosys(self, **kwargs)
+
     # ------------------------------------------------------------------ description
     def get_parameter_count(self) -> int:
         """Number of trainable parameters (plant parameters are buffers and do not count)."""

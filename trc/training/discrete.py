@@ -1,15 +1,17 @@
 """Training and evaluation of discrete policies: supervised pre-training, then REINFORCE.
 
 Supervised pre-training (:func:`train_supervised`)
-    Teacher-forced rollouts of the optimal action sequences of the data set (shortest maze
-    paths, sudoku placement orders). At every step the policy is trained to put its
-    probability on the set ``O(x)`` of optimal actions (every action that starts *some*
-    optimal solution: the moves one step closer to the goal; the solution digit of any empty
-    cell), ``loss = -log sum_{a in O(x)} pi(a | x)``, plus a dense per-cell term for the
-    recursive policy (the optimal moves of every open cell; the solution digit of every empty
-    cell). With deep supervision the loss is averaged over the logits of every H-cycle. The
-    latent is carried between steps and detached (TRM's deep supervision, arXiv 2510.04871,
-    Alg. 3), and every step is an optimiser step.
+    States along the optimal action sequences of the data set (shortest maze paths, sudoku
+    placement orders): each batch takes every instance to a uniformly drawn step of its
+    optimal sequence. The policy is trained to put its probability on the set ``O(x)`` of
+    optimal actions (every action that starts *some* optimal solution: the moves one step
+    closer to the goal; the solution digit of any empty cell),
+    ``loss = -log sum_{a in O(x)} pi(a | x)``, plus, for the recursive policy, the same loss
+    on every cell (the optimal moves of every open cell; the solution digit of every empty
+    cell; ``dense_weight``). With deep supervision the loss is averaged over the logits of
+    every H-cycle. A policy with ``carry_latent`` is instead trained on whole teacher-forced
+    sequences with the latent carried and detached between steps, one optimiser step per step
+    (TRM's deep supervision, arXiv 2510.04871, Alg. 3).
 
 RL fine-tuning (:func:`train_reinforce`)
     REINFORCE (Williams, *Machine Learning* 8, 1992) with a per-time-step batch-mean
@@ -484,10 +486,15 @@ def rollout(policy, inst: Instances, max_steps: int, *, greedy: bool = True, rew
     steps = torch.zeros(B, dtype=torch.long)
     rec = {"x": [], "state": [], "prev": [], "actions": []}
     all_r, alive = [], []
+    # agent-independent per-cell outputs (maze planner): one recursion per episode
+    field = policy.token_outputs(x)[0][-1] if getattr(policy, "agent_independent", False) else None
     for _ in range(max_steps):
         if done.all():
             break
-        out = policy(x, prev, state if carry else None)
+        if field is not None:
+            out = PolicyOutput([policy.action_logits(field, x)], None, None)
+        else:
+            out = policy(x, prev, state if carry else None)
         logits = out.logits[-1]
         a = logits.argmax(-1) if greedy else torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
         if record:
@@ -576,26 +583,38 @@ def train_reinforce(policy, problem, cfg: DiscreteTrainConfig, deadline: float |
         Z_H = torch.stack([s.z_H for s in carried]) if carried and carried[0] is not None else None
         Z_L = torch.stack([s.z_L for s in carried]) if Z_H is not None and carried[0].z_L is not None else None
         t_idx, b_idx = alive.nonzero(as_tuple=True)
-        groups = [t_idx == 0, t_idx > 0] if Z_H is not None else [torch.ones_like(t_idx, dtype=torch.bool)]
+        total = len(t_idx)
         policy.train()
         opt.zero_grad(set_to_none=True)
-        total = len(t_idx)
-        for group in groups:
-            gt, gb = t_idx[group], b_idx[group]
-            for start in range(0, len(gt), cfg.rl_minibatch):
-                ti, bi = gt[start:start + cfg.rl_minibatch], gb[start:start + cfg.rl_minibatch]
-                state = None
-                if Z_H is not None and bool((ti > 0).all()):
-                    state = LatentState(Z_H[ti - 1, bi], None if Z_L is None else Z_L[ti - 1, bi])
-                out = policy(X[ti, bi], P[ti, bi], state)
-                cycles = out.logits if cfg.deep_supervision else out.logits[-1:]
-                loss = 0.0
-                for logits in cycles:
-                    logp = torch.log_softmax(logits, -1)
-                    chosen = logp.gather(1, A[ti, bi][:, None])[:, 0]
-                    ent = -(logp.exp() * logp.clamp(min=-1e4)).sum(-1)
-                    loss = loss + (-(adv[ti, bi] * chosen) - cfg.entropy * ent).sum() / total
-                (loss / len(cycles)).backward()
+
+        def pg_loss(cycles, ti, bi):
+            loss = 0.0
+            for logits in cycles:
+                logp = torch.log_softmax(logits, -1)
+                chosen = logp.gather(1, A[ti, bi][:, None])[:, 0]
+                ent = -(logp.exp() * logp.clamp(min=-1e4)).sum(-1)
+                loss = loss + (-(adv[ti, bi] * chosen) - cfg.entropy * ent).sum() / total
+            return loss / len(cycles)
+
+        if getattr(policy, "agent_independent", False):
+            # one recursion per episode, read out at every visited cell
+            token_logits, _ = policy.token_outputs(inst.x0)
+            cycles = token_logits if cfg.deep_supervision else token_logits[-1:]
+            for start in range(0, total, cfg.rl_minibatch):
+                ti, bi = t_idx[start:start + cfg.rl_minibatch], b_idx[start:start + cfg.rl_minibatch]
+                logits = [policy.action_logits(tl[bi], X[ti, bi]) for tl in cycles]
+                pg_loss(logits, ti, bi).backward(retain_graph=start + cfg.rl_minibatch < total)
+        else:
+            groups = [t_idx == 0, t_idx > 0] if Z_H is not None else [torch.ones_like(t_idx, dtype=torch.bool)]
+            for group in groups:
+                gt, gb = t_idx[group], b_idx[group]
+                for start in range(0, len(gt), cfg.rl_minibatch):
+                    ti, bi = gt[start:start + cfg.rl_minibatch], gb[start:start + cfg.rl_minibatch]
+                    state = None
+                    if Z_H is not None and bool((ti > 0).all()):
+                        state = LatentState(Z_H[ti - 1, bi], None if Z_L is None else Z_L[ti - 1, bi])
+                    out = policy(X[ti, bi], P[ti, bi], state)
+                    pg_loss(out.logits if cfg.deep_supervision else out.logits[-1:], ti, bi).backward()
         nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
         opt.step()
         history.append({"stage": "rl", "iteration": it, "mean_return": float(ep["returns"].mean()),

@@ -1,0 +1,153 @@
+"""LIBERO as a plant and a Gymnasium environment (dynamics.libero, dynamics.libero_env).
+
+Needs LIBERO (``pip install --no-deps libero==0.1.1`` and robosuite 1.4.0, see README) and its
+assets (``../shared/libero-assets`` or ``$TRC_LIBERO_ASSETS``); skipped without them. The fast
+tests build ONE task with its cameras and share it; full expert episodes are ``slow``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dynamics
+from dynamics.errors import ConfigError, DimensionError, UnknownNameError
+
+libero_spec = pytest.importorskip("robosuite", reason="LIBERO needs robosuite 1.4.0")
+from dynamics import libero as L  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+HAVE_ASSETS = bool(os.environ.get(L.ASSETS_ENV)) or L.default_assets_path().is_dir()
+pytestmark = pytest.mark.skipif(not HAVE_ASSETS, reason="LIBERO assets not found (../shared/libero-assets)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def libero_config(tmp_path_factory):
+    """A private LIBERO config folder: the tests never read or write ~/.libero."""
+    folder = tmp_path_factory.mktemp("libero_config")
+    old = os.environ.get("LIBERO_CONFIG_PATH")
+    os.environ["LIBERO_CONFIG_PATH"] = str(folder)
+    yield L.configure_libero(config_dir=folder)
+    if old is None:
+        os.environ.pop("LIBERO_CONFIG_PATH", None)
+    else:
+        os.environ["LIBERO_CONFIG_PATH"] = old
+
+
+@pytest.fixture(scope="module")
+def sim():
+    s = L.LiberoSimulator("libero_spatial", 0, camera_size=128)
+    yield s
+    s.close()
+
+
+def test_config_is_written_and_import_never_prompts(tmp_path):
+    """A fresh process with no LIBERO config and no terminal imports LIBERO without a question."""
+    cfg = tmp_path / "cfg"
+    code = ("import dynamics.libero as L; p = L.configure_libero(); "
+            "from libero.libero import benchmark; print(p.config_file)")
+    env = {**os.environ, "LIBERO_CONFIG_PATH": str(cfg), "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         env=env, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Do you want" not in out.stdout
+    text = (cfg / "config.yaml").read_text()
+    for key in ("benchmark_root", "bddl_files", "init_states", "datasets", "assets"):
+        assert f"{key}:" in text
+    assert str(L.default_assets_path().resolve()) in text or os.environ.get(L.ASSETS_ENV, "") in text
+
+
+def test_missing_assets_give_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing \['scenes', 'textures', 'stable_scanned_objects'\]"):
+        L.configure_libero(assets=tmp_path, config_dir=tmp_path / "cfg")
+    os.environ[L.ASSETS_ENV] = str(tmp_path / "nowhere")
+    try:
+        with pytest.raises(ConfigError, match="TRC_LIBERO_ASSETS"):
+            L.configure_libero(config_dir=tmp_path / "cfg")
+    finally:
+        del os.environ[L.ASSETS_ENV]
+    L.configure_libero()  # restore the default for the other tests
+
+
+def test_suite_and_task_lookup():
+    tasks = L.suite_tasks("libero_spatial")
+    assert len(tasks) == 10 and all(t.bddl_file.is_file() and t.init_states_file.is_file() for t in tasks)
+    assert tasks[0].language.startswith("pick up the black bowl")
+    assert L.get_task("libero_spatial", tasks[3].name).index == 3
+    with pytest.raises(UnknownNameError, match="libero_spatial"):
+        L.get_task("libero_spacial", 0)
+    with pytest.raises(UnknownNameError, match="0..9"):
+        L.get_task("libero_spatial", 10)
+    init = L.load_init_states(tasks[0])
+    assert init.shape == (50, 92) and np.isfinite(init).all()
+
+
+def test_reset_to_official_init_state_and_step(sim):
+    raw = sim.reset(0, settle_steps=0)
+    np.testing.assert_allclose(sim.get_state(), sim.init_states[0], atol=1e-12)
+    assert raw["agentview_image"].shape == (128, 128, 3) and raw["agentview_image"].dtype == np.uint8
+    assert raw["robot0_eye_in_hand_image"].shape == (128, 128, 3)
+    x0 = sim.get_state()
+    raw, success = sim.step(np.array([0.5, 0, 0, 0, 0, 0, -1.0]))
+    x1 = sim.get_state()
+    assert not success and sim.steps == 1
+    assert x1[0] == pytest.approx(x0[0] + 0.05)  # MuJoCo time advanced by one control period
+    assert raw["robot0_eef_pos"][0] > L.proprio_from_raw(sim.set_state(x0))["ee_pos"][0]  # moved along +x
+    with pytest.raises(DimensionError, match=r"expected \(7,\)"):
+        sim.step(np.zeros(6))
+    with pytest.raises(UnknownNameError, match="0..49"):
+        sim.reset(50)
+
+
+def test_gymnasium_env(sim):
+    import gymnasium
+
+    from dynamics.libero_env import ENV_ID, LiberoEnv
+
+    assert ENV_ID in gymnasium.registry
+    env = LiberoEnv(simulator=sim, max_steps=3)
+    obs, info = env.reset(seed=1, options={"init_state": 2})
+    assert env.observation_space.contains(obs), {k: getattr(v, "shape", v) for k, v in obs.items()}
+    assert obs["instruction"] == L.get_task("libero_spatial", 0).language and info["init_state"] == 2
+    for k in range(3):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample() * 0)
+        assert env.observation_space.contains(obs) and reward == 0.0 and not terminated
+    assert truncated and not info["is_success"]
+    with pytest.raises(gymnasium.error.ResetNeeded):
+        env.step(np.zeros(7))
+
+
+def test_plant_registry_entry(sim):
+    plant = dynamics.make("libero", suite="libero_spatial", task=0)
+    assert plant.state_dim == 92 and plant.control_dim == 7 and plant.discrete and not plant.differentiable
+    assert plant.config() == {"name": "libero", "suite": "libero_spatial", "task": 0, "dt": 0.05}
+    plant._sim = sim  # share the module's simulator instead of building a second one
+    x0 = plant.initial_states()[:2].double()
+    u = torch.zeros(2, 7, dtype=torch.float64)
+    x1 = plant.step(x0, u)
+    assert x1.shape == (2, 92)
+    torch.testing.assert_close(x1[:, 0], x0[:, 0] + 0.05)
+    sim.set_state(x0[1].numpy())
+    sim.step(np.zeros(7))
+    np.testing.assert_allclose(x1[1].numpy(), sim.get_state())  # same simulator, same result
+    assert not plant.success(x0).any()
+    with pytest.raises(NotImplementedError, match="learned_arm"):
+        plant.linearize(x0[0].numpy(), np.zeros(7))
+    with pytest.raises(DimensionError):
+        plant.step(x0[:, :10], u)
+
+
+@pytest.mark.slow
+def test_expert_succeeds_on_one_task(sim):
+    from trc.generators.libero_expert import run_episode
+
+    ep = run_episode(sim, 0, max_steps=220)
+    assert ep.success and len(ep) < 220 and ep.dones[-1] == 1 and ep.rewards.sum() == 1
+    assert ep.obs["agentview_rgb"].shape == (len(ep), 128, 128, 3)
+    assert np.abs(ep.actions).max() <= 1.0
