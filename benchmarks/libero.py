@@ -33,7 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# This file is named like the ``libero`` package: drop its folder from the import path.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
 from trc.config import from_dict, load_yaml  # noqa: E402
 from trc.io import atomic_write_text  # noqa: E402

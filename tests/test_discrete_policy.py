@@ -205,3 +205,30 @@ def test_command_lines(tmp_path, capsys):
     cfg["problem"]["height"] = 1
     path.write_text(yaml.safe_dump(cfg))
     assert generate_main(["--config", str(path)]) == 2 and "height" in capsys.readouterr().err
+
+
+def test_continuous_rewards_sum_to_the_cost_and_reinforce_improves_it():
+    from trc.experiment import load_experiment
+    from trc.models import create_two_level_small
+    from trc.training.rl import ContinuousRLConfig, reinforce_continuous, stage_rewards
+
+    problem = load_experiment("configs/double_integrator.yaml").problem
+    plant = problem.make_plant()
+    x0, target = (torch.as_tensor(a, dtype=torch.float32) for a in problem.sample(128, 7))
+    u = torch.randn(128, problem.horizon, 1)
+    states = plant.rollout(x0, u)
+    torch.testing.assert_close(-stage_rewards(problem, states, u, target).sum(1), problem.cost_of(states, u, target))
+    torch.manual_seed(0)
+    model = create_two_level_small(problem.state_dim, problem.control_dim, problem.horizon,
+                                   u_min=plant.u_min, u_max=plant.u_max)
+
+    def greedy_cost():
+        with torch.no_grad():
+            v = model(x0, target, plant=False)
+            return float(problem.cost_of(plant.rollout(x0, v), v, target).mean())
+
+    before = greedy_cost()
+    hist = reinforce_continuous(model, problem, ContinuousRLConfig(iterations=15, batch_size=32, lr=1e-3, sigma=0.1))
+    assert len(hist) == 15 and greedy_cost() < 0.7 * before
+    with pytest.raises(ConfigError, match="sigma"):
+        ContinuousRLConfig(sigma=0)

@@ -5,4 +5,4 @@ from . import checks, lqr, qp, rocket  # noqa: E402,F401  (solvers register on i
 from .config import GeneratorConfig  # noqa: E402,F401
 from . import nonlinear  # noqa: E402,F401  (registers "nonlinear")
 
-__all__ = ["Solution", "Solver", "make_solver", "register_solver", "solver_names"]
+__all__ = ["GeneratorConfig", "Solution", "Solver", "make_solver", "register_solver", "solver_names"]

@@ -61,7 +61,7 @@ class QPLayout:
     """
 
     #: primal-dual active-set rounds before the interior-point fallback
-    active_set_rounds = 8
+    active_set_rounds = 4
 
     def __init__(self, N: int, n: int, m: int, x_lo, x_hi, u_lo, u_hi):
         self.N, self.n, self.m = N, n, m

@@ -4,7 +4,7 @@
 
     model:
       mode: two_level          # or single_latent
-      latent_dim: 128
+      latent_dim: 64
       hidden_dim: 256
       num_layers: 2
       H_cycles: 3              # outer refinement cycles K
@@ -86,7 +86,7 @@ class TRCConfig:
     """
 
     mode: str = "two_level"
-    latent_dim: int = 128
+    latent_dim: int = 64
     hidden_dim: int = 256
     num_layers: int = 2
     H_cycles: int = 3
