@@ -16,7 +16,7 @@ PyTorch model.
 import numpy as np
 import torch
 
-from _common import parse_args, plt, save, trained_model
+from _common import CACHE, parse_args, plt, save, trained_model
 
 from trc.evaluation import measure_latency
 from trc.export import export_controller, load_controller
@@ -25,7 +25,7 @@ from trc.export import export_controller, load_controller
 def main(argv=None):
     args = parse_args(__doc__.splitlines()[0], argv)
     model, data = trained_model("double_integrator", args)
-    folder = args.out / ".export"
+    folder = (args.out / ".cache" if args.quick else CACHE) / "export"
     repeats = 2 if args.quick else 30
     x1, t1 = data.test.x0[:1], data.test.target[:1]
     xb, tb = data.test.x0.repeat(1024 // len(data.test) + 1, 1)[:1024], data.test.target.repeat(1024 // len(data.test) + 1, 1)[:1024]

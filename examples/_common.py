@@ -61,6 +61,7 @@ _FULL = {
     "samples": {"double_integrator": 2000, "van_der_pol": 400, "pendulum": 300, "cartpole": 200, "rocket": 200},
     "model": {"latent_dim": 64, "hidden_dim": 128, "num_layers": 2, "H_cycles": 3, "L_cycles": 2},
     "training": {"epochs": 40, "batch_size": 64, "lr": 2e-3, "early_stopping_patience": 10},
+    "epochs": {"double_integrator": 60},
 }
 
 
@@ -87,6 +88,8 @@ def experiment(name: str, quick: bool, seed: int = 0) -> dict:
     cfg["generator"].update(num_samples=samples, seed=seed, chunk_size=max(16, samples // 4))
     cfg["model"] = dict(settings["model"])
     cfg["training"] = {**settings["training"], "seed": seed, "tensorboard": False, "num_threads": torch.get_num_threads()}
+    if name in settings.get("epochs", {}):
+        cfg["training"]["epochs"] = settings["epochs"][name]
     return cfg
 
 

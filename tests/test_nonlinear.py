@@ -116,7 +116,7 @@ def test_batched_jacobians_match_casadi():
     config.update({key: getattr(plant, key).tolist() for key in plant.params})
     F = discrete_step(config)
     x_sym, u_sym = ca.SX.sym("x", 4), ca.SX.sym("u", 1)
-    jac = ca.Function("jac", [x_sym, u_sym], [ca.jacobian(F(x_sym, u_sym), ca.vertcat(x_sym, u_sym))])
+    jac = ca.Function("step_jacobian", [x_sym, u_sym], [ca.jacobian(F(x_sym, u_sym), ca.vertcat(x_sym, u_sym))])
     x = rng.uniform(-3, 3, (5, 4)); u = rng.uniform(-10, 10, (5, 1))
     Fx, A, B = _linearize(plant, torch.from_numpy(x), torch.from_numpy(u))
     for i in range(5):

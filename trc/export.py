@@ -383,7 +383,9 @@ class ExportedController:
             self._run = lambda x0, xt: self._session.run(None, {"current_state": x0, "target_state": xt})[0]
         else:
             if fmt == "torchscript":
-                module = torch.jit.load(str(path))
+                with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    module = torch.jit.load(str(path))
             else:
                 module = torch.export.load(io.BytesIO(path.read_bytes())).module()
 

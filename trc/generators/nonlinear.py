@@ -264,8 +264,8 @@ class NonlinearSolver(Solver):
             if given:
                 Xg = states_guess[idx] if states_guess is not None else _interpolate(x0[idx], target[idx], N)
                 Ug = controls_guess[idx] if controls_guess is not None else np.zeros((idx.size, N, m))
-            elif neighbour and start > 0:
-                done = order[:start]
+            elif neighbour and ok[order[:start]].any():  # from converged neighbours only
+                done = order[:start][ok[order[:start]]]
                 Xg, Ug = _neighbour_guess(x0[idx], target[idx], x0[done], target[done], X[done], U[done])
             else:
                 Xg, Ug = _interpolate(x0[idx], target[idx], N), np.zeros((idx.size, N, m))

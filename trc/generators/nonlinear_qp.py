@@ -10,13 +10,16 @@ the solution of the sparse, banded QP (multiple shooting, Gauss-Newton Hessian `
 Two exact solvers are used, both on all instances at once (the instance blocks are stacked
 into one block-diagonal sparse system, so there is no Python loop over instances):
 
-1. **Active-set fast path.** With the active bounds predicted from the previous iteration
-   (they settle after a few SQP iterations), the QP reduces to an equality-constrained QP whose
+1. **Active-set fast path.** With the active bounds predicted from the previous SQP iteration
+   (they settle after a few iterations; this is the QP warm start), the QP reduces to an
+   equality-constrained QP whose
    KKT system, ordered stage by stage so that it is banded, is solved for the whole batch by one
    banded LU factorisation (LAPACK ``gbsv`` through :func:`scipy.linalg.solve_banded`).
    The result is accepted for an instance only if it satisfies *all* KKT conditions of the QP
    (free variables inside their bounds, bound multipliers of the right sign), i.e. it *is* the
    QP's unique solution (Nocedal & Wright, *Numerical Optimization*, 2nd ed., sec. 16.5).
+   Instances that fail the test get up to :attr:`QPLayout.active_set_rounds` primal-dual
+   active-set updates (Hintermueller, Ito & Kunisch, *SIAM J. Optim.* 13 (2002) 865).
 2. **Interior point.** The other instances are solved by Clarabel (Goulart & Chen,
    arXiv:2405.12762, 2024), a primal-dual interior-point solver, as one stacked conic problem.
 

@@ -32,7 +32,7 @@ import cvxpy as cp
 import numpy as np
 import torch
 
-from dynamics.errors import ConfigError, InfeasibleError, SolverError
+from dynamics.errors import ConfigError, DimensionError, InfeasibleError, NonFiniteError, SolverError
 
 from .base import Solution, Solver, register_solver
 from .checks import Tolerances, assemble_solution, check_solution
@@ -242,6 +242,105 @@ class QPSolver(Solver):
             return None, None, str(status), int(iters or 0)
         return self.U.value.copy(), self.X.value.copy(), status, int(iters or 0)
 
+    # ------------------------------------------------------------------ warm start
+    def _condensed(self):
+        """The QP with the states eliminated, built once: ``min U' H U + 2 g' U`` s.t. ``G U <= h0 + E x0``.
+
+        ``x_k = A^k x0 + sum_{j<k} A^{k-1-j} (B u_j + c)`` stacks to ``X = Sx x0 + Su U + Sc``
+        for ``X = (x_1 .. x_N)``; with ``Qbar = blkdiag(dt Q, ..., dt Q, Qf)`` and
+        ``Rbar = blkdiag(dt R, ...)``, ``H = Su' Qbar Su + Rbar`` and the linear term is
+        ``Su' Qbar (Sx x0 + Sc - (x*, ..., x*))``.
+        """
+        if getattr(self, "_condensed_qp", None) is None:
+            N, n, m = self.problem.horizon, self.problem.state_dim, self.problem.control_dim
+            A, B, c = self.A, self.B, self.c
+            Sx, Su, Sc = np.zeros((N * n, n)), np.zeros((N * n, N * m)), np.zeros(N * n)
+            Ak, xc = np.eye(n), np.zeros(n)
+            for k in range(N):  # rows of x_{k+1}
+                Ak, xc = A @ Ak, A @ xc + c
+                Sx[k * n:(k + 1) * n] = Ak
+                Sc[k * n:(k + 1) * n] = xc
+                for j in range(k + 1):
+                    Su[k * n:(k + 1) * n, j * m:(j + 1) * m] = np.linalg.matrix_power(A, k - j) @ B
+            Q, R, Qf = self.problem.weights
+            dt = float(self.problem.dt)
+            Qbar = np.kron(np.eye(N), dt * Q)
+            Qbar[-n:, -n:] = Qf
+            H = Su.T @ Qbar @ Su + np.kron(np.eye(N), dt * R)
+            # inequality rows G U <= h, h = h0 + E x0 (finite bounds only)
+            u_lo, u_hi = np.tile(self.u_min, N), np.tile(self.u_max, N)
+            x_lo, x_hi = np.tile(self.x_min, N), np.tile(self.x_max, N)
+            I = np.eye(N * m)
+            rows = [(I, u_hi, np.zeros((N * m, n)), np.isfinite(u_hi)), (-I, -u_lo, np.zeros((N * m, n)), np.isfinite(u_lo)),
+                    (Su, x_hi - Sc, -Sx, np.isfinite(x_hi)), (-Su, Sc - x_lo, Sx, np.isfinite(x_lo))]
+            G = np.concatenate([g[k] for g, _, _, k in rows])
+            h0 = np.concatenate([h[k] for _, h, _, k in rows])
+            E = np.concatenate([e[k] for _, _, e, k in rows])
+            self._condensed_qp = (H, Su.T @ Qbar, Sx, Su, Sc, G, h0, E)
+        return self._condensed_qp
+
+    def solve_active_set(self, x0: np.ndarray, target: np.ndarray, guess: np.ndarray, *, max_rounds: int = 20,
+                         active_rtol: float = 0.02, kkt_tol: float = 1e-9):
+        """Solve one instance by the primal-dual active-set method from a guess of the controls.
+
+        The inequality constraints ``G U <= h`` of the condensed QP (:meth:`_condensed`) that
+        hold with a slack below ``active_rtol * max(1, |h_i|)`` at the guess form the first
+        working set ``W``. Each round solves the equality-constrained QP with ``G_W U = h_W``
+        (one dense KKT system) and updates ``W`` to the rows with a positive multiplier plus
+        the violated ones, the primal-dual active-set strategy (Hintermüller, Ito & Kunisch,
+        *SIAM J. Optim.* 13(3) 865, 2002; Nocedal & Wright, *Numerical Optimization*, 2nd ed.,
+        sec. 16.5). It stops when ``W`` repeats; the point is accepted only if it satisfies
+        every KKT condition (feasible to ``kkt_tol``, multipliers ``>= -kkt_tol``), which for
+        this strictly convex QP makes it the unique optimum.
+
+        Parameters
+        ----------
+        x0, target : ndarray, shape ``(n,)``
+        guess : ndarray, shape ``(N, m)``
+            Controls near the optimum, e.g. a TRC plan.
+        max_rounds : int
+            Rounds before giving up.
+        active_rtol : float
+            Relative slack under which a constraint is predicted active.
+        kkt_tol : float
+            Tolerance of the KKT test, relative to ``max(1, |h_i|)`` and ``max(1, max |multiplier|)``.
+
+        Returns
+        -------
+        tuple
+            ``(U (N, m), X (N + 1, n), "optimal (active set)", rounds)``, or
+            ``(None, None, reason, rounds)`` if the method did not converge.
+        """
+        N, n, m = self.problem.horizon, self.problem.state_dim, self.problem.control_dim
+        H, L, Sx, Su, Sc, G, h0, E = self._condensed()
+        g = L @ (Sx @ x0 + Sc - np.tile(target, N))
+        h = h0 + E @ x0
+        scale = np.maximum(1.0, np.abs(h))
+        working = h - G @ guess.reshape(-1) <= active_rtol * scale
+        seen = set()
+        for rounds in range(1, max_rounds + 1):
+            Gw = G[working]
+            k = Gw.shape[0]
+            kkt = np.block([[2 * H, Gw.T], [Gw, np.zeros((k, k))]])
+            try:
+                sol = np.linalg.solve(kkt, np.concatenate([-2 * g, h[working]]))
+            except np.linalg.LinAlgError:
+                return None, None, "active set: singular KKT system", rounds
+            U, lam = sol[:N * m], np.zeros(G.shape[0])
+            lam[working] = sol[N * m:]
+            slack = h - G @ U
+            lam_tol = kkt_tol * max(1.0, np.abs(lam).max(initial=0.0))
+            if (slack >= -kkt_tol * scale).all() and (lam >= -lam_tol).all():
+                X = np.concatenate([x0[None], (Sx @ x0 + Su @ U + Sc).reshape(N, n)])
+                return U.reshape(N, m), X, "optimal (active set)", rounds
+            nxt = (working & (lam > 0)) | (~working & (slack < 0))
+            key = nxt.tobytes()
+            if key in seen or (nxt == working).all():
+                return None, None, "active set: cycling", rounds
+            seen.add(key)
+            working = nxt
+        return None, None, "active set: not converged", max_rounds
+
     # ------------------------------------------------------------------ solve
     def _feasible(self, controls: np.ndarray, states: np.ndarray) -> np.ndarray:
         """Instances whose trajectories satisfy every bound exactly, shape ``(B,)``."""
@@ -249,20 +348,28 @@ class QPSolver(Solver):
         xs = states[:, 1:]
         return ok & ((xs >= self.x_min) & (xs <= self.x_max)).all(axis=(1, 2))
 
-    def solve(self, x0, target) -> Solution:
+    def solve(self, x0, target, *, initial_controls=None) -> Solution:
         """Solve ``B`` instances; see :meth:`Solver.solve`.
 
         Parameters
         ----------
         x0, target : ndarray, shape ``(B, n)``
+        initial_controls : ndarray, shape ``(B, N, m)``, optional
+            Warm start (e.g. a TRC plan): instances that need the QP first try the primal-dual
+            active-set method started from the constraints active or nearly active along
+            these controls (:meth:`solve_active_set`); where it does not converge to a point
+            satisfying every KKT condition, the QP backend solves the instance as without a
+            warm start.
 
         Returns
         -------
         Solution
-            ``status`` is ``"optimal"`` for QP solutions, ``"optimal (unconstrained)"`` where
-            the LQR solution is feasible and hence optimal; ``iterations`` the backend's
-            iterations (1 on the fast path); controls clipped to the bounds (a change of at
-            most the QP tolerance, so the stored controls meet the bounds exactly).
+            ``status`` is ``"optimal"`` for QP solutions, ``"optimal (active set)"`` for
+            warm-started ones, ``"optimal (unconstrained)"`` where the LQR solution is
+            feasible and hence optimal; ``iterations`` the backend's iterations (1 on the fast
+            path; active-set rounds, plus the backend's if it had to take over, when warm
+            started); controls clipped to the bounds (a change of at most the QP tolerance,
+            so the stored controls meet the bounds exactly).
 
         Raises
         ------
@@ -271,6 +378,12 @@ class QPSolver(Solver):
         """
         x0, target = _check_instances(self.problem, x0, target)
         Bn, N, n, m = x0.shape[0], self.problem.horizon, self.problem.state_dim, self.problem.control_dim
+        if initial_controls is not None:
+            initial_controls = np.asarray(initial_controls, dtype=np.float64)
+            if initial_controls.shape != (Bn, N, m):
+                raise DimensionError(f"qp: initial_controls has shape {initial_controls.shape}; expected {(Bn, N, m)}")
+            if not np.isfinite(initial_controls).all():
+                raise NonFiniteError("qp: initial_controls contains NaN or infinity")
         t_start = time.perf_counter()
         controls, states = self.lqr.trajectories(x0, target)
         status = np.full(Bn, "optimal (unconstrained)", dtype=object)
@@ -281,7 +394,12 @@ class QPSolver(Solver):
         t_fast = time.perf_counter() - t_start
         for i in todo:
             t0 = time.perf_counter()
-            u, x, st, it = self._solve_one(x0[i], target[i])
+            warm = None if initial_controls is None else self.solve_active_set(x0[i], target[i], initial_controls[i])
+            if warm is not None and warm[0] is not None:
+                u, x, st, it = warm
+            else:
+                u, x, st, it = self._solve_one(x0[i], target[i])
+                it += 0 if warm is None else warm[3]
             solve_time[i] = time.perf_counter() - t0
             status[i], iterations[i] = st, it
             if u is None:

@@ -78,7 +78,7 @@ import cvxpy as cp
 import numpy as np
 import torch
 
-from dynamics.errors import ConfigError, SolverError
+from dynamics.errors import ConfigError, DimensionError, NonFiniteError, SolverError
 from dynamics.rocket import Rocket
 
 from .base import Solution, Solver, register_solver
@@ -172,6 +172,10 @@ class RocketSolver(Solver):
         default ``problem.tolerance``).
     refine : bool
         Solve a second, refined SOCP (default True; see the module docstring).
+    warm_tol : float
+        Largest change of the expansion point (mid-point log-mass, ``alpha dt sigma_k``) under
+        which a warm-started solve stops after one SOCP (default 1e-5; see
+        :meth:`solve_instance`).
     dynamics_rtol, dynamics_atol, bound_rtol, bound_atol : float
         Check tolerances (:class:`~trc.generators.checks.Tolerances`); the dynamics residual
         (mostly position, see the module docstring) defaults to ``1e-5`` relative to the
@@ -209,9 +213,10 @@ class RocketSolver(Solver):
         self.lossless_rtol = float(opts.pop("lossless_rtol", 1e-4))
         self.glide_tol = float(opts.pop("glide_tol", 0.05 if self.refine else 1.0))
         self.terminal_tol = float(opts.pop("terminal_tol", problem.tolerance))
+        self.warm_tol = float(opts.pop("warm_tol", 1e-5))
         _reject_unknown(
             "rocket", opts,
-            ("backend", "solver_settings", "refine", "thrust_rtol", "lossless_rtol", "glide_tol", "terminal_tol",
+            ("backend", "solver_settings", "refine", "thrust_rtol", "lossless_rtol", "glide_tol", "terminal_tol", "warm_tol",
              *Tolerances.__dataclass_fields__),
         )
         if backend not in BACKEND_SETTINGS or backend not in cp.installed_solvers():
@@ -303,7 +308,24 @@ class RocketSolver(Solver):
         P["mu1"].value = self.rho1 * np.exp(-z_ref)
         P["mu2"].value = self.rho2 * np.exp(-z_ref)
 
-    def solve_instance(self, x0, target) -> RocketSOCPResult:
+    def _plan_reference(self, x0: np.ndarray, thrust: np.ndarray) -> None:
+        """Set the refined SOCP's parameters from a thrust plan ``(N, 3)`` instead of a first pass.
+
+        The plan is simulated through the float64 plant; its mid-point log-masses become the
+        Taylor expansion point ``z_ref`` and its ``sigma_k = ||T_k|| / m_k`` the position
+        weights ``phi_k`` (module docstring, "Refinement").
+        """
+        with torch.no_grad():
+            m = self.plant.rollout(torch.as_tensor(x0[None]), torch.as_tensor(thrust[None]))[0, :, 6].numpy()
+        z = np.log(np.maximum(m, self.m_dry))
+        z_mid = (z[:-1] + z[1:]) / 2
+        sigma = np.linalg.norm(thrust, axis=1) * np.exp(-z_mid)
+        eps = self.alpha * float(self.problem.dt) * sigma
+        self.params["phi"].value = np.repeat(position_weight(eps)[:, None], 3, axis=1)
+        self._set_reference(z_mid)
+        self._reference_eps = eps
+
+    def solve_instance(self, x0, target, initial_controls=None) -> RocketSOCPResult:
         """Solve the SOCP of one instance.
 
         Parameters
@@ -312,11 +334,30 @@ class RocketSolver(Solver):
             Initial ``(r, v, m)`` in m, m/s, kg (``m_dry < m``).
         target : array_like, shape ``(7,)``
             Landing position and velocity (mass entry ignored).
+        initial_controls : array_like, shape ``(N, 3)``, optional
+            Warm start with ``refine=True``: a thrust plan (N) replaces the first SOCP as the
+            point the refined SOCP is built about (:meth:`_plan_reference`). If the solution's
+            own expansion point (mid-point log-masses and ``alpha dt sigma_k``) differs from
+            the plan's by more than ``warm_tol``, the refined SOCP is solved once more about
+            the solution, as in a cold solve; so a warm start takes one SOCP where the plan is
+            accurate and two otherwise, and the returned solution is always built about a point
+            at most one refinement away from itself. If the warm-started SOCP is not solved
+            to optimality, the instance is solved again without the plan (``iterations`` then
+            counts both). Ignored with ``refine=False``.
 
         Returns
         -------
         RocketSOCPResult
         """
+        res = self._solve_passes(x0, target, initial_controls)
+        if initial_controls is not None and self.refine and res.status != cp.OPTIMAL:
+            cold = self._solve_passes(x0, target, None)
+            cold.iterations += res.iterations
+            return cold
+        return res
+
+    def _solve_passes(self, x0, target, initial_controls) -> RocketSOCPResult:
+        """The SOCP pass(es) of :meth:`solve_instance`, without the cold retry."""
         N = self.problem.horizon
         x0, target = np.asarray(x0, dtype=float), np.asarray(target, dtype=float)
         nan = RocketSOCPResult("", 0, np.full((N, 3), np.nan), np.full((N, 3), np.nan), np.full(N, np.nan),
@@ -325,7 +366,16 @@ class RocketSolver(Solver):
             nan.status = f"initial mass {x0[6]:g} kg not above m_dry={self.m_dry:g} kg"
             return nan
         self._set_parameters(x0, target)
+        warm = initial_controls is not None and self.refine
+        if warm:
+            self._plan_reference(x0, np.asarray(initial_controls, dtype=float).reshape(N, 3))
         for refinement in range(1 + self.refine):
+            if refinement and warm:
+                z, sigma = self.vars["z"].value, np.maximum(self.vars["sigma"].value, 0.0)
+                shift = max(np.abs((z[:-1] + z[1:]) / 2 - self.params["z_ref"].value).max(),
+                            np.abs(self.alpha * float(self.problem.dt) * sigma - self._reference_eps).max())
+                if shift <= self.warm_tol:
+                    break  # the plan was already the solution's own expansion point
             if refinement:
                 # Second pass: exact position weights and Taylor bounds about the first
                 # solution's mass (see the module docstring, "Refinement").
@@ -358,12 +408,15 @@ class RocketSolver(Solver):
         )
 
     # ------------------------------------------------------------------ batch
-    def solve(self, x0, target) -> Solution:
+    def solve(self, x0, target, *, initial_controls=None) -> Solution:
         """Solve ``B`` instances (one SOCP each); see :meth:`Solver.solve`.
 
         Parameters
         ----------
         x0, target : ndarray, shape ``(B, 7)``
+        initial_controls : ndarray, shape ``(B, N, 3)``, optional
+            Thrust plans (N) that warm-start the refinement (see :meth:`solve_instance`);
+            ``iterations`` counts the backend's iterations of every SOCP solved.
 
         Returns
         -------
@@ -380,6 +433,12 @@ class RocketSolver(Solver):
         """
         x0, target = _check_instances(self.problem, x0, target)
         B, N = x0.shape[0], self.problem.horizon
+        if initial_controls is not None:
+            initial_controls = np.asarray(initial_controls, dtype=float)
+            if initial_controls.shape != (B, N, 3):
+                raise DimensionError(f"rocket: initial_controls has shape {initial_controls.shape}; expected {(B, N, 3)}")
+            if not np.isfinite(initial_controls).all():
+                raise NonFiniteError("rocket: initial_controls contains NaN or infinity")
         controls = np.empty((B, N, 3))
         predicted = np.empty((B, N + 1, 7))
         status = np.empty(B, dtype=object)
@@ -389,7 +448,7 @@ class RocketSolver(Solver):
         gap = np.zeros(B)
         for i in range(B):
             t0 = time.perf_counter()
-            res = self.solve_instance(x0[i], target[i])
+            res = self.solve_instance(x0[i], target[i], None if initial_controls is None else initial_controls[i])
             solve_time[i] = time.perf_counter() - t0
             controls[i], predicted[i], status[i], iterations[i] = res.thrust, res.states, res.status, res.iterations
             ok[i] = res.status == cp.OPTIMAL

@@ -9,8 +9,9 @@ Given the current state ``x_0`` and a target ``x*``, TRC outputs the controls
    and encode the whole trajectory error (:mod:`trc.models.feedback`); update the latent(s) with
    the shared recursion core (:mod:`trc.models.recursion`, single-latent or two-level as in Tiny
    Recursive Models, arXiv 2510.04871), injecting ``x`` + feedback + an embedding of the current
-   controls; decode a residual ``delta`` from ``z_H`` and accumulate it:
-   ``a_k = a_{k-1} + delta_k``;
+   controls; decode a residual ``delta`` from ``z_H``, add the learned linear
+   iterative-learning-control correction ``L vec(e)`` of the error trajectory ``e``
+   (:class:`~trc.models.feedback.FeedbackGain`), and accumulate: ``a_k = a_{k-1} + delta_k``;
 4. the controls are ``u = center + half_range * tanh(a)`` on bounded dimensions (one-sided
    bounds use a softplus, free dimensions the identity), so no output ever leaves the bounds.
 
@@ -157,6 +158,13 @@ class TinyRecursiveControl(nn.Module):
         If a bound, scale, weight or the plant does not match the sizes.
     NonFiniteError
         On NaN bounds or non-finite weights/scales.
+
+    References
+    ----------
+    A. Jolicoeur-Martineau, "Less is More: Recursive Reasoning with Tiny Networks",
+    arXiv:2510.04871, 2025 (recursion, deep supervision, 1-step gradient, halting).
+    D. A. Bristow, M. Tharayil, A. G. Alleyne, "A survey of iterative learning control",
+    IEEE Control Systems 26(3), 2006, 96-114 (the trajectory-error correction law).
 
     Examples
     --------

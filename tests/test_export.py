@@ -1,0 +1,107 @@
+"""Export of trained controllers (trc.export): the exported programs give the model's controls.
+
+Every format is loaded back with its own runtime (TorchScript, torch.export, onnxruntime) and
+compared with the PyTorch model on inputs of another batch size than the trace's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import dynamics
+from dynamics.errors import ConfigError, DimensionError
+from trc.export import ExportedController, IntervalRollout, export_controller, load_controller, main
+from trc.models import TinyRecursiveControl, TRCConfig
+from trc.problem import Problem
+from trc.training.checkpoint import save_model_file
+
+
+def problem(plant=None) -> Problem:
+    return Problem(
+        name="vdp_export", plant=plant or {"name": "van_der_pol", "u_min": -2.0, "u_max": 2.0, "substeps": 2},
+        dt=0.1, horizon=5, Q=[10.0, 5.0], R=[0.1], initial_state={"low": [-2.0, -2.0], "high": [2.0, 2.0]},
+        target_state={"low": [0.0, 0.0], "high": [0.0, 0.0]},
+    )
+
+
+def tiny(prob=None, **cfg) -> TinyRecursiveControl:
+    torch.manual_seed(0)
+    config = TRCConfig(latent_dim=16, hidden_dim=32, num_layers=1, H_cycles=2, L_cycles=1, feedback_channels=8)
+    return TinyRecursiveControl.from_problem(prob or problem(), config.replace(**cfg)).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny()
+
+
+@pytest.mark.parametrize(
+    "fmt, feedback, suffix",
+    [("torchscript", True, ".ts"), ("onnx", True, ".onnx"), ("torchscript", False, ".ts"), ("onnx", False, ".onnx"),
+     ("torch_export", False, ".pt2")],
+)
+def test_exported_program_gives_the_models_controls(model, tmp_path, fmt, feedback, suffix):
+    path = tmp_path / f"ctrl{suffix}"
+    result = export_controller(model, path, feedback=feedback)
+    assert result.format == fmt and result.feedback == feedback
+    assert path.is_file() and result.size_bytes == path.stat().st_size > 1000
+    assert result.max_abs_error <= 1e-4
+    ctrl = load_controller(path)
+    gen = torch.Generator().manual_seed(5)
+    for batch in (1, 7):
+        x0 = 4 * torch.rand(batch, 2, generator=gen) - 2
+        xt = 4 * torch.rand(batch, 2, generator=gen) - 2
+        with torch.no_grad():
+            expected = model(x0, xt, plant=None if feedback else False).numpy()
+        got = ctrl(x0.numpy(), xt.numpy())
+        assert got.shape == (batch, 5, 1)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    if feedback:  # the feedback really is in the program: without it the controls differ
+        with torch.no_grad():
+            plant_free = model(x0, xt, plant=False).numpy()
+        assert np.abs(plant_free - got).max() > 1e-4
+
+
+def test_interval_rollout_equals_plant_rollout():
+    for plant in (dynamics.make("van_der_pol", dt=0.1, substeps=3), dynamics.make("pendulum", dt=0.05, method="euler")):
+        plant = plant.double()
+        x0 = torch.randn(4, 2, dtype=torch.float64)
+        u = torch.randn(4, 6, 1, dtype=torch.float64)
+        np.testing.assert_allclose(IntervalRollout(plant).rollout(x0, u).numpy(), plant.rollout(x0, u).numpy(),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_unexportable_models_are_refused(model, tmp_path):
+    with pytest.raises(ConfigError, match="torch.export cannot capture"):
+        export_controller(model, tmp_path / "c.pt2")
+    with pytest.raises(ConfigError, match="suffix"):
+        export_controller(model, tmp_path / "c.bin")
+    with pytest.raises(ConfigError, match="unknown export format"):
+        export_controller(model, tmp_path / "c.bin", format="tflite")
+    with pytest.raises(ConfigError, match="adaptive halting"):
+        export_controller(tiny(act=True), tmp_path / "c.ts")
+    adaptive = tiny(problem({"name": "van_der_pol", "u_min": -2.0, "u_max": 2.0, "method": "dopri5"}))
+    with pytest.raises(ConfigError, match="adaptive method"):
+        export_controller(adaptive, tmp_path / "c.onnx")
+    export_controller(adaptive, tmp_path / "c.onnx", feedback=False)  # the plant-free network is fine
+    assert not (tmp_path / "c.ts").exists() and not (tmp_path / "c.pt2").exists()
+    with pytest.raises(FileNotFoundError):
+        load_controller(tmp_path / "missing.onnx")
+    ctrl = ExportedController(tmp_path / "c.onnx")
+    with pytest.raises(DimensionError):
+        ctrl(np.zeros((2, 2)), np.zeros((3, 2)))
+
+
+def test_command_line(model, tmp_path, capsys):
+    path = tmp_path / "run" / "model.pt"
+    path.parent.mkdir()
+    save_model_file(path, state_dict=model.state_dict(), model_config=model.config.to_dict(),
+                    problem=model.problem_dict, metadata={})
+    status = main(["--checkpoint", str(path), "--format", "onnx", "--no-feedback", "--out", str(tmp_path / "exp"),
+                   "--repeats", "2"])
+    out = capsys.readouterr().out
+    assert status == 0 and (tmp_path / "exp" / "run.onnx").is_file()
+    assert "pytorch (eager)" in out and "onnx" in out
+    assert main(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path)]) == 1
