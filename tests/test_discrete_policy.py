@@ -17,7 +17,7 @@ from trc.models.discrete import (DiscretePolicyConfig, MLPPolicy, RecursivePolic
                                  make_discrete_policy)
 from trc.models.recursion import RecursionCore
 from trc.training.discrete import (DiscreteTrainConfig, _augment, evaluate_policy, instances_from_problem, load_policy,
-                                   optimal_action_mask, rollout, save_policy, set_loss, train_reinforce,
+                                   optimal_action_mask, optimal_value, rollout, save_policy, set_loss, train_reinforce,
                                    train_supervised)
 
 MAZE = dict(kind="maze", name="maze5", height=5, width=5, loop_probability=0.3, max_steps=30)
@@ -135,6 +135,15 @@ def test_evaluation_of_an_oracle_policy_is_optimal(maze):
     oracle.inst = inst
     m = evaluate_policy(oracle, problem, inst, batch_size=len(inst))
     assert m["success_rate"] == 1.0 and m["optimality_gap"] == 0.0 and m["within_5pct"] == 1.0
+    # the optimal-value baseline equals the discounted return of optimal episodes
+    rewards = dynamics.discrete_env.Rewards(**problem.rewards)
+    ep = rollout(oracle, inst, problem.max_steps, rewards=rewards, record=True)
+    G, running = torch.zeros_like(ep["rewards"]), torch.zeros(len(inst))
+    for t in reversed(range(G.shape[0])):
+        running = ep["rewards"][t] + 0.9 * running * ep["alive"][t]
+        G[t] = running
+    V = optimal_value(plant, torch.stack(ep["x"]), inst, rewards, 0.9)
+    torch.testing.assert_close(G[ep["alive"]], V[ep["alive"]])
 
 
 @pytest.mark.parametrize("spec", [MAZE, SUDOKU])

@@ -14,6 +14,15 @@ from trc.models.recursion import RecursionCore
 from trc.models.visuomotor import CAMERAS, TEXT_DIM, VisuomotorConfig, VisuomotorPolicy
 from trc.training.bc import BCConfig, augment, bc_loss, build_data, load_policy, save_policy, split_by_demo, train_bc
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models train faster on one thread than on two contended ones."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 TINY = dict(image_size=32, channels=8, keypoints=8, latent_dim=32, hidden_dim=64, chunk=4, H_cycles=2, L_cycles=1)
 
 
@@ -64,7 +73,7 @@ def test_split_is_by_demonstration(data):
     assert not {d.key for d in train} & {d.key for d in val}
     assert sorted(d.language for d in val) == ["a", "b"]  # "c" has a single demo: training only
     tr, va, _ = data
-    assert not set(tr.demo.tolist()) & set() and len(tr) + len(va) == 6 * 24
+    assert len(tr) + len(va) == 6 * 24
     assert tr.mask[-1].tolist() == [True, False, False, False]  # past the end: padded and masked
 
 
@@ -133,7 +142,7 @@ def test_tiny_bc_run_lowers_the_loss_and_checkpoint_round_trip(data, tmp_path):
     train, val, emb = data
     torch.manual_seed(0)
     policy = make_policy(train)
-    cfg = BCConfig(epochs=6, batch_size=16, lr=3e-3, patience=10, brightness=0.1, contrast=0.1, crop_pad=2)
+    cfg = BCConfig(epochs=5, batch_size=16, lr=3e-3, patience=10, brightness=0.1, contrast=0.1, crop_pad=2)
     result = train_bc(policy, train, val, cfg, seed=0, progress=False)
     losses = [h["train_loss"] for h in result["history"]]
     assert losses[-1] < 0.7 * losses[0], losses
@@ -192,7 +201,8 @@ def synthetic_arm_trajectories(n: int, T: int, seed: int):
 def test_learned_arm_fit_predicts_over_the_chunk():
     train, val = synthetic_arm_trajectories(12, 40, 0), synthetic_arm_trajectories(4, 40, 1)
     untrained = LearnedArmDynamics(hidden_dim=64, num_layers=2)
-    model, metrics = fit(train, horizon=4, hidden_dim=64, num_layers=2, epochs=25, lr=3e-3, validation=val)
+    model, metrics = fit(train, horizon=4, hidden_dim=64, num_layers=2, epochs=15, batch_size=32, lr=3e-3,
+                         validation=val)
     errs = metrics["validation"]
     assert len(errs["position_mm"]) == 4
     assert errs["position_mm"][-1] < 0.5 * errs["baseline_position_mm"][-1], errs

@@ -293,6 +293,9 @@ def test_resume_refuses_a_checkpoint_of_another_model(tiny_data, tmp_path):
     with pytest.raises(CheckpointError, match="model"):
         Trainer(make_model(data, latent_dim=16), data, train_cfg, out_dir=tmp_path, run_config=other, resume=True,
                 progress=False).fit()
+    with pytest.raises(CheckpointError, match=r"training settings \['lr'\] differ"):
+        Trainer(make_model(data), data, train_cfg.replace(lr=1e-4), out_dir=tmp_path, run_config=run_cfg,
+                resume=True, progress=False).fit()
     (tmp_path / "checkpoint.pt").write_bytes((tmp_path / "checkpoint.pt").read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="cannot be read"):
         Trainer(make_model(data), data, train_cfg, out_dir=tmp_path, run_config=run_cfg, resume=True,
@@ -403,3 +406,44 @@ def test_load_rejects_bad_files(model_file, tmp_path):
     torch.save(bad, p)
     with pytest.raises(CheckpointError, match="problem"):
         trc.load(p)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted_run(tiny_data, tmp_path):
+    """A real ``kill -9`` of ``python -m trc.train`` after its first checkpoint, then ``--resume``."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    cfg, _ = tiny_data
+    cfg = copy.deepcopy(cfg)
+    cfg["training"].update(epochs=6, batch_size=16)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "trc.train", "--config", str(tmp_path / "c.yaml"), "--out", str(out), "--quiet",
+                *extra]
+
+    subprocess.run(cmd(tmp_path / "full"), check=True, env=env, capture_output=True, cwd=root)
+    proc = subprocess.Popen(cmd(tmp_path / "cut"), env=env, cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "cut" / "checkpoint.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    epoch = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 1 <= epoch < 6, "the run was not interrupted"
+    subprocess.run(cmd(tmp_path / "cut", "--resume"), check=True, env=env, capture_output=True, cwd=root)
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["state_dict"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

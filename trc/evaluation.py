@@ -9,7 +9,8 @@ float64 (the same simulator, cost, ``dt`` and horizon as the optimal solutions):
 ``terminal_error_mean``, ``terminal_error_median``, ``terminal_error_p95``
     Statistics of ``||x_N - x*||_2`` (state units).
 ``cost_gap_median``, ``cost_gap_p95``, ``cost_gap_mean``
-    Statistics of ``J_TRC / J_opt - 1`` with both costs from :meth:`trc.Problem.cost_of`.
+    Statistics of ``J_TRC / J_opt - 1`` with both costs from :meth:`trc.Problem.cost_of`;
+    ``cost_gap_median_successful`` over the successful samples only.
 ``constraint_violation_rate``
     Fraction of samples with a control outside ``[u_min, u_max]`` or a rolled-out state
     outside ``[x_min, x_max]`` (relative tolerance ``1e-6``), or violating a problem's own
@@ -328,6 +329,9 @@ def evaluate_model(
         "cost_gap_median": _quantile(res["gap"], 0.5),
         "cost_gap_p95": _quantile(res["gap"], 0.95),
         "cost_gap_mean": float(res["gap"].mean()),
+        # over the successful samples only (a controller that misses the target can spend less
+        # than the optimum, e.g. the rocket's fuel, so the plain gap can be negative)
+        "cost_gap_median_successful": _quantile(res["gap"][res["success"]], 0.5),
         "constraint_violation_rate": float(res["violation"].double().mean()),
         "gap_per_cycle": [_quantile(g, 0.5) for g in gap_all],
         "success_per_cycle": [float(s.double().mean()) for s in succ_all],

@@ -3,21 +3,21 @@
 ::
 
     training:
-      epochs: 200
+      epochs: 100
       batch_size: 256
-      lr: 1.0e-3
+      lr: 2.0e-3
       weight_decay: 1.0e-4
       warmup_fraction: 0.05      # linear warm-up over this fraction of all optimiser steps
       min_lr_ratio: 0.01         # cosine decays the learning rate to lr * min_lr_ratio
       grad_clip: 1.0             # max global L2 norm of the gradient; null disables
       ema_decay: 0.999           # EMA of the weights (evaluated and exported); null disables
-      early_stopping_patience: 30  # epochs without a better validation cost gap; null disables
+      early_stopping_patience: 20  # validations without a better validation cost gap; null disables
       loss:
         imitation: 1.0           # MSE to the optimal controls, normalised by the control range
         cost: 0.1                # J_TRC / J_opt - 1 of the rollout through the plant
-        terminal: 0.0            # ||(x_N - x*) / s||^2
+        terminal: 1.0            # ||(x_N - x*) / s||^2
         halting: 0.0             # ACT halting loss (needs model.act: true)
-        cycle_weights: linear    # deep supervision: uniform | linear | last | [w_1, ..., w_K]
+        cycle_weights: uniform   # deep supervision: uniform | linear | last | [w_0, ..., w_K]
 
     evaluation:
       split: test
@@ -158,9 +158,9 @@ class LossConfig:
 
     imitation: float = 1.0
     cost: float = 0.1
-    terminal: float = 0.0
+    terminal: float = 1.0
     halting: float = 0.0
-    cycle_weights: Any = "linear"
+    cycle_weights: Any = "uniform"
     cost_floor: float = 0.01
 
     def __post_init__(self):
@@ -251,16 +251,16 @@ class TrainConfig:
         On any invalid value.
     """
 
-    epochs: int = 200
+    epochs: int = 100
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-4
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     warmup_fraction: float = 0.05
     min_lr_ratio: float = 0.01
     grad_clip: Optional[float] = 1.0
     ema_decay: Optional[float] = 0.999
-    early_stopping_patience: Optional[int] = 30
+    early_stopping_patience: Optional[int] = 20
     early_stopping_min_delta: float = 0.0
     monitor: str = "cost_gap_median"
     val_every: int = 1

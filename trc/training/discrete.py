@@ -14,10 +14,13 @@ Supervised pre-training (:func:`train_supervised`)
     (TRM's deep supervision, arXiv 2510.04871, Alg. 3).
 
 RL fine-tuning (:func:`train_reinforce`)
-    REINFORCE (Williams, *Machine Learning* 8, 1992) with a per-time-step batch-mean
-    baseline, an entropy bonus and discount ``gamma``, on fresh instances of the problem:
-    ``loss = -mean[(G_t - b_t) log pi(a_t | x_t)] - beta H(pi(. | x_t))``, averaged over the
-    H-cycles (deep supervision). Rollouts run without gradient; log-probabilities are then
+    REINFORCE (Williams, *Machine Learning* 8, 1992) with a baseline, an entropy bonus and
+    discount ``gamma``, on fresh instances of the problem:
+    ``loss = -mean[(G_t - b(x_t)) log pi(a_t | x_t)] - beta H(pi(. | x_t))``, averaged over the
+    H-cycles (deep supervision). The default baseline is the optimal value ``V*(x_t)`` known
+    from the generator (a function of the state, so the gradient stays unbiased, and optimal
+    episodes have zero advantage: fine-tuning cannot unlearn an optimal policy by noise);
+    ``baseline: mean`` uses the batch mean of the return at each step instead. Rollouts run without gradient; log-probabilities are then
     recomputed in mini-batches from the stored states and carried latents.
 
 Evaluation (:func:`evaluate_policy`)
@@ -89,6 +92,11 @@ class DiscreteTrainConfig:
         Discount.
     entropy : float
         Entropy bonus ``beta``.
+    baseline : {"optimal", "mean"}
+        REINFORCE baseline: the optimal value ``V*(x)`` of the generator's solution
+        (:func:`optimal_value`, state-dependent) or the batch mean of the return per step.
+    normalize_advantage : bool
+        Divide advantages by their standard deviation.
     rl_minibatch : int
         Transitions per gradient mini-batch when recomputing log-probabilities.
     eval_episodes : int
@@ -115,7 +123,9 @@ class DiscreteTrainConfig:
     rl_batch: int = 64
     rl_lr: float = 3e-4
     gamma: float = 0.99
-    entropy: float = 0.01
+    entropy: float = 0.001
+    baseline: str = "optimal"
+    normalize_advantage: bool = False
     rl_minibatch: int = 1024
     eval_episodes: int = 500
     max_minutes: float = 20.0
@@ -138,6 +148,8 @@ class DiscreteTrainConfig:
             raise ConfigError(f"training.gamma must lie in (0, 1], got {self.gamma!r}")
         if self.entropy < 0 or self.dense_weight < 0 or self.weight_decay < 0:
             raise ConfigError("training.entropy, dense_weight and weight_decay must be non-negative")
+        if self.baseline not in ("optimal", "mean"):
+            raise ConfigError(f"training.baseline must be 'optimal' or 'mean', got {self.baseline!r}")
         if self.max_sequence is not None and (not isinstance(self.max_sequence, int) or self.max_sequence < 1):
             raise ConfigError(f"training.max_sequence must be a positive integer or null, got {self.max_sequence!r}")
 
@@ -320,6 +332,27 @@ def set_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     has = targets.any(-1)
     good = torch.logsumexp(logits.masked_fill(~targets, -1e9), -1)
     return torch.where(has, torch.logsumexp(logits, -1) - good, torch.zeros_like(good))
+
+
+def optimal_value(plant, X: torch.Tensor, inst: Instances, rewards: Rewards, gamma: float) -> torch.Tensor:
+    """Discounted return of the optimal policy from states ``X`` ``(T, B, state_dim)``, shape ``(T, B)``.
+
+    With ``d`` optimal steps left (maze: BFS distance of the agent's cell; sudoku: empty
+    cells), ``V*(x) = step * sum_{k<d} gamma^k + gamma^(d-1) * goal`` (0 at the goal). A
+    function of the state only, so as a REINFORCE baseline it leaves the gradient unbiased
+    (Sutton & Barto, 2nd ed., sec. 13.4), and an optimal episode has zero advantage.
+    """
+    T, B, _ = X.shape
+    if plant.name == "maze":
+        hw = plant.height * plant.width
+        agent = X[..., hw + 2:hw + 4].round().long()
+        flat = inst.distances.reshape(B, -1)
+        d = flat.gather(1, (agent[..., 0] * plant.width + agent[..., 1]).T).T.float()
+    else:
+        d = (X == 0).sum(-1).float()
+    geo = d if gamma == 1 else (1 - gamma ** d) / (1 - gamma)
+    value = rewards.step * geo + rewards.goal * gamma ** (d - 1).clamp(min=0)
+    return torch.where(d > 0, value, torch.zeros_like(value))
 
 
 def _step(plant, x, a, inst: Instances, rewards: Rewards, on_mistake="terminate"):
@@ -573,12 +606,15 @@ def train_reinforce(policy, problem, cfg: DiscreteTrainConfig, deadline: float |
             running = ep["rewards"][t] + cfg.gamma * running * ep["alive"][t].float()
             G[t] = running
         alive = ep["alive"]
-        count = alive.float().sum(1).clamp(min=1)
-        baseline = (G * alive).sum(1) / count
-        adv = (G - baseline[:, None]) * alive
-        std = adv[alive].std() if alive.sum() > 1 else torch.tensor(1.0)
-        adv = adv / (std + 1e-6)
         X, P, A = torch.stack(ep["x"]), torch.stack(ep["prev"]), torch.stack(ep["actions"])  # (T, B, ...)
+        if cfg.baseline == "optimal":
+            baseline = optimal_value(plant, X, inst, rewards, cfg.gamma)
+        else:
+            count = alive.float().sum(1, keepdim=True).clamp(min=1)
+            baseline = ((G * alive).sum(1, keepdim=True) / count).expand_as(G)
+        adv = (G - baseline) * alive
+        if cfg.normalize_advantage and alive.sum() > 1:
+            adv = adv / (adv[alive].std() + 1e-6)
         carried = [s for s in ep["state"][1:]]
         Z_H = torch.stack([s.z_H for s in carried]) if carried and carried[0] is not None else None
         Z_L = torch.stack([s.z_L for s in carried]) if Z_H is not None and carried[0].z_L is not None else None

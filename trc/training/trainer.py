@@ -179,15 +179,13 @@ class Trainer:
         device = self.ctx.device
         self.model = model.to(device)
         train = data.train
-        self.train_split = train
-        u_opt = train.controls
-        # Costs of the optimal solutions with the same convention and dtype as the training rollouts.
-        self.u_scale = control_scale(model.plant if model.plant is not None else self.problem.make_plant(), u_opt).to(device)
+        plant = model.plant if model.plant is not None else self.problem.make_plant().to(device)
+        # Loss scales: control half-ranges, the model's own state normalisation (or the data's
+        # spread), and the floor of J* in the cost ratio from the median optimal cost.
+        self.u_scale = control_scale(plant, train.controls).to(device)
         x_scale = getattr(model, "state_scale", None)
         self.x_scale = (x_scale if x_scale is not None else state_scale(train.states)).to(device)
-        J_train = train.cost.double()
-        floor = config.loss.cost_floor * float(J_train.median()) if len(train) else 0.0
-        plant = model.plant if model.plant is not None else self.problem.make_plant().to(device)
+        floor = config.loss.cost_floor * float(train.cost.double().median()) if len(train) else 0.0
         self.loss_fn = TRCLoss(
             self.problem, plant, config.loss, model.config.H_cycles, self.u_scale, self.x_scale,
             cost_floor=max(floor, 1e-12), halt_threshold=model.config.halt_threshold,
@@ -251,6 +249,8 @@ class Trainer:
 
         if self._val is None:
             self._val = split_data(self.data, "val")
+        if len(self._val) == 0:  # no validation split: no early stopping, the final weights are exported
+            return {}
         model = self.eval_model()
         ev = evaluate_model(model, self.problem, self._val, batch_size=self.cfg.eval_batch_size,
                             plot_samples=0, timing=False)
@@ -304,6 +304,17 @@ class Trainer:
                     f"cannot resume from {str(path)!r}: its {section!r} section {saved[section]!r} differs from "
                     f"this run's {_plain(self.run_config[section])!r}; use another --out or the same config"
                 )
+        # The optimisation must be the same run; settings that do not change the weights may differ.
+        free = {"max_minutes", "num_threads", "tensorboard", "eval_batch_size", "device"}
+        old = {k: v for k, v in (state.get("train_config") or {}).items() if k not in free}
+        new = {k: v for k, v in self.cfg.to_dict().items() if k not in free}
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if old and changed:
+            raise CheckpointError(
+                f"cannot resume from {str(path)!r}: training settings {changed} differ from the checkpoint's "
+                f"({ {k: old.get(k) for k in changed} } vs now { {k: new.get(k) for k in changed} }); a resumed run "
+                f"must repeat the interrupted one (only {sorted(free)} may change)"
+            )
         try:
             self.model.load_state_dict(state["model"])
             if self.ema is not None and state["ema"] is not None:
@@ -419,6 +430,7 @@ class Trainer:
                                    **train_metrics}
             if self.epoch % cfg.val_every == 0 or self.epoch >= cfg.epochs:
                 row.update(self._validate())
+            if f"val_{cfg.monitor}" in row:
                 metric = row[f"val_{cfg.monitor}"]
                 if metric < self.best_metric - cfg.early_stopping_min_delta or self.best_state is None:
                     self.best_metric = metric if math.isfinite(metric) else self.best_metric

@@ -1,0 +1,152 @@
+"""Latency of TRC against the optimal solvers it replaces, on the standard problems, on the CPU.
+
+For every standard problem (``configs/*.yaml``) and every model preset
+(:mod:`trc.models.presets`) it measures, in one run:
+
+* TRC's latency at batch 1 (one plan, what a controller needs every sample) and at batch
+  1024 (plans per second, what data generation or sampling-based planning needs), median of
+  ``--repeats`` calls after warm-up, with the trajectory-error feedback (the model as trained);
+* the time per instance of the problem's generator solver (``qp`` with cvxpy/Clarabel and
+  cvxpy/OSQP, ``nonlinear`` Gauss-Newton SQP, ``rocket`` SOCP), each instance solved alone,
+  and of CasADi/IPOPT on the nonlinear problems (``tests/reference_casadi.py``, exact
+  Hessians, ``tol = 1e-8``);
+
+and prints them with the ratios solver time / TRC time. Latency does not depend on the
+weights, so the models are untrained (an untrained and a trained model of a preset run the
+same operations). Optionally (``--onnx``) the default preset is also exported to ONNX
+(:mod:`trc.export`) and timed with onnxruntime.
+
+The goals of the project: TRC at batch 1 at least 100 times faster than IPOPT on the
+nonlinear problems, and at least 10^5 control sequences per second batched.
+
+    python benchmarks/latency.py                        # everything (several minutes)
+    python benchmarks/latency.py --problems van_der_pol --presets two_level_small --onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import trc.generators.nonlinear  # noqa: E402,F401  (registers the "nonlinear" solver)
+from trc.config import load_yaml  # noqa: E402
+from trc.evaluation import measure_latency  # noqa: E402
+from trc.generators import make_solver  # noqa: E402
+from trc.models import TinyRecursiveControl  # noqa: E402
+from trc.models.presets import preset_config, preset_names  # noqa: E402
+from trc.problem import Problem  # noqa: E402
+
+PROBLEMS = ("double_integrator", "van_der_pol", "pendulum", "cartpole", "rocket")
+NONLINEAR = ("van_der_pol", "pendulum", "cartpole")
+
+
+def solver_times(name: str, problem: Problem, x0: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Median wall time (ms) per instance of each solver of ``problem``, instances solved one by one."""
+    cfg = load_yaml(ROOT / "configs" / f"{name}.yaml")["generator"]
+    solvers = {f"{cfg['solver']}": make_solver(cfg["solver"], problem, **cfg.get("options", {}))}
+    if cfg["solver"] == "qp":
+        solvers = {"qp (cvxpy/Clarabel)": solvers["qp"],
+                   "qp (cvxpy/OSQP)": make_solver("qp", problem, backend="OSQP"),
+                   "qp (cvxpy/Clarabel, no LQR fast path)": make_solver("qp", problem, force_qp=True)}
+    elif cfg["solver"] == "nonlinear":
+        solvers = {"nonlinear (SQP)": solvers["nonlinear"]}
+    else:
+        solvers = {f"{cfg['solver']} (cvxpy SOCP)": solvers[cfg["solver"]]}
+    out = {}
+    for label, solver in solvers.items():
+        solver.solve(x0[:1], target[:1])  # warm-up (canonicalisation, first factorisations)
+        times = []
+        for i in range(len(x0)):
+            start = time.perf_counter()
+            solver.solve(x0[i:i + 1], target[i:i + 1])
+            times.append(time.perf_counter() - start)
+        out[label] = 1e3 * statistics.median(times)
+    if name in NONLINEAR:
+        from tests.reference_casadi import IpoptReference
+
+        ipopt = IpoptReference(problem, tol=1e-8)
+        ipopt.solve(x0[0], target[0])
+        times = []
+        for i in range(len(x0)):
+            start = time.perf_counter()
+            ipopt.solve(x0[i], target[i])
+            times.append(time.perf_counter() - start)
+        out["CasADi/IPOPT"] = 1e3 * statistics.median(times)
+    return out
+
+
+def trc_times(problem: Problem, preset: str, repeats: int, batch: int) -> dict[str, float]:
+    """TRC latency (ms) at batch 1 and ``batch``, and its parameter count."""
+    torch.manual_seed(0)
+    model = TinyRecursiveControl.from_problem(problem, preset_config(preset)).eval()
+    x0, target = (torch.as_tensor(a, dtype=torch.float32) for a in problem.sample(batch, seed=1))
+    with torch.no_grad():
+        one = measure_latency(lambda: model(x0[:1], target[:1]), repeats)
+        many = measure_latency(lambda: model(x0, target), max(3, repeats // 5), warmup=1)
+    return {"b1": one, "bN": many, "params": model.get_parameter_count(), "model": model}
+
+
+def onnx_times(model, problem: Problem, repeats: int, batch: int, folder: Path) -> dict[str, float]:
+    """Latency (ms) of ``model`` exported to ONNX (with feedback), at batch 1 and ``batch``."""
+    from trc.export import export_controller, load_controller
+
+    path = folder / f"{problem.name}.onnx"
+    export_controller(model, path)
+    ctrl = load_controller(path)
+    x0, target = (a.astype(np.float32) for a in problem.sample(batch, seed=1))
+    return {"b1": measure_latency(lambda: ctrl(x0[:1], target[:1]), repeats),
+            "bN": measure_latency(lambda: ctrl(x0, target), max(3, repeats // 5), warmup=1)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=PROBLEMS)
+    p.add_argument("--presets", nargs="+", default=preset_names(), choices=preset_names())
+    p.add_argument("--instances", type=int, default=5, help="instances solved one by one per solver (median)")
+    p.add_argument("--repeats", type=int, default=30, help="timed TRC calls at batch 1 (median)")
+    p.add_argument("--batch", type=int, default=1024, help="large batch size")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a fair single-core comparison)")
+    p.add_argument("--onnx", action="store_true", help="also time the first preset exported to ONNX (onnxruntime)")
+    p.add_argument("--export-dir", type=Path, default=ROOT / "runs" / "benchmarks", help="folder of the ONNX files")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    print(f"CPU latency, torch {torch.__version__}, {args.threads} thread(s); solver: median ms per instance "
+          f"({args.instances} instances solved alone); TRC: median ms per call")
+    for name in args.problems:
+        raw = load_yaml(ROOT / "configs" / f"{name}.yaml")
+        problem = Problem.from_dict(raw["problem"])
+        x0, target = problem.sample(args.instances, seed=0)
+        solvers = solver_times(name, problem, x0, target)
+        print(f"\n## {name} (N = {problem.horizon}, n = {problem.state_dim}, m = {problem.control_dim})")
+        for label, ms in solvers.items():
+            print(f"   {label:<40} {ms:10.2f} ms per instance")
+        header = f"   {'TRC preset':<18} {'params':>9} {'batch 1 ms':>11} {'seq/s @' + str(args.batch):>13} " + " ".join(
+            f"{'x vs ' + label.split(' ')[0]:>14}" for label in solvers)
+        print(header)
+        first = None
+        for preset in args.presets:
+            t = trc_times(problem, preset, args.repeats, args.batch)
+            first = first or t
+            ratios = " ".join(f"{ms / t['b1']:14.1f}" for ms in solvers.values())
+            print(f"   {preset:<18} {t['params']:>9} {t['b1']:11.2f} {1e3 * args.batch / t['bN']:13.3g} {ratios}")
+        if args.onnx and first is not None:
+            t = onnx_times(first["model"], problem, args.repeats, args.batch, args.export_dir)
+            ratios = " ".join(f"{ms / t['b1']:14.1f}" for ms in solvers.values())
+            print(f"   {args.presets[0] + ' ONNX':<18} {first['params']:>9} {t['b1']:11.2f} "
+                  f"{1e3 * args.batch / t['bN']:13.3g} {ratios}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
