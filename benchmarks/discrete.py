@@ -47,7 +47,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         gap = "n/a" if not np.isfinite(r["optimality_gap"]) else f"{100 * r['optimality_gap']:.1f} %"
         lines.append(
-            f"| {r['variant']} | {r['parameters']:,} | {100 * r['success_rate']:.1f} % | {100 * r['within_5pct']:.1f} % | "
+            f"| {r['variant']} | {r['parameters']:,} | {100 * r['success_rate']:.1f} % | "
+            f"{100 * r['within_5pct']:.1f} % | "
             f"{gap} | {r['mean_steps']:.1f} / {r['mean_optimal_steps']:.1f} | "
             f"{100 * r['after_supervised']['success_rate']:.1f} % | {r['train_seconds'] / 60:.1f} |"
         )
@@ -134,7 +135,8 @@ def main(argv=None) -> int:
         if args.reuse and (run / "metrics.json").is_file():
             metrics = json.loads((run / "metrics.json").read_text())
         else:
-            metrics = run_discrete_training(exp, seed=args.seed, out=str(run), model_overrides=model, train_overrides=train)
+            metrics = run_discrete_training(exp, seed=args.seed, out=str(run), model_overrides=model,
+                                            train_overrides=train)
         rows.append({"variant": name, **metrics})
         print(table(rows[-1:]), flush=True)
     text = f"# {exp.problem.name}\n\nConfiguration `{args.config}`, seed {args.seed}, " \

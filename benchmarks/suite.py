@@ -131,7 +131,8 @@ def _mark(ok: bool | None) -> str:
 def table(results: dict[str, dict | str]) -> str:
     """The markdown table of the results next to the goals (a string entry is an error)."""
     lines = [
-        "| problem | success (goal) | median gap (goal) | training (goal) | latency batch 1 (goal) | p95 gap | params |",
+        "| problem | success (goal) | median gap (goal) | training (goal) | latency batch 1 (goal) "
+        "| p95 gap | params |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():

@@ -87,7 +87,9 @@ class DiscretePlant(Plant):
         return torch.as_tensor(u)
 
     def linearize(self, x_eq, u_eq):
-        raise NotImplementedError(f"{self.name} is a discrete plant (piecewise-constant dynamics); it has no linearisation")
+        raise NotImplementedError(
+            f"{self.name} is a discrete plant (piecewise-constant dynamics); it has no linearisation"
+        )
 
     def extra_repr(self) -> str:
         return f"state_dim={self.state_dim}, num_actions={self.num_actions}"

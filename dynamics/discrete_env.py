@@ -235,7 +235,9 @@ class MazeEnv(_DiscreteEnv):
     ):
         self._check_options(observation, max_steps, render_mode)
         self.plant = Maze(height=height, width=width)
-        self.generator_options = dict(layout=layout, loop_probability=loop_probability, wall_probability=wall_probability)
+        self.generator_options = dict(
+            layout=layout, loop_probability=loop_probability, wall_probability=wall_probability
+        )
         random_instance(height, width, 0, **self.generator_options)  # validate the options now
         self.max_steps = int(max_steps) if max_steps is not None else 4 * height * width
         self.observation = observation

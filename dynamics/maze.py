@@ -122,7 +122,9 @@ class Maze(DiscretePlant):
         goal = torch.as_tensor(np.asarray(goal), dtype=torch.float32)
         agent = torch.as_tensor(np.asarray(agent), dtype=torch.float32)
         if walls.ndim != 3 or walls.shape[1:] != (self.height, self.width):
-            raise DimensionError(f"maze walls have shape {tuple(walls.shape)}; expected (batch, {self.height}, {self.width})")
+            raise DimensionError(
+                f"maze walls have shape {tuple(walls.shape)}; expected (batch, {self.height}, {self.width})"
+            )
         for t, what in ((goal, "goal"), (agent, "agent")):
             if t.shape != (walls.shape[0], 2):
                 raise DimensionError(f"maze {what} has shape {tuple(t.shape)}; expected ({walls.shape[0]}, 2)")
@@ -156,7 +158,8 @@ class Maze(DiscretePlant):
             raise PuzzleError("maze walls must be 0 (open) or 1 (wall)")
         pos = x[:, hw:]
         if (pos != pos.round()).any():
-            raise PuzzleError(f"maze goal/agent cells must be integers, got {pos[(pos != pos.round()).any(1)][:3].tolist()}")
+            bad = pos[(pos != pos.round()).any(1)][:3].tolist()
+            raise PuzzleError(f"maze goal/agent cells must be integers, got {bad}")
         rows, cols = pos[:, 0::2], pos[:, 1::2]
         off = (rows < 0) | (rows >= self.height) | (cols < 0) | (cols >= self.width)
         if off.any():
@@ -267,7 +270,9 @@ def _backtracker(height: int, width: int, rng: np.random.Generator, loop_probabi
     if loop_probability > 0:
         # walls between two rooms: one coordinate odd, the other even, both rooms inside
         rr, cc = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-        between = ((rr % 2 == 1) & (cc % 2 == 0) & (rr + 1 < height)) | ((rr % 2 == 0) & (cc % 2 == 1) & (cc + 1 < width))
+        vertical = (rr % 2 == 1) & (cc % 2 == 0) & (rr + 1 < height)
+        horizontal = (rr % 2 == 0) & (cc % 2 == 1) & (cc + 1 < width)
+        between = vertical | horizontal
         candidates = between & walls
         walls[candidates & (rng.random((height, width)) < loop_probability)] = False
     return walls

@@ -101,7 +101,9 @@ class Sudoku(DiscretePlant):
         x = self.check_state(x)
         bad = (x != x.round()) | (x < 0) | (x > self.size)
         if bad.any():
-            raise PuzzleError(f"sudoku cells must be integers in [0, {self.size}] (0 = empty), got {x[bad][:5].tolist()}")
+            raise PuzzleError(
+                f"sudoku cells must be integers in [0, {self.size}] (0 = empty), got {x[bad][:5].tolist()}"
+            )
         return x
 
     def _onehot(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,7 +219,9 @@ def check_board(board, n: int | None = None) -> np.ndarray:
     return a
 
 
-def solve(board, limit: int = 1, *, forbid: dict | None = None, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+def solve(
+    board, limit: int = 1, *, forbid: dict | None = None, rng: np.random.Generator | None = None
+) -> list[np.ndarray]:
     """Completions of a sudoku board by depth-first search with constraint propagation.
 
     The search fills the empty cell with the fewest candidates first (minimum remaining

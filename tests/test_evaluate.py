@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-import trc.generators.lqr  # noqa: F401  (registers the "lqr" solver)
 from dynamics.errors import CheckpointError
 from trc.data import load_dataset
 from trc.evaluate import evaluate_checkpoint, main
@@ -38,7 +37,8 @@ PROBLEM = {
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     path = tmp_path_factory.mktemp("eval") / "di_eval.h5"
-    exp = experiment_from_dict({"problem": PROBLEM, "generator": {"solver": "lqr", "num_samples": 200, "out": str(path)}})
+    generator = {"solver": "lqr", "num_samples": 200, "out": str(path)}
+    exp = experiment_from_dict({"problem": PROBLEM, "generator": generator})
     generate(exp.problem, exp.generator, workers=1, progress=False)
     return load_dataset(path)
 
@@ -147,7 +147,8 @@ def _model_file(path, problem_dict, data_path=None):
     problem = Problem.from_dict(problem_dict)
     model = TinyRecursiveControl.from_problem(problem, TRCConfig(latent_dim=16, hidden_dim=32, H_cycles=2, L_cycles=1))
     save_model_file(path, state_dict=model.state_dict(), model_config=model.config.to_dict(), problem=problem.to_dict(),
-                    metadata={"config": {"evaluation": FAST_EVAL}, **({} if data_path is None else {"dataset": str(data_path)})})
+                    metadata={"config": {"evaluation": FAST_EVAL},
+                              **({} if data_path is None else {"dataset": str(data_path)})})
     return path
 
 

@@ -20,8 +20,9 @@ from trc.training.checkpoint import save_model_file
 
 def problem(plant=None) -> Problem:
     return Problem(
-        name="vdp_export", plant=plant or {"name": "van_der_pol", "u_min": -2.0, "u_max": 2.0, "substeps": 2},
-        dt=0.1, horizon=5, Q=[10.0, 5.0], R=[0.1], initial_state={"low": [-2.0, -2.0], "high": [2.0, 2.0]},
+        name="vdp_export", plant=plant or {"name": "van_der_pol", "u_min": -2.0, "u_max": 2.0},
+        # horizon 18 > 16 time positions: the feedback encoder pools 18 -> 16 (not a divisor)
+        dt=0.1, horizon=18, Q=[10.0, 5.0], R=[0.1], initial_state={"low": [-2.0, -2.0], "high": [2.0, 2.0]},
         target_state={"low": [0.0, 0.0], "high": [0.0, 0.0]},
     )
 
@@ -56,7 +57,7 @@ def test_exported_program_gives_the_models_controls(model, tmp_path, fmt, feedba
         with torch.no_grad():
             expected = model(x0, xt, plant=None if feedback else False).numpy()
         got = ctrl(x0.numpy(), xt.numpy())
-        assert got.shape == (batch, 5, 1)
+        assert got.shape == (batch, 18, 1)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     if feedback:  # the feedback really is in the program: without it the controls differ
         with torch.no_grad():

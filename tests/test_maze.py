@@ -111,7 +111,8 @@ def test_step_moves_blocks_and_absorbs():
     walls = np.array([[0, 0, 1], [1, 0, 1], [0, 0, 0]], dtype=bool)
     plant = Maze(height=3, width=3)
     x = plant.pack(np.repeat(walls[None], 5, 0), [[2, 2]] * 5, [[0, 0], [0, 0], [0, 1], [2, 1], [2, 2]])
-    u = torch.tensor([[1.0], [2.0], [2.0], [1.0], [3.0]])  # right ok, down into wall, down ok, right to goal, goal stays
+    # right: open; down: into a wall; down: open; right: onto the goal; left: the goal is absorbing
+    u = torch.tensor([[1.0], [2.0], [2.0], [1.0], [3.0]])
     _, _, agent = plant.unpack(plant.step(x, u))
     assert agent.tolist() == [[0, 1], [0, 0], [1, 1], [2, 2], [2, 2]]
     # off-grid move is blocked as well

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import trc.generators.lqr  # noqa: F401  (registers the "lqr" solver)
 from dynamics.errors import CheckpointError, ConfigError
 from trc.config import from_dict
 from trc.data import load_dataset
@@ -194,6 +193,17 @@ def test_cost_loss_gradient_matches_finite_differences(tiny_data):
 
     u = (u_opt + 0.1).requires_grad_()
     assert torch.autograd.gradcheck(f, (u,), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_halting_and_one_step_gradient_train(tiny_data):
+    """ACT halting loss and TRM's last-cycle-only gradient go through the training loop."""
+    cfg, data = tiny_data
+    train_cfg = TrainConfig.from_dict({**cfg["training"], "epochs": 1, "loss": {"halting": 0.5}})
+    model = make_model(data, act=True, gradient_last_cycle_only=True)
+    result = Trainer(model, data, train_cfg, progress=False).fit()
+    row = result.history[0]
+    assert row["train_halting"] > 0 and math.isfinite(row["train_loss"])
+    assert model.halting.from_latent.weight.abs().sum() > 0  # the halting head was trained
 
 
 def test_halting_loss_needs_a_halting_head(tiny_data):

@@ -247,7 +247,9 @@ class DiscreteGeneratorConfig:
 
     def __post_init__(self):
         if self.solver not in (None, "bfs", "sudoku"):
-            raise ConfigError(f"generator.solver of a discrete problem must be 'bfs' (maze) or 'sudoku', got {self.solver!r}")
+            raise ConfigError(
+                f"generator.solver of a discrete problem must be 'bfs' (maze) or 'sudoku', got {self.solver!r}"
+            )
         self.num_samples = _int(self.num_samples, "generator.num_samples", 1)
         self.seed = _int(self.seed, "generator.seed", 0)
         s = self.splits
@@ -379,7 +381,8 @@ def train_main(argv=None) -> int:
 
     from dynamics.errors import TRCError
 
-    p = argparse.ArgumentParser(prog="python -m trc.train", description="Train a discrete policy, or RL-fine-tune a model.")
+    p = argparse.ArgumentParser(prog="python -m trc.train",
+                                description="Train a discrete policy, or RL-fine-tune a model.")
     p.add_argument("--config", required=True, metavar="YAML")
     p.add_argument("--out", metavar="DIR")
     p.add_argument("--seed", type=int, metavar="S")
@@ -388,7 +391,8 @@ def train_main(argv=None) -> int:
     p.add_argument("--init", metavar="MODEL", help="model file to start from")
     p.add_argument("--rl-iterations", type=int, default=100, help="continuous --stage rl: policy-gradient steps")
     p.add_argument("--rl-lr", type=float, default=1e-4, help="continuous --stage rl: learning rate")
-    p.add_argument("--rl-sigma", type=float, default=0.05, help="continuous --stage rl: exploration std (fraction of the control range)")
+    p.add_argument("--rl-sigma", type=float, default=0.05,
+                   help="continuous --stage rl: exploration std (fraction of the control range)")
     p.add_argument("--rl-batch", type=int, default=64, help="continuous --stage rl: episodes per step")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)

@@ -34,10 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="model file written by trc.train (model.pt)")
     p.add_argument("--data", metavar="PATH", help="HDF5 data set (default: the one the model was trained on)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: <checkpoint folder>/evaluation)")
-    p.add_argument("--split", choices=("train", "val", "test"), help="split to evaluate (default: evaluation.split, test)")
+    p.add_argument("--split", choices=("train", "val", "test"),
+                   help="split to evaluate (default: evaluation.split, test)")
     p.add_argument("--latency-repeats", type=int, metavar="R", help="timed batch-1 passes (default 200)")
     p.add_argument("--threads", type=int, metavar="T", help="torch intra-op threads (default: PyTorch's choice)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of torch's generator (evaluation is deterministic)")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of torch's generator (evaluation is deterministic)")
     return p
 
 
@@ -117,7 +119,8 @@ def evaluate_checkpoint(
         history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     extra = {"checkpoint": str(checkpoint), "dataset": str(data_path)}
     extra.update({k: v for k, v in (meta.get("training") or {}).items()})
-    metrics = evaluate_run(model, dataset.problem, dataset, eval_cfg, out_dir, history=history, extra=extra, split=split)
+    metrics = evaluate_run(model, dataset.problem, dataset, eval_cfg, out_dir, history=history, extra=extra,
+                           split=split)
     if verbose:
         from .report import summary_text
 
@@ -128,6 +131,10 @@ def evaluate_checkpoint(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 success, 1 failure, 2 bad usage)."""
+    from . import evaluation_libero  # visuomotor (LIBERO) checkpoints: closed loop in simulation
+
+    if evaluation_libero.is_libero_checkpoint(argv):
+        return evaluation_libero.main(argv)
     args = build_parser().parse_args(argv)
     import torch
 

@@ -31,7 +31,7 @@ import torch
 
 from dynamics.errors import ConfigError
 
-__all__ = ["EpisodeResult", "run_policy_episode", "evaluate", "wilson_interval", "main"]
+__all__ = ["EpisodeResult", "run_policy_episode", "evaluate", "wilson_interval", "is_libero_checkpoint", "main"]
 
 
 @dataclasses.dataclass
@@ -303,6 +303,23 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     report["out_dir"] = str(out)
     return report
+
+
+def is_libero_checkpoint(argv=None) -> bool:
+    """Whether the ``--checkpoint`` of a command line is a visuomotor policy (for ``trc.evaluate``)."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--checkpoint")
+    known, _ = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if not known.checkpoint or not Path(known.checkpoint).is_file():
+        return False
+    try:
+        ck = torch.load(known.checkpoint, map_location="cpu", weights_only=True)
+    except Exception:  # not ours to judge: trc.evaluate reports unreadable files
+        return False
+    return isinstance(ck, dict) and ck.get("kind") == "trc_visuomotor"
 
 
 def main(argv=None) -> int:

@@ -23,9 +23,11 @@ What works, and why:
   :class:`IntervalRollout`, which integrates each control interval with its own
   :func:`torchdiffeq.odeint` call (the same fixed steps as :meth:`dynamics.Plant.rollout`,
   without the time-grid bookkeeping of the zero-order hold, which records Python autograd
-  functions that TorchScript cannot save). The ONNX export adds two operator translations the
+  functions that TorchScript cannot save). The ONNX export adds three operator translations the
   exporter lacks at opset 17: ``rms_norm`` (as ``x / sqrt(mean(x^2) + eps) * w``,
-  Zhang & Sennrich, NeurIPS 2019) and ``asinh`` (ONNX ``Asinh``).
+  Zhang & Sennrich, NeurIPS 2019), ``asinh`` (ONNX ``Asinh``) and ``adaptive_avg_pool1d``
+  with an output length that does not divide the input length (a constant averaging matrix,
+  PyTorch's bins).
 * **torch.export** (:func:`torch.export.export`, dynamic batch dimension) captures the
   network, but not the feedback rollouts: torchdiffeq validates its time grid with
   data-dependent checks that ``torch.export`` cannot capture. Only models with
@@ -228,7 +230,7 @@ def _state_check_for_export(self, t, what: str):
 
 @contextlib.contextmanager
 def _onnx_translations():
-    """Register ONNX translations of ``aten::rms_norm`` and ``aten::asinh`` for the export."""
+    """Register the ONNX translations of ``rms_norm``, ``asinh`` and ``adaptive_avg_pool1d`` for one export."""
     from torch.onnx import symbolic_helper as sh
 
     def rms_norm(g, x, normalized_shape, weight, eps):
@@ -245,13 +247,27 @@ def _onnx_translations():
     def asinh(g, x):
         return g.op("Asinh", x)
 
-    torch.onnx.register_custom_op_symbolic("aten::rms_norm", rms_norm, ONNX_OPSET)
-    torch.onnx.register_custom_op_symbolic("aten::asinh", asinh, ONNX_OPSET)
+    def adaptive_avg_pool1d(g, x, output_size):
+        # PyTorch's bins [floor(i L / L_out), ceil((i + 1) L / L_out)) as a constant averaging
+        # matrix: the exporter only handles output sizes that divide the input length.
+        out = sh._get_const(output_size, "is", "output_size")[0]
+        length = (sh._get_tensor_sizes(x) or [None])[-1]
+        if length is None:
+            return sh._unimplemented("adaptive_avg_pool1d", "input length unknown at export", x)
+        weights = torch.zeros(length, out)
+        for i in range(out):
+            start, stop = (i * length) // out, -((-(i + 1) * length) // out)
+            weights[start:stop, i] = 1.0 / (stop - start)
+        return g.op("MatMul", x, g.op("Constant", value_t=weights))
+
+    translations = {"aten::rms_norm": rms_norm, "aten::asinh": asinh, "aten::adaptive_avg_pool1d": adaptive_avg_pool1d}
+    for name, fn in translations.items():
+        torch.onnx.register_custom_op_symbolic(name, fn, ONNX_OPSET)
     try:
         yield
     finally:
-        torch.onnx.unregister_custom_op_symbolic("aten::rms_norm", ONNX_OPSET)
-        torch.onnx.unregister_custom_op_symbolic("aten::asinh", ONNX_OPSET)
+        for name in translations:
+            torch.onnx.unregister_custom_op_symbolic(name, ONNX_OPSET)
 
 
 def _example_inputs(model, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -77,7 +77,8 @@ def summary_text(metrics: Mapping[str, Any]) -> str:
             f"latency (batch 1)  {m['latency_ms_batch1']:.3f} ms with feedback, "
             f"{m['latency_ms_batch1_no_feedback']:.3f} ms without"
         )
-        lines.append(f"throughput         {m['throughput_per_s_batch1024']:,.0f} problems/s at batch {m.get('throughput_batch', 1024)}")
+        batch = m.get("throughput_batch", 1024)
+        lines.append(f"throughput         {m['throughput_per_s_batch1024']:,.0f} problems/s at batch {batch}")
     sm = m.get("solver_ms_per_problem")
     if sm is not None and isinstance(sm, float) and math.isfinite(sm):
         speed = m.get("speedup_vs_solver")
@@ -192,7 +193,8 @@ def plot_loss_curves(path: str | os.PathLike, history: Sequence[Mapping[str, Any
     epochs = np.array([r["epoch"] for r in history])
     fig, axes = _figure(1, 3)
     ax = axes[0, 0]
-    for key in sorted({k for r in history for k in r if k.startswith("train_") and k not in ("train_seconds", "train_grad_norm")}):
+    skip = ("train_seconds", "train_grad_norm")
+    for key in sorted({k for r in history for k in r if k.startswith("train_") and k not in skip}):
         y = np.array([r.get(key, np.nan) for r in history], dtype=float)
         if np.isfinite(y).any() and (np.abs(y[np.isfinite(y)]) > 0).any():
             ax.semilogy(epochs, np.abs(y), label=key[6:])
@@ -249,7 +251,9 @@ def _markdown(metrics: Mapping[str, Any], figures: Mapping[str, Path], out_dir: 
         lines += ["", "## Refinement cycles", "", "| cycle | median gap | success |", "|---|---|---|"]
         succ = metrics.get("success_per_cycle") or [None] * len(gaps)
         for k, (g, s) in enumerate(zip(gaps, succ)):
-            lines.append(f"| {k} | {'' if g is None else f'{100 * g:.3f} %'} | {'' if s is None else f'{100 * s:.2f} %'} |")
+            gap = "" if g is None else f"{100 * g:.3f} %"
+            rate = "" if s is None else f"{100 * s:.2f} %"
+            lines.append(f"| {k} | {gap} | {rate} |")
         shown |= {"gap_per_cycle", "success_per_cycle"}
     rest = {k: v for k, v in metrics.items() if k not in shown and not isinstance(v, (dict, list))}
     if rest:

@@ -61,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a Tiny Recursive Control model on optimal trajectories, then evaluate it.",
         epilog="Example: python -m trc.train --config configs/double_integrator.yaml --out runs/di",
     )
-    p.add_argument("--config", required=True, metavar="YAML", help="configuration file (problem, generator, model, training, evaluation)")
+    p.add_argument("--config", required=True, metavar="YAML",
+                   help="configuration file (problem, generator, model, training, evaluation)")
     p.add_argument("--out", metavar="DIR", help=f"run folder (default: {DEFAULT_RUNS_DIR}/<problem name>)")
-    p.add_argument("--seed", type=int, metavar="S", help="seed of weights, data order and every generator (overrides training.seed)")
+    p.add_argument("--seed", type=int, metavar="S",
+                   help="seed of weights, data order and every generator (overrides training.seed)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
     mode.add_argument("--overwrite", action="store_true", help="start afresh even if the run folder has a checkpoint")
@@ -231,8 +233,8 @@ def train(
                 problem=problem.to_dict(), metadata={"dataset": str(data_path), "training": summary, "config": full},
             )
             if evaluate:
-                metrics = evaluate_run(model, problem, data, eval_cfg, out_dir, history=result.history,
-                                       extra={**summary, "dataset": str(data_path), "checkpoint": str(out_dir / "model.pt")})
+                extra = {**summary, "dataset": str(data_path), "checkpoint": str(out_dir / "model.pt")}
+                metrics = evaluate_run(model, problem, data, eval_cfg, out_dir, history=result.history, extra=extra)
                 if verbose:
                     from .report import summary_text
 
@@ -244,7 +246,8 @@ def train(
         shutdown_distributed()
 
 
-def evaluate_run(model, problem, data, eval_cfg, out_dir, *, history=None, extra=None, split: str | None = None) -> dict:
+def evaluate_run(model, problem, data, eval_cfg, out_dir, *, history=None, extra=None,
+                 split: str | None = None) -> dict:
     """Evaluate ``model`` on a split of ``data`` and write the report into ``out_dir``.
 
     Returns

@@ -113,7 +113,9 @@ class DiscreteDataset:
 
 
 # ---------------------------------------------------------------------------- generation
-def generate_discrete(problem, num_samples: int, seed: int, splits=(0.8, 0.1, 0.1), progress: bool = False) -> DiscreteDataset:
+def generate_discrete(
+    problem, num_samples: int, seed: int, splits=(0.8, 0.1, 0.1), progress: bool = False
+) -> DiscreteDataset:
     """Draw ``num_samples`` instances of a discrete problem and solve them optimally.
 
     Parameters
@@ -288,7 +290,9 @@ def read_discrete_dataset(path) -> DiscreteDataset:
             raise DatasetError(f"data set {str(path)!r}: cannot read its attributes (corrupt file?): {exc}") from exc
         missing = [k for k in REQUIRED if k not in attrs]
         if missing:
-            hint = " (a continuous data set? read it with trc.generators.storage.read_dataset)" if "kind" in missing else ""
+            hint = ""
+            if "kind" in missing:
+                hint = " (a continuous data set? read it with trc.generators.storage.read_dataset)"
             raise DatasetError(f"data set {str(path)!r} lacks the attribute(s) {missing}{hint}")
         if not isinstance(attrs["schema_version"], int) or attrs["schema_version"] > SCHEMA_VERSION:
             raise DatasetError(f"data set {str(path)!r} has schema_version {attrs['schema_version']!r}; "
@@ -301,7 +305,9 @@ def read_discrete_dataset(path) -> DiscreteDataset:
             try:
                 value = f[name].asstr()[()] if name == "status" else f[name][()]
             except Exception as exc:
-                raise DatasetError(f"data set {str(path)!r}: cannot read {name!r} (corrupt or truncated file): {exc}") from exc
+                raise DatasetError(
+                    f"data set {str(path)!r}: cannot read {name!r} (corrupt or truncated file): {exc}"
+                ) from exc
             value = np.asarray(value)
             if value.ndim != ndim:
                 raise DatasetError(f"data set {str(path)!r}: {name!r} has {value.ndim} dimensions; expected {ndim}")
@@ -323,5 +329,6 @@ def read_discrete_dataset(path) -> DiscreteDataset:
     except DatasetError:
         raise
     if attrs["num_samples"] != data.num_samples:
-        raise DatasetError(f"data set {str(path)!r}: attribute num_samples={attrs['num_samples']} but the arrays hold {data.num_samples}")
+        raise DatasetError(f"data set {str(path)!r}: attribute num_samples={attrs['num_samples']} "
+                           f"but the arrays hold {data.num_samples}")
     return data

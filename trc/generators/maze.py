@@ -41,7 +41,8 @@ def _check(walls, cells=None, what="goals"):
     if (cells < 0).any() or (cells[:, 0] >= H).any() or (cells[:, 1] >= W).any():
         raise PuzzleError(f"{what} must lie in [0, {H}) x [0, {W})")
     if walls[np.arange(len(cells)), cells[:, 0], cells[:, 1]].any():
-        raise PuzzleError(f"{what} must be open cells; {int(walls[np.arange(len(cells)), cells[:, 0], cells[:, 1]].sum())} lie on walls")
+        count = int(walls[np.arange(len(cells)), cells[:, 0], cells[:, 1]].sum())
+        raise PuzzleError(f"{what} must be open cells; {count} lie on walls")
     return walls, cells.astype(np.int64)
 
 
@@ -49,7 +50,9 @@ def _shift(a: np.ndarray, dr: int, dc: int, fill) -> np.ndarray:
     """``out[:, r, c] = a[:, r + dr, c + dc]`` (``fill`` outside the grid)."""
     out = np.full_like(a, fill)
     H, W = a.shape[1:]
-    out[:, max(0, -dr):H - max(0, dr), max(0, -dc):W - max(0, dc)] = a[:, max(0, dr):H - max(0, -dr), max(0, dc):W - max(0, -dc)]
+    rows_out, rows_in = slice(max(0, -dr), H - max(0, dr)), slice(max(0, dr), H - max(0, -dr))
+    cols_out, cols_in = slice(max(0, -dc), W - max(0, dc)), slice(max(0, dc), W - max(0, -dc))
+    out[:, rows_out, cols_out] = a[:, rows_in, cols_in]
     return out
 
 

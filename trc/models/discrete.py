@@ -266,6 +266,13 @@ class PolicyOutput(NamedTuple):
     state: Optional[LatentState]
 
 
+def _previous(prev_action, x) -> torch.Tensor:
+    """Previous actions as int64 ``(batch,)``; ``-1`` (none yet) when not given."""
+    if prev_action is None:
+        return torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+    return prev_action.long()
+
+
 def _check_x(plant, x):
     if x.ndim != 2 or x.shape[1] != plant.state_dim:
         raise DimensionError(f"{plant.name} policy: x has shape {tuple(x.shape)}; expected (batch, {plant.state_dim})")
@@ -300,7 +307,9 @@ class RecursivePolicy(nn.Module):
         neighbours = GridNeighbours(plant.height, plant.width) if self.kind == "maze" else SudokuPeers(plant.size)
         self.embed = nn.Linear(2 if self.kind == "maze" else features, D)
         self.prev_action = nn.Embedding(self.num_actions + 1, D) if config.condition_on_previous_action else None
-        self.core = RelationalRecursionCore(D, config.hidden_dim, config.num_layers, config.mode, config.L_cycles, neighbours)
+        self.core = RelationalRecursionCore(
+            D, config.hidden_dim, config.num_layers, config.mode, config.L_cycles, neighbours
+        )
         self.head = nn.Linear(D, self.per_token)
 
     def _readout(self, token_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -329,8 +338,7 @@ class RecursivePolicy(nn.Module):
         _check_x(self.plant, x)
         emb = self.embed(self._features(x))
         if self.prev_action is not None:
-            p = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device) if prev_action is None else prev_action.long()
-            emb = emb + self.prev_action(p + 1).unsqueeze(1)
+            emb = emb + self.prev_action(_previous(prev_action, x) + 1).unsqueeze(1)
         if state is None:
             state = self.core.init_state(emb)
         token_logits = []
@@ -344,7 +352,9 @@ class RecursivePolicy(nn.Module):
         # Maze: the recursion plans on walls and goal; the agent enters through the read-out.
         return feats[..., :2] if self.kind == "maze" else feats
 
-    def action_logits(self, token_logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def action_logits(
+        self, token_logits: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Action logits ``(batch, num_actions)`` read from per-cell logits ``(batch, tokens, per_token)``
         (the agent's cell for mazes; every cell and digit for sudoku), illegal actions masked."""
         a = self._readout(token_logits, x)
@@ -410,7 +420,7 @@ class MLPPolicy(nn.Module):
         _check_x(self.plant, x)
         inp = encode_tokens(self.plant, x).flatten(1)
         if self.config.condition_on_previous_action:
-            p = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device) if prev_action is None else prev_action.long()
+            p = _previous(prev_action, x)
             inp = torch.cat((inp, nn.functional.one_hot(p + 1, self.num_actions + 1).to(inp)), dim=1)
         logits = self.mlp(inp)
         if self.config.mask_illegal:
@@ -427,7 +437,8 @@ def count_parameters(module: nn.Module) -> int:
 def matched_mlp_width(plant, config: DiscretePolicyConfig) -> int:
     """Hidden width of an ``mlp_layers``-layer MLP with about as many parameters as the
     recursive policy of ``config`` (the positive root of the parameter-count quadratic)."""
-    target = count_parameters(RecursivePolicy(plant, DiscretePolicyConfig(**{**config.to_dict(), "architecture": "trc"})))
+    trc_config = DiscretePolicyConfig(**{**config.to_dict(), "architecture": "trc"})
+    target = count_parameters(RecursivePolicy(plant, trc_config))
     tokens, features, _ = _token_layout(plant)
     i = tokens * features + (plant.num_actions + 1 if config.condition_on_previous_action else 0)
     A, L = plant.num_actions, config.mlp_layers

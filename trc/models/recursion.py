@@ -124,12 +124,16 @@ class SharedNet(nn.Module):
     """
 
     def __init__(
-        self, latent_dim: int, hidden_dim: int, num_layers: int = 2, dropout: float = 0.0, token_mixing: int | None = None
+        self,
+        latent_dim: int,
+        hidden_dim: int,
+        num_layers: int = 2,
+        dropout: float = 0.0,
+        token_mixing: int | None = None,
     ):
         super().__init__()
-        self.blocks = nn.ModuleList(
-            MLPBlock(latent_dim, hidden_dim, dropout, token_mixing) for _ in range(_positive_int(num_layers, "num_layers"))
-        )
+        num_layers = _positive_int(num_layers, "num_layers")
+        self.blocks = nn.ModuleList(MLPBlock(latent_dim, hidden_dim, dropout, token_mixing) for _ in range(num_layers))
 
     def forward(self, h: torch.Tensor, injection: torch.Tensor | None = None) -> torch.Tensor:
         """Apply ``f``; ``h`` and ``injection`` are ``(batch, D)`` or ``(batch, T, D)``."""

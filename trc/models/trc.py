@@ -257,7 +257,9 @@ class TinyRecursiveControl(nn.Module):
         self.refine_head = _mlp(D, H, N * m)
         self.control_embed = nn.Linear(N * m, D)
         self.error_encoder = (
-            TrajectoryErrorEncoder(n, N, D, config.feedback_channels, config.feedback_kernel) if config.feedback else None
+            TrajectoryErrorEncoder(n, N, D, config.feedback_channels, config.feedback_kernel)
+            if config.feedback
+            else None
         )
         self.feedback_gain = FeedbackGain(n, m, N) if config.feedback and config.feedback_gain else None
         self.halting = HaltingHead(D) if config.act else None

@@ -646,7 +646,12 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--sweep", action="store_true", help="grid sweep over training.sweep; writes a ranked table")
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
+    p.add_argument("--overwrite", action="store_true", help="accepted for trc.train compatibility (runs always start afresh)")
+    p.add_argument("--workers", type=int, default=None, help="accepted for trc.train compatibility (unused)")
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        print(f"error: options not supported for LIBERO training: {unknown}", file=sys.stderr)
+        return 2
     try:
         config = load_yaml(args.config)
         out = args.out or os.path.join("runs", config.get("problem", {}).get("name", "libero"))

@@ -287,8 +287,12 @@ class TrainConfig:
         if self.ema_decay is not None:
             self.ema_decay = _check_real(self.ema_decay, "training.ema_decay", 0.0, 1.0, high_open=True)
         if self.early_stopping_patience is not None:
-            self.early_stopping_patience = _check_int(self.early_stopping_patience, "training.early_stopping_patience", 1)
-        self.early_stopping_min_delta = _check_real(self.early_stopping_min_delta, "training.early_stopping_min_delta", 0.0)
+            self.early_stopping_patience = _check_int(
+                self.early_stopping_patience, "training.early_stopping_patience", 1
+            )
+        self.early_stopping_min_delta = _check_real(
+            self.early_stopping_min_delta, "training.early_stopping_min_delta", 0.0
+        )
         if self.monitor not in MONITORS:
             raise ConfigError(f"training.monitor must be one of {MONITORS}, got {self.monitor!r}")
         self.val_every = _check_int(self.val_every, "training.val_every", 1)

@@ -20,8 +20,9 @@ RL fine-tuning (:func:`train_reinforce`)
     H-cycles (deep supervision). The default baseline is the optimal value ``V*(x_t)`` known
     from the generator (a function of the state, so the gradient stays unbiased, and optimal
     episodes have zero advantage: fine-tuning cannot unlearn an optimal policy by noise);
-    ``baseline: mean`` uses the batch mean of the return at each step instead. Rollouts run without gradient; log-probabilities are then
-    recomputed in mini-batches from the stored states and carried latents.
+    ``baseline: mean`` uses the batch mean of the return at each step instead. Rollouts run
+    without gradient; log-probabilities are then recomputed in mini-batches from the stored
+    states (and carried latents), or, for maze planners, read from one recursion per episode.
 
 Evaluation (:func:`evaluate_policy`)
     Greedy batched rollouts through the same transition functions as the gymnasium
@@ -35,7 +36,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -284,7 +285,9 @@ def _maze_optimal_cells(plant, distances: torch.Tensor) -> torch.Tensor:
     d = distances
     pad = nn.functional.pad(d, (1, 1, 1, 1), value=-1)
     H, W = plant.height, plant.width
-    neighbours = torch.stack((pad[:, 0:H, 1:W + 1], pad[:, 1:H + 1, 2:W + 2], pad[:, 2:H + 2, 1:W + 1], pad[:, 1:H + 1, 0:W]), -1)
+    up, right = pad[:, 0:H, 1:W + 1], pad[:, 1:H + 1, 2:W + 2]
+    down, left = pad[:, 2:H + 2, 1:W + 1], pad[:, 1:H + 1, 0:W]
+    neighbours = torch.stack((up, right, down, left), -1)
     ok = (d > 0).unsqueeze(-1) & (neighbours >= 0) & (neighbours == (d - 1).unsqueeze(-1))
     return ok.reshape(d.shape[0], H * W, 4)
 
@@ -447,7 +450,9 @@ def train_supervised(policy, train: Instances, cfg: DiscreteTrainConfig, deadlin
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = max(cfg.supervised_batches, 1)
     # cosine decay over the planned batches (stepped once per batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(k / total, 1.0))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(k / total, 1.0)))
+    )
     carry = getattr(policy.config, "carry_latent", False) and policy.config.architecture == "trc"
     t0 = time.monotonic()
     policy.train()
@@ -656,7 +661,8 @@ def train_reinforce(policy, problem, cfg: DiscreteTrainConfig, deadline: float |
         history.append({"stage": "rl", "iteration": it, "mean_return": float(ep["returns"].mean()),
                         "success": float(ep["success"].float().mean()), "seconds": time.monotonic() - t0})
         if it % 10 == 0:
-            log.info("RL iteration %d: return %.3f, success %.3f", it, history[-1]["mean_return"], history[-1]["success"])
+            log.info("RL iteration %d: return %.3f, success %.3f", it, history[-1]["mean_return"],
+                     history[-1]["success"])
     return history
 
 

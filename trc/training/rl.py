@@ -92,7 +92,9 @@ def stage_rewards(problem, states: torch.Tensor, controls: torch.Tensor, target:
         For a problem whose cost is not quadratic.
     """
     if problem.cost != "quadratic":
-        raise ConfigError(f"REINFORCE fine-tuning needs a quadratic cost, problem {problem.name!r} has {problem.cost!r}")
+        raise ConfigError(
+            f"REINFORCE fine-tuning needs a quadratic cost, problem {problem.name!r} has {problem.cost!r}"
+        )
     Q, R, Qf = (torch.as_tensor(w, dtype=states.dtype) for w in problem.weights)
     e = states - target[:, None, :]
     stage = problem.dt * (torch.einsum("bki,ij,bkj->bk", e[:, :-1], Q, e[:, :-1])

@@ -33,9 +33,8 @@ import csv
 import io
 import json
 import math
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -331,7 +330,8 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history = list(state["history"])
         es = state["early_stopping"]
-        self.best_metric, self.best_epoch, self.bad_epochs = float(es["best_metric"]), int(es["best_epoch"]), int(es["bad_epochs"])
+        self.best_metric = float(es["best_metric"])
+        self.best_epoch, self.bad_epochs = int(es["best_epoch"]), int(es["bad_epochs"])
         self.best_state = state.get("best_state")
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.stop_reason = state.get("stop_reason", "")
