@@ -206,6 +206,28 @@ def test_halting_and_one_step_gradient_train(tiny_data):
     assert model.halting.from_latent.weight.abs().sum() > 0  # the halting head was trained
 
 
+@pytest.mark.parametrize("rollout_cycles", ["all", "last"])
+def test_reused_model_rollouts_give_the_same_gradient(tiny_data, rollout_cycles):
+    """Reusing the model's own rollouts (when they carry the gradient) equals rolling out again."""
+    _, data = tiny_data
+    detach = rollout_cycles == "last"  # the final rollout carries the gradient even with detached feedback
+    model = make_model(data, detach_feedback=detach)
+    batch = data.train[:8]
+    cfg = LossConfig(imitation=0.0, cost=1.0, terminal=1.0, rollout_cycles=rollout_cycles)
+    grads = []
+    for reuse in (True, False):
+        loss_fn = TRCLoss(data.problem, model.plant, cfg, 2, control_scale(model.plant), model.state_scale, 1e-3,
+                          reuse_rollouts=not detach)
+        out = model(batch["x0"], batch["target"], return_all_iterations=True)
+        if not reuse:
+            out = out._replace(all_states=None)
+        loss, _ = loss_fn(out, batch["x0"], batch["target"], batch["controls"], batch["cost"])
+        model.zero_grad()
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6 * float(grads[1].abs().max()))
+
+
 def test_halting_loss_needs_a_halting_head(tiny_data):
     cfg, data = tiny_data
     with pytest.raises(ConfigError, match="act"):

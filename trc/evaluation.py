@@ -143,7 +143,7 @@ class Evaluation:
 
 
 def _quantile(x: torch.Tensor, q: float) -> float:
-    x = x[torch.isfinite(x)] if x.numel() else x
+    x = x[~torch.isnan(x)] if x.numel() else x  # +inf (a diverged rollout) counts as the worst value
     return float(torch.quantile(x, q)) if x.numel() else math.nan
 
 
@@ -300,6 +300,9 @@ def evaluate_model(
         x0, tgt = data.initial_states[sl], data.target_states[sl]
         out = model(x0.to(device, torch.float32), tgt.to(device, torch.float32), return_all_iterations=True)
         all_u = out.all_controls.to("cpu", torch.float64)  # (C, B, N, m)
+        full = getattr(getattr(model, "config", None), "H_cycles", all_u.shape[0] - 1) + 1
+        if all_u.shape[0] < full:  # adaptive halting stopped the whole batch early: its controls stay
+            all_u = torch.cat([all_u, all_u[-1:].expand(full - all_u.shape[0], *all_u.shape[1:])])
         C, B = all_u.shape[:2]
         r_all = rollout_metrics(problem, plant, x0.repeat(C, 1), tgt.repeat(C, 1), all_u.flatten(0, 1),
                                 J_opt[sl].repeat(C))

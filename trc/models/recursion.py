@@ -269,8 +269,9 @@ class RecursionCore(nn.Module):
                 z = self.net(z, inj)
             return LatentState(z, None)
         z_H, z_L = state
+        inj = z_H + inj  # z_H is fixed during the L-cycles
         for _ in range(self.L_cycles):
-            z_L = self.net(z_L, z_H + inj)
+            z_L = self.net(z_L, inj)
         z_H = self.net(z_H, z_L)
         return LatentState(z_H, z_L)
 

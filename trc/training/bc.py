@@ -517,7 +517,8 @@ def _prepare(problem, model_cfg, cfg: BCConfig, seed: int, data_dir: str | None,
     val = build_data(val_demos, model_cfg.image_size, model_cfg.chunk, text_embeddings) if val_demos else None
     t0 = time.process_time()
     arm, arm_metrics = fit(train.trajectories, horizon=model_cfg.chunk, hidden_dim=cfg.arm_hidden_dim,
-                           epochs=cfg.arm_epochs, seed=seed, validation=val.trajectories if val else None)
+                           epochs=cfg.arm_epochs, batch_size=64, lr=2e-3, seed=seed,
+                           validation=val.trajectories if val else None)
     arm_metrics["cpu_seconds"] = time.process_time() - t0
     if "validation" in arm_metrics:
         v = arm_metrics["validation"]

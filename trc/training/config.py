@@ -149,6 +149,11 @@ class LossConfig:
     cost_floor : float
         ``J*`` in the cost term is floored at ``cost_floor`` times the median ``J*`` of the
         training set, so near-trivial instances (``x0`` close to ``x*``) cannot dominate.
+    rollout_cycles : {"all", "last"}
+        Outputs that the rollout terms (cost, terminal) supervise: those of ``cycle_weights``
+        (``all``), or only the final controls (``last``: one differentiable rollout per
+        step instead of ``K + 1``, much cheaper on long horizons, notably with the model's
+        ``detach_feedback``).
 
     Raises
     ------
@@ -162,6 +167,7 @@ class LossConfig:
     halting: float = 0.0
     cycle_weights: Any = "uniform"
     cost_floor: float = 0.01
+    rollout_cycles: str = "all"
 
     def __post_init__(self):
         for name in ("imitation", "cost", "terminal", "halting"):
@@ -171,6 +177,8 @@ class LossConfig:
                 "training.loss: imitation, cost and terminal weights are all 0; at least one must be positive"
             )
         self.cost_floor = _check_real(self.cost_floor, "training.loss.cost_floor", 0.0, 1.0, low_open=True)
+        if self.rollout_cycles not in ("all", "last"):
+            raise ConfigError(f"training.loss.rollout_cycles must be 'all' or 'last', got {self.rollout_cycles!r}")
         spec = self.cycle_weights
         if isinstance(spec, str):
             if spec not in CYCLE_WEIGHT_SCHEMES:

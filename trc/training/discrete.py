@@ -469,6 +469,8 @@ def train_supervised(policy, train: Instances, cfg: DiscreteTrainConfig, deadlin
         else:
             # one state per instance, drawn uniformly along its optimal action sequence
             t = (torch.rand(len(inst), generator=gen) * inst.lengths).long()
+            if getattr(policy, "agent_independent", False):
+                t = torch.zeros_like(t)  # a maze planner's outputs do not depend on the agent's cell
             x, prev = _states_along(plant, inst, t)
             out = policy(x, prev)
             loss = _policy_loss(policy, out, x, inst, cfg, torch.ones(len(inst), dtype=torch.bool))

@@ -171,7 +171,11 @@ class TRCLoss:
                 f"all_controls has shape {tuple(all_u.shape)}; expected ({C}, {', '.join(map(str, u_opt.shape))})"
             )
         w = torch.tensor(self.weights, dtype=all_u.dtype, device=all_u.device)
-        active = [k for k, wk in enumerate(self.weights) if wk > 0]
+        if cfg.rollout_cycles == "last":
+            active, w_roll = [C - 1], all_u.new_ones(1)
+        else:
+            active = [k for k, wk in enumerate(self.weights) if wk > 0]
+            w_roll = w[active]
         B = x0.shape[0]
         parts: dict[str, torch.Tensor] = {}
         total = all_u.new_zeros(())
@@ -186,7 +190,10 @@ class TRCLoss:
             idx = torch.tensor(active, device=all_u.device)
             u_act = all_u[idx]  # (A, B, N, m): only the supervised outputs
             A = len(active)
-            if self.reuse_rollouts and states is not None and states.shape[:2] == (C, B):
+            # The model's rollouts carry the gradient when its feedback is not detached; its final
+            # rollout (of the returned controls) always does.
+            reuse = self.reuse_rollouts or active == [C - 1]
+            if reuse and states is not None and states.shape[:2] == (C, B):
                 x_act = states[idx].flatten(0, 1)
             else:
                 x_act = self.plant.rollout(x0.repeat(A, 1), u_act.flatten(0, 1))
@@ -198,11 +205,10 @@ class TRCLoss:
                 xN, tgt, xs = xN[:, self.dims], tgt[:, self.dims], xs[self.dims]
             term = terminal_loss(xN, tgt, xs).reshape(A, B).mean(1)
             parts["cost_ratio"], parts["terminal"] = ratio[-1], term[-1]
-            w_act = w[idx]
             if cfg.cost > 0:
-                total = total + cfg.cost * (w_act * ratio).sum()
+                total = total + cfg.cost * (w_roll * ratio).sum()
             if cfg.terminal > 0:
-                total = total + cfg.terminal * (w_act * term).sum()
+                total = total + cfg.terminal * (w_roll * term).sum()
 
         if cfg.halting > 0:
             logits, costs = _field(output, "halt_logits"), _field(output, "all_costs")
