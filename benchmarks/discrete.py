@@ -72,7 +72,7 @@ def figure(exp, rows, runs: dict, path: Path, n_mazes: int = 4) -> None:
             axes[0].plot(np.convolve(sup, np.ones(5) / 5, mode="valid") if len(sup) > 5 else sup, label=name)
         if rl:
             axes[1].plot(rl, label=name)
-    axes[0].set(title="supervised loss (moving mean of 5)", xlabel="batch", yscale="log")
+    axes[0].set(title="supervised loss (TRC: action + per-cell; MLP: action)", xlabel="batch", yscale="log")
     axes[1].set(title="REINFORCE: mean episode return", xlabel="iteration")
     for ax in axes[:2]:
         ax.legend(fontsize=7)

@@ -2,8 +2,10 @@
 
 Every example runs in two modes:
 
-* default ("full"): a modest data set and training run per problem (minutes on a laptop
-  CPU), cached in ``runs/examples/<problem>-<hash>/`` so later examples reuse them;
+* default ("full"): the standard configuration's problem, model and training settings
+  (``configs/<problem>.yaml``) on a modest data set (a few hundred to 2000 optimal
+  trajectories) with a training budget of at most 8 minutes per problem, cached in
+  ``runs/examples/<problem>-<hash>/`` so later examples reuse the model;
 * ``--quick``: a few dozen samples of a shortened problem and one or two epochs, so the test
   suite (``tests/test_examples.py``) can run every example in seconds. The figures of a quick
   run show that the code works, not what TRC can do.
@@ -55,12 +57,14 @@ _QUICK = {
     "default_samples": 32,
     "model": {"latent_dim": 16, "hidden_dim": 32, "num_layers": 1, "H_cycles": 2, "L_cycles": 1,
               "feedback_channels": 8},
-    "training": {"epochs": 1, "batch_size": 32, "lr": 3e-3},
+    "training": {"epochs": 1, "batch_size": 32, "lr": 3e-3, "val_every": 1, "max_minutes": None},
 }
+# Full mode: the configuration's own model and training sections, on a modest data set (the
+# configurations' sizes take hours of solver time on a laptop) with batches and a time budget
+# to match.
 _FULL = {
     "samples": {"double_integrator": 2000, "van_der_pol": 400, "pendulum": 300, "cartpole": 200, "rocket": 200},
-    "model": {"latent_dim": 64, "hidden_dim": 128, "num_layers": 2, "H_cycles": 3, "L_cycles": 2},
-    "training": {"epochs": 40, "batch_size": 64, "lr": 2e-3, "early_stopping_patience": 10},
+    "training": {"epochs": 40, "batch_size": 64, "val_every": 2, "early_stopping_patience": 10, "max_minutes": 8.0},
     "epochs": {"double_integrator": 60},
 }
 
@@ -79,17 +83,25 @@ def parse_args(description: str, argv=None) -> argparse.Namespace:
 
 
 def experiment(name: str, quick: bool, seed: int = 0) -> dict:
-    """The configuration of standard problem ``name`` (``configs/<name>.yaml``) for an example."""
+    """The configuration of standard problem ``name`` (``configs/<name>.yaml``) for an example.
+
+    Full mode keeps the file's problem, model and training settings (with a modest data set,
+    a matching batch size and a time budget); quick mode shortens the problem and shrinks
+    everything.
+    """
     cfg = load_yaml(ROOT / "configs" / f"{name}.yaml")
+    cfg.pop("evaluation", None)  # the examples evaluate themselves
     settings = _QUICK if quick else _FULL
     if quick:
         cfg["problem"].update(_QUICK_PROBLEM[name])
+        cfg["model"] = dict(settings["model"])
     samples = settings["samples"].get(name, settings.get("default_samples"))
     cfg["generator"].update(num_samples=samples, seed=seed, chunk_size=max(16, samples // 4))
-    cfg["model"] = dict(settings["model"])
-    cfg["training"] = {**settings["training"], "seed": seed, "tensorboard": False, "num_threads": torch.get_num_threads()}
+    training = {**cfg.get("training", {}), **settings["training"]}
+    training.update(seed=seed, tensorboard=False, num_threads=torch.get_num_threads())
     if name in settings.get("epochs", {}):
-        cfg["training"]["epochs"] = settings["epochs"][name]
+        training["epochs"] = settings["epochs"][name]
+    cfg["training"] = training
     return cfg
 
 

@@ -151,3 +151,25 @@ def test_expert_succeeds_on_one_task(sim):
     assert ep.success and len(ep) < 220 and ep.dones[-1] == 1 and ep.rewards.sum() == 1
     assert ep.obs["agentview_rgb"].shape == (len(ep), 128, 128, 3)
     assert np.abs(ep.actions).max() <= 1.0
+
+
+@pytest.mark.slow
+def test_closed_loop_evaluation_writes_report_video_and_figure(tmp_path):
+    """A tiny untrained policy runs closed-loop for a few steps; the report, MP4 and figure exist."""
+    from dynamics.learned_arm import LearnedArmDynamics
+    from trc.evaluation_libero import evaluate
+    from trc.models.visuomotor import VisuomotorConfig, VisuomotorPolicy
+    from trc.training.bc import save_policy
+
+    cfg = VisuomotorConfig(image_size=32, channels=8, keypoints=8, latent_dim=32, hidden_dim=64, chunk=4, H_cycles=2)
+    policy = VisuomotorPolicy(cfg, LearnedArmDynamics(hidden_dim=16, num_layers=1))
+    task = L.get_task("libero_spatial", 0)
+    problem = {"kind": "libero", "name": "t", "suite": "libero_spatial", "tasks": [0], "max_steps": 6,
+               "camera_size": 128, "render": "fast", "assets": None}
+    save_policy(tmp_path / "policy.pt", policy, problem=problem,
+                text_embeddings={task.language: np.zeros(384, dtype=np.float32)}, metrics={})
+    rep = evaluate(tmp_path / "policy.pt", episodes=1, out_dir=tmp_path / "eval", videos=1, progress=False)
+    assert rep["per_task"][0]["episodes"] == 1 and rep["mean_length"] == 6 and len(rep["latent_norms"]) == 3
+    assert (tmp_path / "eval" / "report.md").is_file() and (tmp_path / "eval" / "figures" / "latent_norm.png").is_file()
+    videos = list((tmp_path / "eval" / "videos").glob("*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 1000

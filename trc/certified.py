@@ -335,7 +335,9 @@ class CertifiedSolver:
         start = time.perf_counter()
         x0 = np.asarray(x0, dtype=np.float64)
         target = np.asarray(target, dtype=np.float64)
-        B = x0.shape[0]
+        B = x0.shape[0] if x0.ndim else 0
+        if B == 0:
+            raise DimensionError(f"x0 has shape {x0.shape}; expected (B >= 1, state_dim={self.problem.state_dim})")
         plan = check_plan(self.problem, self.model, x0, target, self.checks, plant=self.plant)
         warm = np.flatnonzero(plan.ok)
         cold = np.flatnonzero(~plan.ok)
