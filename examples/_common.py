@@ -142,6 +142,8 @@ def save(fig, args, name: str) -> Path:
     from trc.io import atomic_path
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     path = args.out / f"{name}.png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")

@@ -243,3 +243,23 @@ def test_continuous_rewards_sum_to_the_cost_and_reinforce_improves_it():
     assert len(hist) == 15 and greedy_cost() < 0.7 * before
     with pytest.raises(ConfigError, match="sigma"):
         ContinuousRLConfig(sigma=0)
+
+
+def test_continuous_stage_rl_command_line(tmp_path):
+    from trc.experiment import load_experiment
+    from trc.models import TinyRecursiveControl, preset_config
+    from trc.training.checkpoint import save_model_file
+
+    problem = load_experiment("configs/double_integrator.yaml").problem
+    config = preset_config("two_level_small", state_dim=problem.state_dim, control_dim=problem.control_dim,
+                           horizon=problem.horizon)
+    model = TinyRecursiveControl.from_problem(problem, config.to_dict())
+    save_model_file(tmp_path / "model.pt", state_dict=model.state_dict(), model_config=model.config.to_dict(),
+                    problem=problem.to_dict())
+    argv = ["--config", "configs/double_integrator.yaml", "--stage", "rl", "--out", str(tmp_path),
+            "--rl-iterations", "2", "--rl-batch", "8", "--quiet"]
+    assert train_main(argv) == 0
+    metrics = json.loads((tmp_path / "rl_metrics.json").read_text())
+    assert metrics["iterations"] == 2 and np.isfinite(metrics["greedy_cost_after"])
+    assert (tmp_path / "model_rl.pt").is_file()
+    assert train_main(["--config", "configs/double_integrator.yaml", "--stage", "supervised"]) == 2

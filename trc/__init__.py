@@ -7,4 +7,4 @@ from .problem import Box, Problem
 from .loading import load
 from .models import TinyRecursiveControl, TRCConfig  # noqa: F401
 
-__all__ = ["Box", "Problem", "__version__"]
+__all__ = ["Box", "Problem", "TRCConfig", "TinyRecursiveControl", "load", "__version__"]

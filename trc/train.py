@@ -292,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     Configurations of other problem kinds go to their own pipelines: ``kind: maze | sudoku`` to
     :func:`trc.discrete.train_main`, ``kind: libero`` to :func:`trc.training.bc.main`.
     """
+    from .discrete import dispatch_train
+
+    status = dispatch_train(argv)  # maze / sudoku configurations, and the REINFORCE stage --stage rl
+    if status is not None:
+        return status
     kind = _problem_kind(argv)
     if kind in ("maze", "sudoku"):
         from .discrete import train_main
