@@ -721,11 +721,14 @@ def register_envs() -> list[str]:
     Returns
     -------
     list of str
-        The Gymnasium ids of all TRC environments.
+        The Gymnasium ids of the :class:`PlantEnv` environments (plants with environments of
+        their own, such as the maze or LIBERO, register those themselves and are not listed).
     """
     ids = []
     for name in names():
         gym_id = env_id(name)
+        if gym_id in gymnasium.registry and gymnasium.registry[gym_id].entry_point != "dynamics.env:make_env":
+            continue
         if gym_id not in gymnasium.registry:
             if not _has_env(name):
                 continue
