@@ -143,15 +143,18 @@ def _worker(args) -> EpisodeResult:
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: int = 20) -> None:
+    """Write an H.264 MP4 through imageio-ffmpeg, atomically (temporary ``.mp4`` then rename)."""
     import imageio.v2 as imageio
 
-    from trc.io import atomic_path
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with imageio.get_writer(str(tmp), format="FFMPEG", mode="I", fps=fps, codec="libx264", macro_block_size=1) as w:
+    tmp = path.with_name(f".{path.stem}.partial.mp4")  # ffmpeg picks the container from the suffix
+    try:
+        with imageio.get_writer(str(tmp), fps=fps, codec="libx264", macro_block_size=1) as w:
             for f in frames:
                 w.append_data(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _latent_figure(path: Path, results: list[EpisodeResult]) -> None:
@@ -269,9 +272,6 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
             "wilson95": wilson_interval(k, len(rs)), "mean_length": float(np.mean([r.length for r in rs])),
             "mean_length_success": float(np.mean([r.length for r in rs if r.success])) if k else None,
         }
-        for r in rs:
-            if r.frames is not None:
-                _write_video(out / "videos" / f"task{t:02d}_init{r.init_state_id:02d}_{'success' if r.success else 'failure'}.mp4", r.frames)
     k = sum(r.success for r in results)
     report = {
         "checkpoint": str(checkpoint), "suite": problem["suite"], "episodes_per_task": episodes,
@@ -301,6 +301,10 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
               f"{100 * lo:.0f}-{100 * hi:.0f} %), mean episode length {report['mean_length']:.0f} steps, "
               f"CPU time {report['cpu_seconds']:.0f} s."]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    for r in results:
+        if r.frames is not None:
+            tag = "success" if r.success else "failure"
+            _write_video(out / "videos" / f"task{r.task_index:02d}_init{r.init_state_id:02d}_{tag}.mp4", r.frames)
     report["out_dir"] = str(out)
     return report
 
