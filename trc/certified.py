@@ -19,7 +19,7 @@ The output is always the solver's answer, with the solver's own checks and statu
 warm start changes how fast the solver gets there, not what it certifies. For convex problems
 (``qp``, ``rocket``) that answer is the unique optimum either way; for the non-convex swing-ups
 (``nonlinear``) a warm start may lead the SQP to another local optimum than the cold start,
-which :mod:`benchmarks.certified` measures as the cost gap between the two.
+which ``benchmarks/certified.py`` measures as the cost gap between the two.
 
 How each solver uses the plan (see their docstrings): ``nonlinear`` starts its SQP from the
 plan's controls and simulated states (``controls_guess``, ``states_guess``); ``qp`` and
