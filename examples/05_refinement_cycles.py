@@ -6,8 +6,8 @@ updates the latent state with the shared recursion core, which decodes a correct
 ``return_all_iterations=True`` the model returns the controls and costs after every cycle.
 
 Figure (Van der Pol problem): (left) the cost gap ``J_k / J* - 1`` after each cycle ``k`` on
-the test split (median and quartiles); (right) the controls of one instance after each cycle,
-converging towards the optimal controls (black, dashed).
+the test split (median and quartiles); (right) the phase-plane trajectory of one instance
+after each cycle, converging towards the optimal one (black, dashed).
 
     python examples/05_refinement_cycles.py [--quick]
 """
@@ -15,7 +15,7 @@ converging towards the optimal controls (black, dashed).
 import numpy as np
 import torch
 
-from _common import parse_args, plt, save, stairs, trained_model
+from _common import parse_args, plt, save, trained_model
 
 
 def main(argv=None):
@@ -39,12 +39,15 @@ def main(argv=None):
               title=f"test split ({len(test)} instances)", xticks=cycles)
     ax[0].legend()
 
-    i = 0
+    # all_states: (cycles + 1, batch, N + 1, n), the plant rollouts of each cycle's controls
+    i = int(np.argmax(test.cost.numpy()))  # the instance with the longest way to go
     colors = plt.cm.viridis(np.linspace(0, 0.9, gap.shape[0]))
     for k, color in enumerate(colors):
-        stairs(ax[1], data.problem.dt, out.all_controls[k, i, :, 0].numpy(), color=color, lw=1.3, label=f"cycle {k}")
-    stairs(ax[1], data.problem.dt, test.controls[i, :, 0].numpy(), color="k", ls="--", lw=1.2, label="optimal")
-    ax[1].set(xlabel="time [s]", ylabel="control u", title="controls of one test instance after each cycle")
+        ax[1].plot(*out.all_states[k, i].numpy().T, color=color, lw=1.4, label=f"cycle {k}: gap {gap[k, i]:.0%}")
+    ax[1].plot(*test.states[i].numpy().T, "k--", lw=1.2, label="optimal")
+    ax[1].plot(*test.x0[i].numpy(), "ko", ms=4)
+    ax[1].plot(0, 0, "k*", ms=9)
+    ax[1].set(xlabel="position x", ylabel="velocity x'", title="one test instance: trajectory after each cycle")
     ax[1].legend(fontsize=8)
     save(fig, args, "05_refinement_cycles")
 

@@ -64,7 +64,9 @@ _QUICK = {
 # to match.
 _FULL = {
     "samples": {"double_integrator": 2000, "van_der_pol": 400, "pendulum": 300, "cartpole": 200, "rocket": 200},
-    "training": {"epochs": 40, "batch_size": 64, "val_every": 2, "early_stopping_patience": 10, "max_minutes": 8.0},
+    # Small data sets: many short epochs, an EMA that follows within ~200 steps, and the time budget as the limit.
+    "training": {"epochs": 600, "batch_size": 32, "ema_decay": 0.995, "val_every": 10, "early_stopping_patience": 10,
+                 "max_minutes": 8.0},
     "epochs": {"double_integrator": 60},
 }
 

@@ -194,9 +194,14 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             unused = getattr(model, "halting", None) is not None and config.loss.halting == 0
-            # buffers (plant parameters, normalisation) are constants: no need to broadcast them
+            # Buffers (plant parameters, normalisation) are constants: synced once at construction,
+            # not before every forward (the keyword was renamed in recent PyTorch).
+            import inspect
+
+            no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                       else "broadcast_buffers")
             self.ddp = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None,
-                           find_unused_parameters=unused, broadcast_buffers=False)
+                           find_unused_parameters=unused, **{no_sync: False})
         else:
             self.ddp = self.model
         self.ema = None
