@@ -5,7 +5,9 @@ For every standard problem (``configs/*.yaml``) and every model preset
 
 * TRC's latency at batch 1 (one plan, what a controller needs every sample) and at batch
   1024 (plans per second, what data generation or sampling-based planning needs), median of
-  ``--repeats`` calls after warm-up, with the trajectory-error feedback (the model as trained);
+  ``--repeats`` calls after warm-up, with the trajectory-error feedback (the model as trained),
+  and for the first preset also without it (the network alone: the plant rollouts of the
+  feedback, torchdiffeq steps, dominate the latency);
 * the time per instance of the problem's generator solver (``qp`` with cvxpy/Clarabel and
   cvxpy/OSQP, ``nonlinear`` Gauss-Newton SQP, ``rocket`` SOCP), each instance solved alone,
   and of CasADi/IPOPT on the nonlinear problems (``tests/reference_casadi.py``, exact
@@ -53,15 +55,14 @@ NONLINEAR = ("van_der_pol", "pendulum", "cartpole")
 def solver_times(name: str, problem: Problem, x0: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """Median wall time (ms) per instance of each solver of ``problem``, instances solved one by one."""
     cfg = load_yaml(ROOT / "configs" / f"{name}.yaml")["generator"]
-    solvers = {f"{cfg['solver']}": make_solver(cfg["solver"], problem, **cfg.get("options", {}))}
-    if cfg["solver"] == "qp":
-        solvers = {"qp (cvxpy/Clarabel)": solvers["qp"],
-                   "qp (cvxpy/OSQP)": make_solver("qp", problem, backend="OSQP"),
-                   "qp (cvxpy/Clarabel, no LQR fast path)": make_solver("qp", problem, force_qp=True)}
+    solver = make_solver(cfg["solver"], problem, **cfg.get("options", {}))
+    if cfg["solver"] == "qp":  # labels: what the column headers show
+        solvers = {"QP-Clarabel": solver, "QP-OSQP": make_solver("qp", problem, backend="OSQP"),
+                   "QP-only": make_solver("qp", problem, force_qp=True)}
     elif cfg["solver"] == "nonlinear":
-        solvers = {"nonlinear (SQP)": solvers["nonlinear"]}
+        solvers = {"SQP": solver}
     else:
-        solvers = {f"{cfg['solver']} (cvxpy SOCP)": solvers[cfg["solver"]]}
+        solvers = {"SOCP": solver}
     out = {}
     for label, solver in solvers.items():
         solver.solve(x0[:1], target[:1])  # warm-up (canonicalisation, first factorisations)
@@ -81,18 +82,22 @@ def solver_times(name: str, problem: Problem, x0: np.ndarray, target: np.ndarray
             start = time.perf_counter()
             ipopt.solve(x0[i], target[i])
             times.append(time.perf_counter() - start)
-        out["CasADi/IPOPT"] = 1e3 * statistics.median(times)
+        out["IPOPT"] = 1e3 * statistics.median(times)
     return out
 
 
-def trc_times(problem: Problem, preset: str, repeats: int, batch: int) -> dict[str, float]:
-    """TRC latency (ms) at batch 1 and ``batch``, and its parameter count."""
+def trc_times(problem: Problem, preset: str, repeats: int, batch: int, feedback: bool = True) -> dict[str, float]:
+    """TRC latency (ms) at batch 1 and ``batch``, and its parameter count.
+
+    ``feedback=False`` runs the plant-free network (no rollouts inside the model).
+    """
     torch.manual_seed(0)
     model = TinyRecursiveControl.from_problem(problem, preset_config(preset)).eval()
     x0, target = (torch.as_tensor(a, dtype=torch.float32) for a in problem.sample(batch, seed=1))
+    plant = None if feedback else False
     with torch.no_grad():
-        one = measure_latency(lambda: model(x0[:1], target[:1]), repeats)
-        many = measure_latency(lambda: model(x0, target), max(3, repeats // 5), warmup=1)
+        one = measure_latency(lambda: model(x0[:1], target[:1], plant=plant), repeats)
+        many = measure_latency(lambda: model(x0, target, plant=plant), max(3, repeats // 5), warmup=1)
     return {"b1": one, "bN": many, "params": model.get_parameter_count(), "model": model}
 
 
@@ -128,23 +133,27 @@ def main(argv=None) -> int:
         problem = Problem.from_dict(raw["problem"])
         x0, target = problem.sample(args.instances, seed=0)
         solvers = solver_times(name, problem, x0, target)
-        print(f"\n## {name} (N = {problem.horizon}, n = {problem.state_dim}, m = {problem.control_dim})")
-        for label, ms in solvers.items():
-            print(f"   {label:<40} {ms:10.2f} ms per instance")
-        header = f"   {'TRC preset':<18} {'params':>9} {'batch 1 ms':>11} {'seq/s @' + str(args.batch):>13} " + " ".join(
-            f"{'x vs ' + label.split(' ')[0]:>14}" for label in solvers)
-        print(header)
+        print(f"\n## {name} (N = {problem.horizon}, n = {problem.state_dim}, m = {problem.control_dim}); solvers, ms "
+              "per instance: " + ", ".join(f"{label} {ms:.2f}" for label, ms in solvers.items()))
+        print(f"| TRC | params | batch 1 [ms] | seq/s at batch {args.batch} | "
+              + " | ".join(f"{label} / TRC" for label in solvers) + " |")
+        print("|---|---|---|---|" + "---|" * len(solvers))
+
+        def row(label, t, params):
+            ratios = " | ".join(f"{ms / t['b1']:.2f}" for ms in solvers.values())
+            print(f"| {label} | {params} | {t['b1']:.2f} | {1e3 * args.batch / t['bN']:.3g} | {ratios} |")
+
         first = None
         for preset in args.presets:
             t = trc_times(problem, preset, args.repeats, args.batch)
             first = first or t
-            ratios = " ".join(f"{ms / t['b1']:14.1f}" for ms in solvers.values())
-            print(f"   {preset:<18} {t['params']:>9} {t['b1']:11.2f} {1e3 * args.batch / t['bN']:13.3g} {ratios}")
+            row(preset, t, t["params"])
+        if first is not None:
+            row(f"{args.presets[0]}, plant-free network", trc_times(problem, args.presets[0], args.repeats, args.batch, False),
+                first["params"])
         if args.onnx and first is not None:
-            t = onnx_times(first["model"], problem, args.repeats, args.batch, args.export_dir)
-            ratios = " ".join(f"{ms / t['b1']:14.1f}" for ms in solvers.values())
-            print(f"   {args.presets[0] + ' ONNX':<18} {first['params']:>9} {t['b1']:11.2f} "
-                  f"{1e3 * args.batch / t['bN']:13.3g} {ratios}")
+            row(f"{args.presets[0]}, ONNX (onnxruntime)", onnx_times(first["model"], problem, args.repeats, args.batch,
+                                                                     args.export_dir), first["params"])
     return 0
 
 

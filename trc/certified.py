@@ -21,9 +21,15 @@ warm start changes how fast the solver gets there, not what it certifies. For co
 (``nonlinear``) a warm start may lead the SQP to another local optimum than the cold start,
 which ``benchmarks/certified.py`` measures as the cost gap between the two.
 
-How each solver uses the plan (see their docstrings): ``nonlinear`` starts its SQP from the
-plan's controls and simulated states (``controls_guess``, ``states_guess``); ``qp`` and
-``rocket`` take ``initial_controls``.
+How each solver uses the plan (see their docstrings): ``qp`` and ``rocket`` take
+``initial_controls``; ``nonlinear`` starts its multiple-shooting SQP from the plan's controls
+(``controls_guess``) and, as state guess (``states_guess``), the plan's simulated states
+shifted linearly to end at the target where the plan reaches the target tolerance, else the
+solver's own straight line from ``x0`` to the target. A plan that misses the target is a
+dynamically consistent trajectory to the wrong place, which measured as a worse start for
+multiple shooting than the straight line (pendulum swing-up: 26 SQP iterations against 10.5
+cold; with the straight line and the plan's controls, 10.5), while the plan's controls never
+hurt.
 
 >>> certified = CertifiedSolver(model, make_solver("nonlinear", problem))     # doctest: +SKIP
 >>> out = certified.solve(x0, target)                                         # doctest: +SKIP
@@ -42,6 +48,7 @@ import torch
 
 from dynamics.errors import ConfigError, DimensionError
 
+from .evaluation import terminal_error
 from .generators.base import Solution, Solver
 from .generators.checks import Tolerances, check_solution
 
@@ -66,7 +73,12 @@ class PlanChecks:
         zero-control trajectory from the same initial state (skipped for ``fuel`` costs, where
         ``u = 0`` is not a landing). ``None``: no cost test.
     max_terminal_error : float, optional
-        Upper bound of ``||x_N - x*||_2`` of the simulated plan; default no test.
+        Upper bound of the simulated plan's terminal error (:func:`trc.evaluation.terminal_error`:
+        ``||x_N - x*||_2``, or ``||r_N - r*|| + ||v_N - v*||`` for the rocket); default no
+        test. The default cost test cannot tell a poor swing-up from a good one (doing nothing
+        costs far more than either), so a terminal test of a few tolerances is the useful gate
+        there: a plan that does not get near the target is a worse start than the solver's
+        own guess.
 
     Raises
     ------
@@ -106,6 +118,8 @@ class PlanReport:
         The problem's cost ``J`` of the simulated plans.
     cost_bound : ndarray, shape ``(B,)``
         The bound the costs were tested against (``inf`` without a cost test).
+    terminal_error : ndarray, shape ``(B,)``
+        :func:`trc.evaluation.terminal_error` of the simulated plans.
     ok : ndarray of bool, shape ``(B,)``
         True where every check passed.
     status : ndarray of str, shape ``(B,)``
@@ -118,6 +132,7 @@ class PlanReport:
     states: np.ndarray
     costs: np.ndarray
     cost_bound: np.ndarray
+    terminal_error: np.ndarray
     ok: np.ndarray
     status: np.ndarray
     seconds: float
@@ -180,11 +195,13 @@ def check_plan(problem, model, x0, target, checks: PlanChecks | None = None, *, 
     bound = _cost_bound(problem, plant, x0, target, checks.max_cost)
     report.fail(finite & ~(costs <= bound), "cost",
                 lambda idx: np.char.mod("J=%.6g", costs[idx]).astype(object) + np.char.mod(" above the bound %.6g", bound[idx]).astype(object))
+    err = terminal_error(problem, torch.from_numpy(report.states[:, -1]), torch.from_numpy(target)).numpy()
+    err = np.where(np.isfinite(err), err, np.inf)
     if checks.max_terminal_error is not None:
-        err = report.terminal_error(target)
         report.fail(finite & ~(err <= checks.max_terminal_error), "terminal",
-                    lambda idx: np.char.mod("||x_N - x*|| = %.3g", err[idx]).astype(object))
-    return PlanReport(controls=controls, states=report.states, costs=costs, cost_bound=bound, ok=report.success.copy(),
+                    lambda idx: np.char.mod("terminal error %.3g", err[idx]).astype(object))
+    return PlanReport(controls=controls, states=report.states, costs=costs, cost_bound=bound, terminal_error=err,
+                      ok=report.success.copy(),
                       status=report.status, seconds=seconds)
 
 
@@ -213,7 +230,7 @@ def warm_start_arguments(solver: Solver, controls: np.ndarray, states: np.ndarra
     solver : trc.generators.Solver
     controls : ndarray, shape ``(B, N, m)``
     states : ndarray, shape ``(B, N + 1, n)``
-        The plan simulated through the plant.
+        State guesses (for ``nonlinear``), see :meth:`CertifiedSolver.state_guess`.
 
     Returns
     -------
@@ -316,6 +333,19 @@ class CertifiedSolver:
         warm_start_arguments(solver, np.zeros((0, p.horizon, p.control_dim)), np.zeros((0, p.horizon + 1, p.state_dim)))
         self.plant = p.make_plant(torch.float64)
 
+    def state_guess(self, plan: PlanReport, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """State guesses ``(B, N + 1, n)`` for a multiple-shooting solver (see the module doc).
+
+        Where a plan reaches the target tolerance, its simulated states plus the linear
+        correction ``(k / N) (x* - x_N)`` that makes them end at the target; elsewhere the
+        straight line from ``x0`` to the target.
+        """
+        s = np.linspace(0.0, 1.0, self.problem.horizon + 1)[None, :, None]
+        line = (1 - s) * x0[:, None] + s * target[:, None]
+        shifted = plan.states + s * (target - plan.states[:, -1])[:, None]
+        reached = plan.terminal_error < self.problem.tolerance
+        return np.where(reached[:, None, None], shifted, line)
+
     def solve(self, x0, target) -> CertifiedResult:
         """Plan, check, and solve ``B`` instances.
 
@@ -344,7 +374,8 @@ class CertifiedSolver:
         parts = []
         retried = np.zeros(B, dtype=bool)
         if warm.size:
-            kwargs = warm_start_arguments(self.solver, plan.controls[warm], plan.states[warm])
+            kwargs = warm_start_arguments(self.solver, plan.controls[warm],
+                                          self.state_guess(plan, x0, target)[warm])
             sol = self.solver.solve(x0[warm], target[warm], **kwargs)
             parts.append((warm, sol))
             failed = np.flatnonzero(~sol.success)
