@@ -51,6 +51,7 @@ from dynamics.errors import ConfigError, DimensionError
 from .evaluation import terminal_error
 from .generators.base import Solution, Solver
 from .generators.checks import Tolerances, check_solution
+from .generators.nonlinear import straight_line_states
 
 __all__ = ["PlanChecks", "PlanReport", "CertifiedResult", "CertifiedSolver", "check_plan", "warm_start_arguments"]
 
@@ -340,11 +341,11 @@ class CertifiedSolver:
         correction ``(k / N) (x* - x_N)`` that makes them end at the target; elsewhere the
         straight line from ``x0`` to the target.
         """
-        s = np.linspace(0.0, 1.0, self.problem.horizon + 1)[None, :, None]
-        line = (1 - s) * x0[:, None] + s * target[:, None]
+        N = self.problem.horizon
+        s = np.linspace(0.0, 1.0, N + 1)[None, :, None]
         shifted = plan.states + s * (target - plan.states[:, -1])[:, None]
         reached = plan.terminal_error < self.problem.tolerance
-        return np.where(reached[:, None, None], shifted, line)
+        return np.where(reached[:, None, None], shifted, straight_line_states(x0, target, N))
 
     def solve(self, x0, target) -> CertifiedResult:
         """Plan, check, and solve ``B`` instances.

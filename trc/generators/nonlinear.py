@@ -85,7 +85,7 @@ from .base import Solution, Solver, register_solver
 from .checks import assemble_solution, check_solution
 from .nonlinear_qp import QPLayout
 
-__all__ = ["NonlinearSolver"]
+__all__ = ["NonlinearSolver", "straight_line_states"]
 
 _INITIAL_GUESSES = ("interpolate", "neighbour")
 
@@ -262,13 +262,13 @@ class NonlinearSolver(Solver):
         for start in range(0, B, self.batch_size):
             idx = order[start:start + self.batch_size]
             if given:
-                Xg = states_guess[idx] if states_guess is not None else _interpolate(x0[idx], target[idx], N)
+                Xg = states_guess[idx] if states_guess is not None else straight_line_states(x0[idx], target[idx], N)
                 Ug = controls_guess[idx] if controls_guess is not None else np.zeros((idx.size, N, m))
             elif neighbour and ok[order[:start]].any():  # from converged neighbours only
                 done = order[:start][ok[order[:start]]]
                 Xg, Ug = _neighbour_guess(x0[idx], target[idx], x0[done], target[done], X[done], U[done])
             else:
-                Xg, Ug = _interpolate(x0[idx], target[idx], N), np.zeros((idx.size, N, m))
+                Xg, Ug = straight_line_states(x0[idx], target[idx], N), np.zeros((idx.size, N, m))
             t0 = time.perf_counter()
             out = self._sqp(x0[idx], target[idx], Xg, Ug)
             times[idx] = (time.perf_counter() - t0) / idx.size
@@ -442,7 +442,7 @@ def _block_diag(*blocks) -> np.ndarray:
     return out
 
 
-def _interpolate(x0: np.ndarray, target: np.ndarray, N: int) -> np.ndarray:
+def straight_line_states(x0: np.ndarray, target: np.ndarray, N: int) -> np.ndarray:
     """Straight lines from ``x0`` to ``target``: ``(B, N + 1, n)``."""
     s = np.linspace(0.0, 1.0, N + 1)[None, :, None]
     return (1 - s) * x0[:, None] + s * target[:, None]
