@@ -14,7 +14,8 @@ class DoubleIntegrator(Plant):
 
     ``f(x, u) = (x[1], u[0])``; with a zero-order hold the exact discretisation is
     ``A = [[1, dt], [0, 1]]``, ``B = [[dt**2 / 2], [dt]]`` (Franklin, Powell & Workman,
-    *Digital Control of Dynamic Systems*, 3rd ed., sec. 4.3), which RK4 reproduces exactly.
+    *Digital Control of Dynamic Systems*, 3rd ed., sec. 4.3), which the default method
+    ``"exact"`` (:mod:`dynamics.zoh`) computes and RK4 also reproduces.
 
     Parameters
     ----------
@@ -28,7 +29,13 @@ class DoubleIntegrator(Plant):
     control_units = ("m/s^2",)
 
     def __init__(self, **kwargs):
+        kwargs.setdefault("method", "exact")
         super().__init__(**kwargs)
+
+    def linear_matrices(self):
+        A = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=self.u_min.dtype, device=self.u_min.device)
+        B = torch.tensor([[0.0], [1.0]], dtype=self.u_min.dtype, device=self.u_min.device)
+        return A, B
 
     def f(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return torch.stack((x[:, 1], u[:, 0]), dim=-1)

@@ -28,7 +28,9 @@ class Linear(Plant):
     r"""Linear time-invariant plant, continuous or discrete time.
 
     Continuous (``discrete=False``): :math:`\dot x = A x + B u`, simulated under zero-order
-    hold with the integrator of :class:`~dynamics.Plant`. Discrete (``discrete=True``):
+    hold exactly (``method="exact"``, the default: the matrix exponential of
+    :mod:`dynamics.zoh`, as :func:`control.c2d` with ``"zoh"``) or with a torchdiffeq
+    ``method``. Discrete (``discrete=True``):
     :math:`x_{k+1} = A x_k + B u_k` with sample time ``dt``.
 
     The plant's output is its full state: the ``C`` and ``D`` matrices of a ``sys`` are not
@@ -133,6 +135,8 @@ class Linear(Plant):
         self.state_units = ("",) * n
         self.control_units = ("",) * m
         self.discrete = bool(discrete)
+        if not self.discrete:
+            kwargs.setdefault("method", "exact")
         super().__init__(**kwargs)
         self.set_params(A=A, B=B)
 
@@ -156,6 +160,11 @@ class Linear(Plant):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", discrete={self.discrete}"
+
+    def linear_matrices(self):
+        """``(A, B)`` of a continuous plant (its rollouts default to the exact zero-order hold);
+        ``None`` for a discrete one."""
+        return None if self.discrete else (self.A, self.B)
 
     def _affine(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return x @ self.A.to(x).T + u @ self.B.to(x).T

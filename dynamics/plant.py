@@ -1,7 +1,8 @@
 """The :class:`Plant` base class: a batched, differentiable simulator of a controlled system.
 
 A plant defines the continuous-time vector field ``f(x, u)``; the base class turns it into a
-zero-order-hold discrete-time map with :mod:`torchdiffeq` (fixed-step RK4 by default), rolls
+zero-order-hold discrete-time map with :mod:`torchdiffeq` (fixed-step RK4 by default; exactly,
+with the matrix exponential, for linear plants: :mod:`dynamics.zoh`), rolls
 control sequences out over a horizon, linearises with torch autograd and converts to
 python-control systems.
 
@@ -25,11 +26,19 @@ from torch import nn
 from torchdiffeq import odeint
 
 from .errors import ConfigError, DimensionError, NonFiniteError
+from .zoh import lifted_rollout, lifted_zoh
 
-__all__ = ["Plant", "FIXED_STEP_METHODS"]
+__all__ = ["Plant", "FIXED_STEP_METHODS", "EXACT"]
 
 #: torchdiffeq methods that step on the control grid (optionally with sub-steps).
 FIXED_STEP_METHODS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams")
+
+#: Integration method of linear plants: the exact zero-order-hold discretisation (matrix
+#: exponential, :mod:`dynamics.zoh`) instead of a torchdiffeq solver.
+EXACT = "exact"
+
+#: Lifted matrices kept per plant (keyed on dt, horizon, dtype, device and the values of A, B).
+_LIFTED_CACHE_SIZE = 8
 
 
 def _as_bound(value, dim: int, default: float, what: str) -> torch.Tensor:
@@ -63,7 +72,9 @@ class Plant(nn.Module):
         State bounds where the problem has them; default unbounded.
     method : str
         A torchdiffeq method (``"rk4"`` by default; ``"dopri5"`` and the other adaptive
-        methods are accepted and stop at every control switch).
+        methods are accepted and stop at every control switch), or ``"exact"`` for plants
+        with a linear vector field (:meth:`linear_matrices`): the exact zero-order hold of
+        :mod:`dynamics.zoh`, the default of those plants.
     substeps : int
         Integrator steps per control interval for fixed-step methods.
     rtol, atol : float
@@ -110,6 +121,7 @@ class Plant(nn.Module):
         self.substeps = int(substeps)
         self.rtol, self.atol = float(rtol), float(atol)
         self._param_values: dict = {}
+        self._lifted: dict = {}
         n, m = self.state_dim, self.control_dim
         dtype = torch.get_default_dtype()
         self.register_buffer("u_min", _as_bound(u_min, m, -math.inf, "u_min").to(dtype))
@@ -216,9 +228,48 @@ class Plant(nn.Module):
         """Difference map ``x[k+1] = F(x[k], u[k])`` of a discrete-time plant."""
         raise NotImplementedError(f"{type(self).__name__} is continuous-time; use step()")
 
+    def linear_matrices(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(A, B)`` with ``f(x, u) = A x + B u`` exactly, for linear plants; ``None`` otherwise.
+
+        Returns
+        -------
+        tuple of Tensor ``(state_dim, state_dim)`` and ``(state_dim, control_dim)``, or None
+            In the dtype and on the device of the plant's buffers.
+        """
+        return None
+
+    def lifted_matrices(self, horizon: int, dt: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact zero-order-hold matrices ``Phi`` ``(N + 1, n, n)`` and ``Gamma`` ``(N + 1, N, n, m)``
+        of a linear plant: ``x_k = Phi[k] x_0 + sum_j Gamma[k, j] u_j`` (:func:`dynamics.zoh.lifted_zoh`).
+
+        Cached for the current values of ``A`` and ``B`` unless they require gradients.
+
+        Raises
+        ------
+        ConfigError
+            If the plant is not linear (:meth:`linear_matrices` is ``None``).
+        """
+        AB = self.linear_matrices()
+        if AB is None:
+            raise ConfigError(f"{self.name}: method 'exact' needs a linear vector field; use e.g. 'rk4'")
+        A, B = AB
+        dt = self.dt if dt is None else float(dt)
+        if A.requires_grad or B.requires_grad:
+            return lifted_zoh(A, B, dt, horizon)
+        key = (dt, int(horizon), A.dtype, str(A.device), tuple(A.flatten().tolist()), tuple(B.flatten().tolist()))
+        hit = self._lifted.get(key)
+        if hit is None:
+            if len(self._lifted) >= _LIFTED_CACHE_SIZE:
+                self._lifted.clear()
+            hit = self._lifted[key] = lifted_zoh(A, B, dt, horizon)
+        return hit
+
     def _integrate(self, x0: torch.Tensor, controls: torch.Tensor, dt: float) -> torch.Tensor:
         """Integrate ``f`` under zero-order hold; returns ``(horizon + 1, batch, state_dim)``."""
         horizon = controls.shape[1]
+        if self.method == EXACT:
+            Phi, Gamma = self.lifted_matrices(horizon, dt)
+            return lifted_rollout(Phi.to(x0.dtype), Gamma.to(x0.dtype), x0, controls).transpose(0, 1)
         fixed = self.method in FIXED_STEP_METHODS
         per_interval = self.substeps if fixed else 1
         grid = torch.arange(horizon * per_interval + 1, dtype=x0.dtype, device=x0.device) * (dt / per_interval)

@@ -64,7 +64,8 @@ from torch import nn
 from torchdiffeq import odeint
 
 from dynamics.errors import ConfigError, DimensionError, TRCError
-from dynamics.plant import FIXED_STEP_METHODS, Plant
+from dynamics.plant import EXACT, FIXED_STEP_METHODS, Plant
+from dynamics.zoh import lifted_rollout
 
 from .io import atomic_path
 
@@ -95,12 +96,16 @@ class IntervalRollout(Plant):
     ``[0, dt / substeps, ..., dt]`` with ``u_k`` held, i.e. the same fixed steps as
     :meth:`dynamics.Plant.rollout` (the vector fields are autonomous between switches), with no
     input checks and no switching-time bookkeeping, so that a trace records only tensor
-    operations. Discrete-time plants step their difference equation.
+    operations. Discrete-time plants step their difference equation. A linear plant with the
+    ``"exact"`` method uses its lifted zero-order-hold matrices for ``horizon`` steps, computed
+    here once and stored as constants (:mod:`dynamics.zoh`).
 
     Parameters
     ----------
     plant : dynamics.Plant
-        A continuous plant with a fixed-step method, or a discrete plant.
+        A continuous plant with a fixed-step or the exact method, or a discrete plant.
+    horizon : int, optional
+        Horizon of the rollouts; needed for the exact method.
 
     Raises
     ------
@@ -108,11 +113,18 @@ class IntervalRollout(Plant):
         If the plant integrates with an adaptive method.
     """
 
-    def __init__(self, plant: Plant):
+    def __init__(self, plant: Plant, horizon: int | None = None):
         nn.Module.__init__(self)
-        if not plant.discrete and plant.method not in FIXED_STEP_METHODS:
+        exact = not plant.discrete and plant.method == EXACT
+        if exact and horizon is None:
+            raise ConfigError(f"{plant.name}: the exact method needs the horizon of the rollouts")
+        if not plant.discrete and not exact and plant.method not in FIXED_STEP_METHODS:
             raise ConfigError(f"{plant.name}: method {plant.method!r} is adaptive; IntervalRollout needs one of {FIXED_STEP_METHODS}")
         self.inner = plant
+        self.lifted = None
+        if exact:
+            with torch.no_grad():
+                self.lifted = tuple(t.detach().clone() for t in plant.lifted_matrices(int(horizon)))
         self.name, self.discrete = plant.name, plant.discrete
         self.state_names, self.control_names = plant.state_names, plant.control_names
         self.dt, self.method, self.substeps = plant.dt, plant.method, plant.substeps
@@ -125,6 +137,11 @@ class IntervalRollout(Plant):
 
     def rollout(self, x0: torch.Tensor, controls: torch.Tensor, dt: float | None = None) -> torch.Tensor:
         """Trajectories ``(B, horizon + 1, state_dim)`` of controls ``(B, horizon, control_dim)``."""
+        if self.lifted is not None:
+            Phi, Gamma = self.lifted
+            if dt is not None or controls.shape[1] != Gamma.shape[1]:
+                Phi, Gamma = self.inner.lifted_matrices(controls.shape[1], dt)
+            return lifted_rollout(Phi.to(x0), Gamma.to(x0), x0, controls)
         states = [x0]
         x = x0
         if not self.discrete:
@@ -156,8 +173,11 @@ class ControllerProgram(nn.Module):
     def __init__(self, model, feedback: bool):
         super().__init__()
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        # The terminal correction differentiates the rollout (autograd), which an exported
+        # program cannot hold: the program is the network with its feedback, uncorrected.
+        self.model.config = self.model.config.replace(correction_steps=0)
         self.feedback = bool(feedback)
-        self.rollout_plant = IntervalRollout(self.model.plant) if self.feedback else None
+        self.rollout_plant = IntervalRollout(self.model.plant, self.model.horizon) if self.feedback else None
 
     def forward(self, current_state: torch.Tensor, target_state: torch.Tensor) -> torch.Tensor:
         """Controls ``(B, horizon, control_dim)`` of states and targets ``(B, state_dim)``."""
@@ -206,7 +226,7 @@ def _check_exportable(model, fmt: str, feedback: bool) -> None:
         if not _has_feedback(model):
             raise ConfigError("feedback=True needs a model with trajectory-error feedback and a plant")
         plant = model.plant
-        if not plant.discrete and plant.method not in FIXED_STEP_METHODS:
+        if not plant.discrete and plant.method not in (EXACT, *FIXED_STEP_METHODS):
             raise ConfigError(
                 f"the model's plant integrates with the adaptive method {plant.method!r}, whose steps depend on "
                 f"the input; export needs a fixed-step method {FIXED_STEP_METHODS} (or feedback=False)"

@@ -75,6 +75,13 @@ class TRCConfig:
         than ``halt_threshold`` times the current cost.
     dropout : float
         Dropout in the shared network, in ``[0, 1)``.
+    correction_steps : int
+        Levenberg-Marquardt steps on the terminal error through the plant after the last
+        cycle, in eval mode with a plant (:func:`~trc.models.correction.terminal_correction`);
+        0 (the default) turns the correction off. Training never runs it: the network learns
+        the plan, the correction removes the plan's open-loop terminal miss.
+    correction_damping : float
+        Initial Levenberg-Marquardt damping of that correction (> 0).
     state_dim, control_dim, horizon : int, optional
         Problem sizes ``n``, ``m``, ``N``; filled in from the problem when omitted, checked
         against it when given.
@@ -100,6 +107,8 @@ class TRCConfig:
     act: bool = False
     halt_threshold: float = 0.01
     dropout: float = 0.0
+    correction_steps: int = 0
+    correction_damping: float = 1e-3
     state_dim: Optional[int] = None
     control_dim: Optional[int] = None
     horizon: Optional[int] = None
@@ -120,6 +129,10 @@ class TRCConfig:
                 raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
         if not _real(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.correction_steps, bool) or not isinstance(self.correction_steps, int) or self.correction_steps < 0:
+            raise ConfigError(f"model.correction_steps must be an integer >= 0, got {self.correction_steps!r}")
+        if not _real(self.correction_damping) or self.correction_damping <= 0:
+            raise ConfigError(f"model.correction_damping must be a positive number, got {self.correction_damping!r}")
         if not _real(self.halt_threshold) or not 0.0 <= self.halt_threshold < 1.0:
             raise ConfigError(f"model.halt_threshold must be in [0, 1), got {self.halt_threshold!r}")
 

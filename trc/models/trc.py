@@ -12,7 +12,10 @@ Given the current state ``x_0`` and a target ``x*``, TRC outputs the controls
    controls; decode a residual ``delta`` from ``z_H``, add the learned linear
    iterative-learning-control correction ``L vec(e)`` of the error trajectory ``e``
    (:class:`~trc.models.feedback.FeedbackGain`), and accumulate: ``a_k = a_{k-1} + delta_k``;
-4. the controls are ``u = center + half_range * tanh(a)`` on bounded dimensions (one-sided
+4. optionally (``correction_steps > 0``, eval mode, with a plant), Levenberg-Marquardt steps on
+   the terminal error through the plant remove the plan's open-loop miss
+   (:mod:`trc.models.correction`);
+5. the controls are ``u = center + half_range * tanh(a)`` on bounded dimensions (one-sided
    bounds use a softplus, free dimensions the identity), so no output ever leaves the bounds.
 
 The model keeps everything inference needs: sizes, bounds, ``dt``, the cost weights ``Q``,
@@ -35,6 +38,7 @@ from dynamics.errors import CheckpointError, ConfigError, DimensionError, NonFin
 from dynamics.plant import Plant
 
 from .config import TRCConfig
+from .correction import terminal_correction
 from .feedback import FeedbackGain, TrajectoryErrorEncoder, trajectory_error
 from .halting import HaltingHead
 from .recursion import RecursionCore
@@ -57,7 +61,8 @@ class TRCOutput(NamedTuple):
     controls : Tensor, shape ``(batch, horizon, control_dim)``
         The final controls.
     all_controls : Tensor, shape ``(cycles + 1, batch, horizon, control_dim)``
-        Controls after every cycle, ``all_controls[0]`` the initial ones (deep supervision).
+        Controls after every cycle, ``all_controls[0]`` the initial ones (deep supervision);
+        one more entry, last, holds the corrected controls when the terminal correction ran.
     all_costs : Tensor or None, shape ``(cycles + 1, batch)``
         Trajectory cost ``J`` of each entry of ``all_controls`` (the problem's convention,
         :mod:`trc.cost`); ``None`` without a plant or cost weights.
@@ -267,6 +272,8 @@ class TinyRecursiveControl(nn.Module):
             self.refine_head[-1].weight.mul_(0.1)
             self.refine_head[-1].bias.zero_()
         self.problem_dict: dict | None = None
+        #: State entries the target constrains (``None``: all); set by :meth:`from_problem`.
+        self.terminal_dims: list[int] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -313,6 +320,9 @@ class TinyRecursiveControl(nn.Module):
             cost=problem.cost, plant=plant,
         )
         model.problem_dict = problem.to_dict()
+        from ..evaluation import target_dims
+
+        model.terminal_dims = target_dims(problem)
         return model
 
     def export_config(self) -> dict:
@@ -530,6 +540,13 @@ class TinyRecursiveControl(nn.Module):
                 if record:
                     all_controls.append(u)
 
+        if cfg.correction_steps > 0 and plant is not None and not self.training:
+            a = terminal_correction(
+                plant, x0, xt, a, self.squash, s, self.terminal_dims, cfg.correction_steps, cfg.correction_damping
+            )
+            u = self.squash(a)
+            if record:
+                all_controls.append(u)
         if not record:
             return self.squash(a)
         all_states_t = all_costs = None
@@ -538,8 +555,8 @@ class TinyRecursiveControl(nn.Module):
                 C = len(all_controls)
                 X = plant.rollout(x0.repeat(C, 1), torch.cat(all_controls))
                 all_states = list(X.view(C, B, N + 1, self.state_dim))
-            elif len(all_states) < len(all_controls):  # the final controls were not rolled out yet
-                all_states.append(plant.rollout(x0, u) if traj is None else traj)
+            while len(all_states) < len(all_controls):  # the last controls were not rolled out yet
+                all_states.append(plant.rollout(x0, all_controls[len(all_states)]))
             all_states_t = torch.stack(all_states)
             C = all_states_t.shape[0]
             costs = self.cost(
