@@ -1,6 +1,7 @@
 """Discrete policies (recursive and MLP), losses, training stages, data sets and CLIs."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -92,6 +93,17 @@ def test_supervised_training_reduces_the_loss(maze):
     hist = train_supervised(policy, inst, DiscreteTrainConfig(supervised_batches=30, batch_size=16, lr=3e-3))
     first, last = np.mean([h["loss"] for h in hist[:5]]), np.mean([h["loss"] for h in hist[-5:]])
     assert last < 0.8 * first
+
+
+def test_time_budget_anneals_the_learning_rate(maze):
+    problem, inst = maze
+    torch.manual_seed(0)
+    policy = make_discrete_policy(problem.make_plant(), dict(latent_dim=8, hidden_dim=16, H_cycles=1, L_cycles=1))
+    cfg = DiscreteTrainConfig(supervised_batches=10**6, batch_size=4, lr=1e-3)
+    hist = train_supervised(policy, inst, cfg, deadline=time.monotonic() + 3.0)
+    assert len(hist) < 10**6  # stopped by the budget
+    assert hist[0]["lr"] == pytest.approx(1e-3)
+    assert hist[-1]["lr"] < 0.3e-3  # the cosine followed the time budget, not the 10**6 batches
 
 
 def test_tiny_reinforce_run_improves_reward():

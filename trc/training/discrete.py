@@ -73,7 +73,11 @@ class DiscreteTrainConfig:
     lr, weight_decay, grad_clip : float
         AdamW settings and gradient-norm clip.
     supervised_batches : int
-        Batches of teacher-forced sequences (each gives one optimiser step per time step).
+        Batches of teacher-forced sequences (each gives one optimiser step per time step). The
+        learning rate follows a cosine from ``lr`` to ``0.05 lr`` over these batches or over the
+        time left before ``max_minutes``, whichever runs out first, so a run cut by its time
+        budget still ends annealed (budgeted training, Li, Yumer & Ramanan, ICLR 2020); only a
+        run that finishes its batches inside the budget is reproducible batch for batch.
     max_sequence : int, optional
         Cap on the steps per teacher-forced sequence (default: whole sequences).
     dense_weight : float
@@ -435,9 +439,10 @@ def train_supervised(policy, train: Instances, cfg: DiscreteTrainConfig, deadlin
     train : Instances
     cfg : DiscreteTrainConfig
     deadline : float, optional
-        ``time.monotonic()`` value at which to stop.
+        ``time.monotonic()`` value at which to stop; the learning-rate cosine then ends there
+        at the latest (see :class:`DiscreteTrainConfig`).
     history : list, optional
-        Appended with ``{"stage": "supervised", "batch", "loss", "seconds"}`` records.
+        Appended with ``{"stage": "supervised", "batch", "loss", "lr", "seconds"}`` records.
 
     Returns
     -------
@@ -449,12 +454,18 @@ def train_supervised(policy, train: Instances, cfg: DiscreteTrainConfig, deadlin
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = max(cfg.supervised_batches, 1)
-    # cosine decay over the planned batches (stepped once per batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(k / total, 1.0)))
-    )
-    carry = getattr(policy.config, "carry_latent", False) and policy.config.architecture == "trc"
     t0 = time.monotonic()
+    budget = None if deadline is None else max(deadline - t0, 1e-9)
+
+    def progress(k: int) -> float:  # fraction of the planned batches or of the time budget
+        done = k / total
+        if budget is not None:
+            done = max(done, (time.monotonic() - t0) / budget)
+        return min(done, 1.0)
+
+    # cosine decay over the planned batches or the time budget (stepped once per batch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress(k))))
+    carry = getattr(policy.config, "carry_latent", False) and policy.config.architecture == "trc"
     policy.train()
     for batch in range(cfg.supervised_batches):
         if deadline is not None and time.monotonic() > deadline:
@@ -462,6 +473,7 @@ def train_supervised(policy, train: Instances, cfg: DiscreteTrainConfig, deadlin
             break
         idx = torch.randint(len(train), (min(cfg.batch_size, len(train)),), generator=gen)
         inst = train.subset(idx)
+        lr = opt.param_groups[0]["lr"]
         if cfg.augment:
             inst = _augment(plant, inst, gen)
         if carry:
@@ -480,7 +492,7 @@ def train_supervised(policy, train: Instances, cfg: DiscreteTrainConfig, deadlin
             opt.step()
             losses = [float(loss.detach())]
         sched.step()
-        history.append({"stage": "supervised", "batch": batch, "loss": float(np.mean(losses)),
+        history.append({"stage": "supervised", "batch": batch, "loss": float(np.mean(losses)), "lr": lr,
                         "seconds": time.monotonic() - t0})
         if batch % 10 == 0:
             log.info("supervised batch %d: loss %.4f (%.0f s)", batch, history[-1]["loss"], history[-1]["seconds"])
