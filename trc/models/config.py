@@ -75,6 +75,14 @@ class TRCConfig:
         than ``halt_threshold`` times the current cost.
     dropout : float
         Dropout in the shared network, in ``[0, 1)``.
+    state_head : bool
+        Also decode the predicted state trajectory ``x_1 .. x_N`` from the final ``z_H``
+        (``TRCOutput.predicted_states``), trained by ``training.loss.states``.
+    tracking : bool
+        In eval mode with a plant, replace the plan by the controls of a time-varying LQR
+        closed loop around the predicted trajectory, started at the true ``x_0``
+        (:func:`~trc.models.tracking.tvlqr_tracking`), before the terminal correction; needs
+        ``state_head``.
     correction_steps : int
         Levenberg-Marquardt steps on the terminal error through the plant after the last
         cycle, in eval mode with a plant (:func:`~trc.models.correction.terminal_correction`);
@@ -107,6 +115,8 @@ class TRCConfig:
     act: bool = False
     halt_threshold: float = 0.01
     dropout: float = 0.0
+    state_head: bool = False
+    tracking: bool = False
     correction_steps: int = 0
     correction_damping: float = 1e-3
     state_dim: Optional[int] = None
@@ -124,11 +134,14 @@ class TRCConfig:
         _check_int(self.feedback_kernel, "feedback_kernel")
         if self.feedback_kernel % 2 == 0:
             raise ConfigError(f"model.feedback_kernel must be odd, got {self.feedback_kernel}")
-        for name in ("feedback", "feedback_gain", "detach_feedback", "gradient_last_cycle_only", "act"):
+        for name in ("feedback", "feedback_gain", "detach_feedback", "gradient_last_cycle_only", "act", "state_head",
+                     "tracking"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
         if not _real(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.tracking and not self.state_head:
+            raise ConfigError("model.tracking needs model.state_head: true (the trajectory it tracks)")
         if isinstance(self.correction_steps, bool) or not isinstance(self.correction_steps, int) or self.correction_steps < 0:
             raise ConfigError(f"model.correction_steps must be an integer >= 0, got {self.correction_steps!r}")
         if not _real(self.correction_damping) or self.correction_damping <= 0:

@@ -12,7 +12,9 @@ Given the current state ``x_0`` and a target ``x*``, TRC outputs the controls
    controls; decode a residual ``delta`` from ``z_H``, add the learned linear
    iterative-learning-control correction ``L vec(e)`` of the error trajectory ``e``
    (:class:`~trc.models.feedback.FeedbackGain`), and accumulate: ``a_k = a_{k-1} + delta_k``;
-4. optionally (``correction_steps > 0``, eval mode, with a plant), Levenberg-Marquardt steps on
+4. optionally, in eval mode with a plant: a time-varying LQR closed loop around the predicted
+   state trajectory (``tracking``, :mod:`trc.models.tracking`), then (``correction_steps > 0``)
+   Levenberg-Marquardt steps on
    the terminal error through the plant remove the plan's open-loop miss
    (:mod:`trc.models.correction`);
 5. the controls are ``u = center + half_range * tanh(a)`` on bounded dimensions (one-sided
@@ -39,6 +41,7 @@ from dynamics.plant import Plant
 
 from .config import TRCConfig
 from .correction import terminal_correction
+from .tracking import tvlqr_tracking
 from .feedback import FeedbackGain, TrajectoryErrorEncoder, trajectory_error
 from .halting import HaltingHead
 from .recursion import RecursionCore
@@ -73,6 +76,8 @@ class TRCOutput(NamedTuple):
         :func:`~trc.models.halting.halting_loss`.
     cycles : Tensor of int64, shape ``(batch,)``
         Refinement cycles each sample used (less than ``H_cycles`` where ACT halted it).
+    predicted_states : Tensor or None, shape ``(batch, horizon + 1, state_dim)``
+        The state head's trajectory, ``x_0`` first (``state_head`` only).
     """
 
     controls: torch.Tensor
@@ -81,6 +86,7 @@ class TRCOutput(NamedTuple):
     all_states: Optional[torch.Tensor]
     halt_logits: Optional[torch.Tensor]
     cycles: torch.Tensor
+    predicted_states: Optional[torch.Tensor] = None
 
 
 def state_normalization(problem) -> tuple[np.ndarray, np.ndarray]:
@@ -268,6 +274,10 @@ class TinyRecursiveControl(nn.Module):
         )
         self.feedback_gain = FeedbackGain(n, m, N) if config.feedback and config.feedback_gain else None
         self.halting = HaltingHead(D) if config.act else None
+        self.state_head = _mlp(D, H, N * n) if config.state_head else None
+        # Scale of the state head's outputs, x_k = x_0 + trajectory_scale * y_k (state units);
+        # the trainer sets it to the spread of the optimal trajectories.
+        self.register_buffer("trajectory_scale", scale.float().clone() if config.state_head else None)
         with torch.no_grad():  # small first refinements: the initial decode does the coarse work
             self.refine_head[-1].weight.mul_(0.1)
             self.refine_head[-1].bias.zero_()
@@ -419,6 +429,25 @@ class TinyRecursiveControl(nn.Module):
         u = torch.where(kind == _LOWER, lower, u)
         return torch.where(kind == _UPPER, upper, u)
 
+    def unsquash(self, u: torch.Tensor) -> torch.Tensor:
+        """Pre-activations ``a`` with ``squash(a) == u`` (up to rounding) for controls ``u``
+        ``(..., control_dim)`` within the bounds; a control on a bound maps to a finite ``a``
+        one float epsilon inside it."""
+        eps = torch.finfo(u.dtype).eps
+        box = torch.atanh(((u - self._u_center) / self._u_half).clamp(-1 + eps, 1 - eps))
+        if self._all_box:
+            return box
+
+        def inv_softplus(v):
+            v = v.clamp_min(eps)
+            return v + torch.log(-torch.expm1(-v))
+
+        lower = inv_softplus((u - self._u_lo) / self.control_scale)
+        upper = -inv_softplus((self._u_hi - u) / self.control_scale)
+        a = torch.where(self._kind == _BOX, box, u / self.control_scale)
+        a = torch.where(self._kind == _LOWER, lower, a)
+        return torch.where(self._kind == _UPPER, upper, a)
+
     def _unit(self, a: torch.Tensor) -> torch.Tensor:
         """Normalised controls for the control embedding: ``tanh(a)`` on boxes, ``a`` elsewhere."""
         if self._all_box:
@@ -540,6 +569,19 @@ class TinyRecursiveControl(nn.Module):
                 if record:
                     all_controls.append(u)
 
+        x_hat = None
+        if self.state_head is not None:
+            y = self.state_head(self.core.output(state)).view(B, N, self.state_dim)
+            x_hat = torch.cat((x0.unsqueeze(1), x0.unsqueeze(1) + self.trajectory_scale * y), 1)
+        if cfg.tracking and plant is not None and not self.training:
+            eye_n = torch.eye(self.state_dim, dtype=x0.dtype, device=x0.device)
+            Q = eye_n if self.Q is None else self.Q
+            R = torch.eye(m, dtype=x0.dtype, device=x0.device) if self.R is None else self.R
+            Qf = Q if self.Qf is None else self.Qf
+            a = self.unsquash(tvlqr_tracking(plant, x0, x_hat.detach(), self.squash(a).detach(), Q, R, Qf))
+            u = self.squash(a)
+            if record:
+                all_controls.append(u)
         if cfg.correction_steps > 0 and plant is not None and not self.training:
             a = terminal_correction(
                 plant, x0, xt, a, self.squash, s, self.terminal_dims, cfg.correction_steps, cfg.correction_damping
@@ -570,6 +612,7 @@ class TinyRecursiveControl(nn.Module):
             all_states=all_states_t,
             halt_logits=torch.stack(halt_logits) if halt_logits else None,
             cycles=cycles,
+            predicted_states=x_hat,
         )
 
     # ------------------------------------------------------------------ helpers

@@ -145,6 +145,9 @@ class LossConfig:
         Weight of ``||(x_N - x*) / s||^2``, ``s`` the state scale of the problem.
     halting : float
         Weight of the adaptive-halting (ACT) loss; requires ``model.act: true``.
+    states : float
+        Weight of the MSE between the state head's trajectory and the optimal one, each state
+        divided by its spread in the optimal trajectories; requires ``model.state_head: true``.
     cycle_weights : str or list of float
         Deep-supervision weights of the refinement cycles, see :func:`cycle_weights`.
     cost_floor : float
@@ -166,16 +169,17 @@ class LossConfig:
     cost: float = 0.1
     terminal: float = 1.0
     halting: float = 0.0
+    states: float = 0.0
     cycle_weights: Any = "uniform"
     cost_floor: float = 0.01
     rollout_cycles: str = "last"
 
     def __post_init__(self):
-        for name in ("imitation", "cost", "terminal", "halting"):
+        for name in ("imitation", "cost", "terminal", "halting", "states"):
             setattr(self, name, _check_real(getattr(self, name), f"training.loss.{name}", 0.0))
-        if self.imitation + self.cost + self.terminal == 0:
+        if self.imitation + self.cost + self.terminal + self.states == 0:
             raise ConfigError(
-                "training.loss: imitation, cost and terminal weights are all 0; at least one must be positive"
+                "training.loss: imitation, cost, terminal and states weights are all 0; at least one must be positive"
             )
         self.cost_floor = _check_real(self.cost_floor, "training.loss.cost_floor", 0.0, 1.0, low_open=True)
         if self.rollout_cycles not in ("all", "last"):

@@ -16,7 +16,9 @@ refinement cycle ``k = 1..K``, the loss is
 * terminal ``L_T = mean(||(x_N - x*) / s_x||^2)``, ``x_N`` the end of that rollout, over the
   state entries the target constrains (:func:`trc.evaluation.target_dims`);
 * halting: :func:`trc.models.halting_loss` (binary cross-entropy against "the next cycle does
-  not pay").
+  not pay");
+* states ``L_x = mean(((x_hat - x*_traj) / s_traj)^2)`` between the state head's trajectory and
+  the optimal one, ``s_traj`` the spread of the optimal trajectories (:func:`state_scale`).
 
 The weights ``w_k`` of the ``K + 1`` outputs (initial decode and ``K`` refinement cycles;
 deep supervision, TRM arXiv:2510.04871 Sec. 2.4) come from
@@ -116,15 +118,18 @@ class TRCLoss:
         Use the rollouts the model made for its feedback (``TRCOutput.all_states``) instead of
         rolling the controls out again. Only valid when those rollouts carry the gradient with
         respect to the controls (the model's ``detach_feedback`` is false).
+    traj_scale : Tensor, shape ``(n,)``, optional
+        Scale ``s_traj`` of the states term (default ``x_scale``).
     """
 
     def __init__(self, problem, plant, config: LossConfig, num_cycles: int, u_scale: torch.Tensor,
                  x_scale: torch.Tensor, cost_floor: float, halt_threshold: float = 0.01,
-                 reuse_rollouts: bool = True):
+                 reuse_rollouts: bool = True, traj_scale: torch.Tensor | None = None):
         self.problem, self.plant, self.config = problem, plant, config
         self.num_cycles = num_cycles
         self.weights = cycle_weights(config.cycle_weights, num_cycles)
         self.u_scale, self.x_scale = u_scale, x_scale
+        self.traj_scale = x_scale if traj_scale is None else traj_scale
         self.cost_floor = float(cost_floor)
         self.halt_threshold = float(halt_threshold)
         self.reuse_rollouts = reuse_rollouts
@@ -134,7 +139,7 @@ class TRCLoss:
         self.needs_rollout = config.cost > 0 or config.terminal > 0
 
     def __call__(self, output, x0: torch.Tensor, target: torch.Tensor, u_opt: torch.Tensor,
-                 J_opt: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+                 J_opt: torch.Tensor, x_opt: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of one forward pass ``model(x0, target, return_all_iterations=True)``.
 
         Parameters
@@ -146,6 +151,8 @@ class TRCLoss:
         x0, target : Tensor, shape ``(B, n)``
         u_opt : Tensor, shape ``(B, N, m)``
         J_opt : Tensor, shape ``(B,)``
+        x_opt : Tensor, shape ``(B, N + 1, n)``, optional
+            Optimal trajectories; needed by the states term.
 
         Returns
         -------
@@ -159,7 +166,8 @@ class TRCLoss:
         DimensionError
             If ``all_controls`` is missing or has the wrong shape.
         ConfigError
-            If the halting weight is positive but the model has no halting head.
+            If the halting weight is positive but the model has no halting head, or the states
+            weight is positive but the model has no state head or ``x_opt`` is missing.
         """
         cfg = self.config
         all_u = _field(output, "all_controls")
@@ -209,6 +217,17 @@ class TRCLoss:
                 total = total + cfg.cost * (w_roll * ratio).sum()
             if cfg.terminal > 0:
                 total = total + cfg.terminal * (w_roll * term).sum()
+
+        if cfg.states > 0:
+            x_hat = _field(output, "predicted_states")
+            if x_hat is None or x_opt is None:
+                raise ConfigError(
+                    "training.loss.states > 0 needs a model with a state head (model.state_head: true) and the "
+                    "optimal trajectories"
+                )
+            st = (((x_hat[:, 1:] - x_opt[:, 1:]) / self.traj_scale) ** 2).mean()
+            parts["states"] = st
+            total = total + cfg.states * st
 
         if cfg.halting > 0:
             logits, costs = _field(output, "halt_logits"), _field(output, "all_costs")

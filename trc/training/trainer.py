@@ -185,10 +185,13 @@ class Trainer:
         x_scale = getattr(model, "state_scale", None)
         self.x_scale = (x_scale if x_scale is not None else state_scale(train.states)).to(device)
         floor = config.loss.cost_floor * float(train.cost.double().median()) if len(train) else 0.0
+        traj_scale = state_scale(train.states).to(device)
+        if getattr(model, "trajectory_scale", None) is not None:  # the state head predicts in these units
+            model.trajectory_scale.copy_(traj_scale)
         self.loss_fn = TRCLoss(
             self.problem, plant, config.loss, model.config.H_cycles, self.u_scale, self.x_scale,
             cost_floor=max(floor, 1e-12), halt_threshold=model.config.halt_threshold,
-            reuse_rollouts=not model.config.detach_feedback,
+            reuse_rollouts=not model.config.detach_feedback, traj_scale=traj_scale,
         )
         if self.ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -410,7 +413,8 @@ class Trainer:
             for batch in self.loader:
                 batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
                 out = self.ddp(batch["x0"], batch["target"], return_all_iterations=True)
-                loss, parts = self.loss_fn(out, batch["x0"], batch["target"], batch["controls"], batch["cost"])
+                loss, parts = self.loss_fn(out, batch["x0"], batch["target"], batch["controls"], batch["cost"],
+                                           batch.get("states"))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip is not None:
