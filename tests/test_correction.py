@@ -60,7 +60,7 @@ def test_bounded_nonlinear_plant_error_never_increases_and_mostly_vanishes():
 
     before = err(a)
     with torch.inference_mode():  # the correction runs its own autograd even here
-        out = terminal_correction(plant, x0, target, a, squash, scale, steps=8)
+        out = terminal_correction(plant, x0, target, a, squash, scale, steps=8, tol=1e-9)
     assert not out.requires_grad
     after = err(out)
     assert (after <= before + 1e-12).all()
@@ -119,8 +119,20 @@ def test_rocket_model_corrects_position_and_velocity_only():
 
 
 @pytest.mark.parametrize("bad", [dict(correction_steps=-1), dict(correction_steps=1.5), dict(correction_steps=True),
-                                 dict(correction_damping=0.0), dict(correction_damping=float("nan"))])
+                                 dict(correction_damping=0.0), dict(correction_damping=float("nan")),
+                                 dict(correction_tol=0.0)])
 def test_config_validation(bad):
     key = next(iter(bad))
     with pytest.raises(ConfigError, match=key):
         TRCConfig(**bad)
+
+
+def test_stops_once_every_sample_is_within_tol():
+    plant = dynamics.make("double_integrator", dt=DT).double()
+    x0 = torch.zeros(2, 2, dtype=torch.float64)
+    a = torch.zeros(2, N, 1, dtype=torch.float64)
+    target = torch.tensor([[1e-4, 0.0], [0.0, -1e-4]], dtype=torch.float64)
+    kept = terminal_correction(plant, x0, target, a, lambda v: v, torch.ones(2, dtype=torch.float64), tol=1e-3)
+    assert torch.equal(kept, a)  # already within tol: no step taken
+    moved = terminal_correction(plant, x0, target, a, lambda v: v, torch.ones(2, dtype=torch.float64), tol=1e-6)
+    assert not torch.equal(moved, a)

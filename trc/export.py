@@ -167,15 +167,16 @@ class ControllerProgram(nn.Module):
     feedback : bool
         Roll the controls out through the model's plant (wrapped in :class:`IntervalRollout`)
         at every cycle, the model's normal behaviour when it has a plant; ``False`` runs the
-        plant-free network.
+        plant-free network. The inference-time stages ``tracking`` and ``correction_steps``
+        (:mod:`trc.models.tracking`, :mod:`trc.models.correction`) are always left out.
     """
 
     def __init__(self, model, feedback: bool):
         super().__init__()
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        # The terminal correction differentiates the rollout (autograd), which an exported
-        # program cannot hold: the program is the network with its feedback, uncorrected.
-        self.model.config = self.model.config.replace(correction_steps=0)
+        # Tracking and the terminal correction differentiate the plant (autograd), which an
+        # exported program cannot hold: the program is the network with its feedback only.
+        self.model.config = self.model.config.replace(tracking=False, correction_steps=0)
         self.feedback = bool(feedback)
         self.rollout_plant = IntervalRollout(self.model.plant, self.model.horizon) if self.feedback else None
 

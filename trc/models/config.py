@@ -90,6 +90,9 @@ class TRCConfig:
         the plan, the correction removes the plan's open-loop terminal miss.
     correction_damping : float
         Initial Levenberg-Marquardt damping of that correction (> 0).
+    correction_tol : float
+        The correction stops early once every sample's scaled terminal error
+        ``||(x_N - x*) / s||`` (``s`` the state normalisation) is below this (> 0).
     state_dim, control_dim, horizon : int, optional
         Problem sizes ``n``, ``m``, ``N``; filled in from the problem when omitted, checked
         against it when given.
@@ -119,6 +122,7 @@ class TRCConfig:
     tracking: bool = False
     correction_steps: int = 0
     correction_damping: float = 1e-3
+    correction_tol: float = 1e-3
     state_dim: Optional[int] = None
     control_dim: Optional[int] = None
     horizon: Optional[int] = None
@@ -144,8 +148,9 @@ class TRCConfig:
             raise ConfigError("model.tracking needs model.state_head: true (the trajectory it tracks)")
         if isinstance(self.correction_steps, bool) or not isinstance(self.correction_steps, int) or self.correction_steps < 0:
             raise ConfigError(f"model.correction_steps must be an integer >= 0, got {self.correction_steps!r}")
-        if not _real(self.correction_damping) or self.correction_damping <= 0:
-            raise ConfigError(f"model.correction_damping must be a positive number, got {self.correction_damping!r}")
+        for name in ("correction_damping", "correction_tol"):
+            if not _real(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be a positive number, got {getattr(self, name)!r}")
         if not _real(self.halt_threshold) or not 0.0 <= self.halt_threshold < 1.0:
             raise ConfigError(f"model.halt_threshold must be in [0, 1), got {self.halt_threshold!r}")
 

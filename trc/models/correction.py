@@ -32,10 +32,6 @@ from dynamics.plant import Plant
 
 __all__ = ["terminal_correction"]
 
-#: Samples whose scaled terminal error norm is below this are left alone (already on target).
-_DONE = 1e-6
-
-
 def terminal_correction(
     plant: Plant,
     x0: torch.Tensor,
@@ -46,6 +42,7 @@ def terminal_correction(
     dims: Sequence[int] | None = None,
     steps: int = 5,
     damping: float = 1e-3,
+    tol: float = 1e-3,
 ) -> torch.Tensor:
     """Correct control pre-activations so that the rollout ends at the target.
 
@@ -67,6 +64,8 @@ def terminal_correction(
         Levenberg-Marquardt iterations (each: one rollout and ``len(dims)`` backward passes).
     damping : float
         Initial damping ``lambda`` (> 0), in units of the scaled error squared.
+    tol : float
+        Stop early once every sample's ``||e||`` is below ``tol``.
 
     Returns
     -------
@@ -98,7 +97,7 @@ def terminal_correction(
             lam = torch.where(better, lam / 3, lam * 4)
             best = torch.where(better.view(-1, 1, 1), trial.detach(), best)
             e_best = torch.where(better.view(-1, 1), e.detach(), e_best)
-            if bool((torch.linalg.vector_norm(e_best, dim=-1) < _DONE).all()) or _ == steps:
+            if bool((torch.linalg.vector_norm(e_best, dim=-1) < tol).all()) or _ == steps:
                 break
             rows = [
                 torch.autograd.grad(e[:, i].sum(), trial, retain_graph=i < len(idx) - 1)[0].flatten(1)

@@ -584,7 +584,8 @@ class TinyRecursiveControl(nn.Module):
                 all_controls.append(u)
         if cfg.correction_steps > 0 and plant is not None and not self.training:
             a = terminal_correction(
-                plant, x0, xt, a, self.squash, s, self.terminal_dims, cfg.correction_steps, cfg.correction_damping
+                plant, x0, xt, a, self.squash, s, self.terminal_dims, cfg.correction_steps, cfg.correction_damping,
+                cfg.correction_tol,
             )
             u = self.squash(a)
             if record:
