@@ -1,4 +1,5 @@
-"""The Tiny Recursive Control network: config, shared recursion core, feedback, presets, halting.
+"""The Tiny Recursive Control network: config, shared recursion core, feedback, presets, halting,
+and the inference-time stages through the plant (TVLQR tracking, terminal correction).
 
 >>> from trc.models import TinyRecursiveControl, TRCConfig, create_two_level_small
 >>> model = create_two_level_small(state_dim=2, control_dim=1, horizon=15, u_min=-4, u_max=4)
@@ -7,6 +8,7 @@ torch.Size([8, 15, 1])
 """
 
 from .config import TRCConfig
+from .correction import terminal_correction
 from .feedback import FeedbackGain, TrajectoryErrorEncoder, trajectory_error
 from .halting import HaltingHead, halting_loss, halting_targets
 from .presets import (
@@ -23,6 +25,7 @@ from .presets import (
     preset_table,
 )
 from .recursion import LatentState, MLPBlock, RecursionCore, SharedNet
+from .tracking import linearize_along, tvlqr_gains, tvlqr_tracking
 from .trc import TinyRecursiveControl, TRCOutput, state_normalization
 
 __all__ = [
@@ -40,6 +43,10 @@ __all__ = [
     "HaltingHead",
     "halting_loss",
     "halting_targets",
+    "terminal_correction",
+    "tvlqr_tracking",
+    "tvlqr_gains",
+    "linearize_along",
     "PRESETS",
     "preset_names",
     "preset_config",

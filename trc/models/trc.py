@@ -12,11 +12,11 @@ Given the current state ``x_0`` and a target ``x*``, TRC outputs the controls
    controls; decode a residual ``delta`` from ``z_H``, add the learned linear
    iterative-learning-control correction ``L vec(e)`` of the error trajectory ``e``
    (:class:`~trc.models.feedback.FeedbackGain`), and accumulate: ``a_k = a_{k-1} + delta_k``;
-4. optionally, in eval mode with a plant: a time-varying LQR closed loop around the predicted
-   state trajectory (``tracking``, :mod:`trc.models.tracking`), then (``correction_steps > 0``)
-   Levenberg-Marquardt steps on
-   the terminal error through the plant remove the plan's open-loop miss
-   (:mod:`trc.models.correction`);
+4. optionally, in eval mode with a plant: the controls of a time-varying LQR closed loop
+   around the predicted state trajectory replace the plan (``tracking``,
+   :mod:`trc.models.tracking`), then Levenberg-Marquardt steps on the terminal error through
+   the plant remove the plan's open-loop miss (``correction_steps``,
+   :mod:`trc.models.correction`);
 5. the controls are ``u = center + half_range * tanh(a)`` on bounded dimensions (one-sided
    bounds use a softplus, free dimensions the identity), so no output ever leaves the bounds.
 
@@ -65,7 +65,7 @@ class TRCOutput(NamedTuple):
         The final controls.
     all_controls : Tensor, shape ``(cycles + 1, batch, horizon, control_dim)``
         Controls after every cycle, ``all_controls[0]`` the initial ones (deep supervision);
-        one more entry, last, holds the corrected controls when the terminal correction ran.
+        then one more entry per inference-time stage that ran (tracking, terminal correction).
     all_costs : Tensor or None, shape ``(cycles + 1, batch)``
         Trajectory cost ``J`` of each entry of ``all_controls`` (the problem's convention,
         :mod:`trc.cost`); ``None`` without a plant or cost weights.
@@ -527,7 +527,6 @@ class TinyRecursiveControl(nn.Module):
         halted = torch.zeros(B, dtype=torch.bool, device=x.device)
         cycles = torch.zeros(B, dtype=torch.long, device=x.device)
         all_controls, all_states, halt_logits = [u], [], []
-        traj = None  # rollout of the current u, when known
         for k in range(1, cfg.H_cycles + 1):
             truncated = cfg.gradient_last_cycle_only and k < cfg.H_cycles
             with torch.no_grad() if truncated else contextlib.nullcontext():
@@ -563,7 +562,6 @@ class TinyRecursiveControl(nn.Module):
             else:
                 a = a + delta
                 cycles = cycles + 1
-            traj = None
             if record or use_feedback:
                 u = self.squash(a)
                 if record:
@@ -573,23 +571,11 @@ class TinyRecursiveControl(nn.Module):
         if self.state_head is not None:
             y = self.state_head(self.core.output(state)).view(B, N, self.state_dim)
             x_hat = torch.cat((x0.unsqueeze(1), x0.unsqueeze(1) + self.trajectory_scale * y), 1)
-        if cfg.tracking and plant is not None and not self.training:
-            eye_n = torch.eye(self.state_dim, dtype=x0.dtype, device=x0.device)
-            Q = eye_n if self.Q is None else self.Q
-            R = torch.eye(m, dtype=x0.dtype, device=x0.device) if self.R is None else self.R
-            Qf = Q if self.Qf is None else self.Qf
-            a = self.unsquash(tvlqr_tracking(plant, x0, x_hat.detach(), self.squash(a).detach(), Q, R, Qf))
-            u = self.squash(a)
-            if record:
-                all_controls.append(u)
-        if cfg.correction_steps > 0 and plant is not None and not self.training:
-            a = terminal_correction(
-                plant, x0, xt, a, self.squash, s, self.terminal_dims, cfg.correction_steps, cfg.correction_damping,
-                cfg.correction_tol,
-            )
-            u = self.squash(a)
-            if record:
-                all_controls.append(u)
+        if plant is not None and not self.training:
+            for a in self._inference_stages(plant, x0, xt, a, x_hat):
+                u = self.squash(a)
+                if record:
+                    all_controls.append(u)
         if not record:
             return self.squash(a)
         all_states_t = all_costs = None
@@ -617,6 +603,22 @@ class TinyRecursiveControl(nn.Module):
         )
 
     # ------------------------------------------------------------------ helpers
+    def _inference_stages(self, plant, x0, xt, a, x_hat):
+        """Yield the pre-activations after each inference-time stage that is switched on."""
+        cfg = self.config
+        if cfg.tracking:
+            n, m = self.state_dim, self.control_dim
+            Q = torch.eye(n, dtype=x0.dtype, device=x0.device) if self.Q is None else self.Q
+            R = torch.eye(m, dtype=x0.dtype, device=x0.device) if self.R is None else self.R
+            Qf = Q if self.Qf is None else self.Qf
+            a = self.unsquash(tvlqr_tracking(plant, x0, x_hat.detach(), self.squash(a).detach(), Q, R, Qf))
+            yield a
+        if cfg.correction_steps > 0:
+            yield terminal_correction(
+                plant, x0, xt, a, self.squash, self.state_scale, self.terminal_dims, cfg.correction_steps,
+                cfg.correction_damping, cfg.correction_tol,
+            )
+
     def _check_states(self, t, what: str) -> torch.Tensor:
         ref = self.state_scale
         if not torch.is_tensor(t):
