@@ -98,6 +98,12 @@ class Plant(nn.Module):
     #: True for plants defined by a difference equation ``x[k+1] = F(x[k], u[k])``.
     discrete: bool = False
 
+    @property
+    def control_norm_bounds(self) -> tuple[float, float] | None:
+        """``(lo, hi)`` when the control vector's Euclidean norm must lie in ``[lo, hi]`` (a
+        bound that is not a box, e.g. a rocket's thrust magnitude); ``None`` for none."""
+        return None
+
     def __init__(
         self,
         *,

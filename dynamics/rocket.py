@@ -167,6 +167,12 @@ class Rocket(Plant):
         return float(self.n_engines * self.throttle_max * self.thrust_max * torch.cos(torch.deg2rad(self.cant_angle)))
 
     @property
+    def control_norm_bounds(self) -> tuple[float, float]:
+        """``(rho1, rho2)``: the thrust magnitude bounds, for controllers that keep them by
+        construction (:class:`trc.models.TinyRecursiveControl`)."""
+        return self.rho1, self.rho2
+
+    @property
     def gravity(self) -> torch.Tensor:
         """Gravity vector ``(0, 0, -g)`` in m/s^2, shape ``(3,)``."""
         zero = torch.zeros((), dtype=self.g.dtype, device=self.g.device)

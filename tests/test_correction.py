@@ -116,6 +116,18 @@ def test_rocket_model_corrects_position_and_velocity_only():
         TRCConfig(**TINY, correction_steps=1),
     )
     assert model.terminal_dims == [0, 1, 2, 3, 4, 5]
+    # the thrust-magnitude bounds hold by construction, and unsquash inverts squash
+    rho1, rho2 = model.plant.rho1, model.plant.rho2
+    a = torch.cat((3 * torch.randn(200, 4, 3), torch.zeros(1, 4, 3), 1e3 * torch.randn(1, 4, 3)))
+    norm = model.squash(a).norm(dim=-1)
+    assert (norm >= rho1 * (1 - 1e-6)).all() and (norm <= rho2 * (1 + 1e-6)).all()
+    u = model.squash(torch.randn(50, 4, 3))
+    torch.testing.assert_close(model.squash(model.unsquash(u)), u, rtol=1e-4, atol=1e-2)
+    x0 = torch.tensor([[0.0, 2000.0, 1500.0, 0.0, 60.0, -70.0, 1905.0]])
+    target = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1505.0]])
+    with torch.no_grad():
+        out = model.eval()(x0, target)
+    assert (out.norm(dim=-1) >= rho1 * (1 - 1e-6)).all() and (out.norm(dim=-1) <= rho2 * (1 + 1e-6)).all()
 
 
 @pytest.mark.parametrize("bad", [dict(correction_steps=-1), dict(correction_steps=1.5), dict(correction_steps=True),

@@ -18,7 +18,10 @@ Given the current state ``x_0`` and a target ``x*``, TRC outputs the controls
    the plant remove the plan's open-loop miss (``correction_steps``,
    :mod:`trc.models.correction`);
 5. the controls are ``u = center + half_range * tanh(a)`` on bounded dimensions (one-sided
-   bounds use a softplus, free dimensions the identity), so no output ever leaves the bounds.
+   bounds use a softplus, free dimensions the identity), so no output ever leaves the bounds;
+   a plant whose control vector has a norm bound ``lo <= ||u|| <= hi``
+   (:attr:`dynamics.Plant.control_norm_bounds`, the rocket's thrust) gets
+   ``u = a / ||a|| * (lo + (hi - lo) tanh ||a||)`` instead.
 
 The model keeps everything inference needs: sizes, bounds, ``dt``, the cost weights ``Q``,
 ``R``, ``Qf`` (buffers), the state normalisation and the problem's plant (a submodule whose
@@ -237,6 +240,8 @@ class TinyRecursiveControl(nn.Module):
         kind[~fin_lo & fin_hi] = _UPPER
         box = kind == _BOX
         self._all_box = bool(box.all())  # fast path of squash(): every dimension boxed
+        norm = None if plant is None else plant.control_norm_bounds
+        self._norm_bounds = None if norm is None else (float(norm[0]), float(norm[1]))
         self.register_buffer("u_min", lo.float())
         self.register_buffer("u_max", hi.float())
         self.register_buffer("_kind", kind)
@@ -415,8 +420,15 @@ class TinyRecursiveControl(nn.Module):
         """Controls from pre-activations ``a`` ``(..., control_dim)``, inside the bounds by construction.
 
         Box: ``c + h tanh(a)``; lower bound only: ``u_min + s softplus(a)``; upper only:
-        ``u_max - s softplus(-a)``; free: ``s a``.
+        ``u_max - s softplus(-a)``; free: ``s a``. With a norm bound ``(lo, hi)`` on the whole
+        control vector: ``a / ||a|| * (lo + (hi - lo) tanh ||a||)`` (``a = 0`` points along the diagonal).
         """
+        if self._norm_bounds is not None:
+            lo, hi = self._norm_bounds
+            r = torch.linalg.vector_norm(a, dim=-1, keepdim=True)
+            diagonal = torch.full_like(a, a.shape[-1] ** -0.5)  # the direction of a = 0
+            direction = torch.where(r > 1e-12, a / r.clamp_min(1e-12), diagonal)
+            return direction * (lo + (hi - lo) * torch.tanh(r))
         kind = self._kind
         # The clamp only removes floating-point overshoot of the exact bound.
         box = torch.minimum(torch.maximum(self._u_center + self._u_half * torch.tanh(a), self._u_lo), self._u_hi)
@@ -434,6 +446,11 @@ class TinyRecursiveControl(nn.Module):
         ``(..., control_dim)`` within the bounds; a control on a bound maps to a finite ``a``
         one float epsilon inside it."""
         eps = torch.finfo(u.dtype).eps
+        if self._norm_bounds is not None:
+            lo, hi = self._norm_bounds
+            mag = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+            r = torch.atanh(((mag - lo) / (hi - lo)).clamp(0.0, 1 - eps)).clamp_min(1e-3)
+            return u / mag.clamp_min(1e-12) * r
         box = torch.atanh(((u - self._u_center) / self._u_half).clamp(-1 + eps, 1 - eps))
         if self._all_box:
             return box
@@ -449,7 +466,10 @@ class TinyRecursiveControl(nn.Module):
         return torch.where(self._kind == _UPPER, upper, a)
 
     def _unit(self, a: torch.Tensor) -> torch.Tensor:
-        """Normalised controls for the control embedding: ``tanh(a)`` on boxes, ``a`` elsewhere."""
+        """Normalised controls for the control embedding: ``tanh(a)`` on boxes, ``a`` elsewhere
+        (``u / hi`` under a norm bound)."""
+        if self._norm_bounds is not None:
+            return self.squash(a) / self._norm_bounds[1]
         if self._all_box:
             return torch.tanh(a)
         return torch.where(self._kind == _BOX, torch.tanh(a), a)
