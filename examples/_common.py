@@ -96,7 +96,8 @@ def experiment(name: str, quick: bool, seed: int = 0) -> dict:
     settings = _QUICK if quick else _FULL
     if quick:
         cfg["problem"].update(_QUICK_PROBLEM[name])
-        cfg["model"] = dict(settings["model"])
+        # smaller sizes, the configuration's own switches (state head, tracking, correction)
+        cfg["model"] = {**cfg.get("model", {}), **settings["model"]}
     samples = settings["samples"].get(name, settings.get("default_samples"))
     cfg["generator"].update(num_samples=samples, seed=seed, chunk_size=max(16, samples // 4))
     training = {**cfg.get("training", {}), **settings["training"]}
