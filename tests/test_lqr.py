@@ -305,10 +305,12 @@ def test_discrete_linear_plant_is_used_directly():
 
 
 def test_continuous_linear_plant_zoh_residual_and_plant_discretisation():
-    """c2d is exact, RK4 is not: the checks see it; ``discretization="plant"`` removes it."""
-    def problem(substeps):
+    """c2d is exact; so is the linear plant's default simulator, RK4 is not: the checks see it;
+    ``discretization="plant"`` removes it."""
+    def problem(substeps, method="rk4"):
         return Problem(
-            name="osc", plant={"name": "linear", "A": [[0, 1], [-2, -0.5]], "B": [[0], [1]], "substeps": substeps},
+            name="osc", plant={"name": "linear", "A": [[0, 1], [-2, -0.5]], "B": [[0], [1]], "substeps": substeps,
+                               "method": method},
             dt=0.1, horizon=20, initial_state={"low": [-1, -1], "high": [1, 1]},
             target_state={"low": [0, 0], "high": [0, 0]}, Q=[1, 1], R=[0.1],
         )
@@ -320,6 +322,10 @@ def test_continuous_linear_plant_zoh_residual_and_plant_discretisation():
     r4 = np.abs(residual[1].states - exact.states).max()
     assert 1e-7 < r1 < 1e-4 and r4 < r1  # RK4's error, and it shrinks with substeps
     np.testing.assert_allclose(residual[1].costs, exact.costs, rtol=1e-4)  # simulators differ by RK4 error
+    # the default method of a continuous linear plant is the exact zero-order hold: no residual
+    c2d = make_solver("lqr", problem(1, "exact")).solve(x0, target)
+    plant_exact = make_solver("lqr", problem(1, "exact"), discretization="plant").solve(x0, target)
+    assert np.abs(c2d.states - plant_exact.states).max() < 1e-10
 
 
 def test_bad_inputs_raise():
