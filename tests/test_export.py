@@ -100,6 +100,32 @@ def test_interval_rollout_equals_plant_rollout():
                                    rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow  # torch.export alone takes ~10 s of CPU
+def test_torch_export_captures_the_exact_linear_rollouts(tmp_path):
+    di = tiny(problem({"name": "double_integrator", "u_min": -4.0, "u_max": 4.0}))
+    assert di.plant.method == "exact"
+    result = export_controller(di, tmp_path / "di.pt2", feedback=True)
+    assert result.feedback and result.max_abs_error <= 1e-5
+    x0, xt = torch.tensor([[1.0, -0.5]]), torch.tensor([[0.0, 0.0]])
+    with torch.no_grad():
+        np.testing.assert_allclose(load_controller(tmp_path / "di.pt2")(x0.numpy(), xt.numpy()), di(x0, xt).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_export_leaves_the_inference_time_stages_out(tmp_path):
+    staged = tiny(state_head=True, tracking=True, correction_steps=2)
+    export_controller(staged, tmp_path / "s.onnx", feedback=True)
+    x0, xt = torch.tensor([[1.0, -0.5]]), torch.tensor([[0.0, 0.0]])
+    plain = TinyRecursiveControl.from_problem(problem(), staged.config.replace(tracking=False, correction_steps=0))
+    plain.load_state_dict(staged.state_dict())
+    with torch.no_grad():
+        expected = plain.eval()(x0, xt).numpy()
+        with_stages = staged(x0, xt).numpy()
+    got = load_controller(tmp_path / "s.onnx")(x0.numpy(), xt.numpy())
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(with_stages - got).max() > 1e-6  # the PyTorch model itself does run them
+
+
 def test_unexportable_models_are_refused(model, tmp_path):
     with pytest.raises(ConfigError, match="torch.export cannot capture"):
         export_controller(model, tmp_path / "c.pt2")

@@ -29,10 +29,11 @@ What works, and why:
   with an output length that does not divide the input length (a constant averaging matrix,
   PyTorch's bins).
 * **torch.export** (:func:`torch.export.export`, dynamic batch dimension) captures the
-  network, but not the feedback rollouts: torchdiffeq validates its time grid with
-  data-dependent checks that ``torch.export`` cannot capture. Only models with
-  ``feedback=False`` (or an explicit ``feedback=False`` here, which changes the controls of
-  a model trained with feedback) can use it. The model's own finiteness check on the inputs is
+  network, but not torchdiffeq's feedback rollouts: torchdiffeq validates its time grid with
+  data-dependent checks that ``torch.export`` cannot capture. Models whose plant rolls out
+  exactly (linear plants, method ``"exact"``: two tensor contractions) export with their
+  feedback; the others need ``feedback=False`` (which changes the controls of a model trained
+  with feedback). The model's own finiteness check on the inputs is
   data-dependent too and is dropped from the exported program (shapes are still checked).
 
 :func:`export_controller` writes the file atomically and checks that the exported program
@@ -232,7 +233,7 @@ def _check_exportable(model, fmt: str, feedback: bool) -> None:
                 f"the model's plant integrates with the adaptive method {plant.method!r}, whose steps depend on "
                 f"the input; export needs a fixed-step method {FIXED_STEP_METHODS} (or feedback=False)"
             )
-        if fmt == "torch_export":
+        if fmt == "torch_export" and (plant.discrete or plant.method != EXACT):
             raise ConfigError(
                 "torch.export cannot capture the feedback rollouts (torchdiffeq checks its time grid with "
                 "data-dependent control flow); use format 'torchscript' or 'onnx', or feedback=False for a "
