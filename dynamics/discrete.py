@@ -15,19 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from .errors import DimensionError, TRCError
+from .errors import DimensionError, InvalidActionError, PuzzleError
 from .plant import Plant
 
+# The errors live in dynamics.errors with the others; re-exported here for existing imports.
 __all__ = ["DiscretePlant", "InvalidActionError", "PuzzleError"]
-
-
-class InvalidActionError(TRCError, ValueError):
-    """An action is not in the plant's action set (e.g. action 4 in a four-action maze)."""
-
-
-class PuzzleError(TRCError, ValueError):
-    """A maze or sudoku instance is malformed (start on a wall, conflicting givens, no or
-    several solutions, digits out of range, ...)."""
 
 
 class DiscretePlant(Plant):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from .discrete import InvalidActionError, PuzzleError
+from .errors import InvalidActionError, PuzzleError
 from .maze import Maze, random_instance
 from .sudoku import Sudoku, check_board, random_puzzle, solve
 

@@ -16,6 +16,8 @@ __all__ = [
     "InfeasibleError",
     "DatasetError",
     "CheckpointError",
+    "InvalidActionError",
+    "PuzzleError",
 ]
 
 
@@ -60,3 +62,12 @@ class DatasetError(TRCError, OSError):
 
 class CheckpointError(TRCError, OSError):
     """A checkpoint is missing, corrupt or does not match the model or plant it is loaded into."""
+
+
+class InvalidActionError(TRCError, ValueError):
+    """An action is not in the plant's action set (e.g. action 4 in a four-action maze)."""
+
+
+class PuzzleError(TRCError, ValueError):
+    """A maze or sudoku instance is malformed (start on a wall, conflicting givens, no or
+    several solutions, digits out of range, ...)."""

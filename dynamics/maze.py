@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .discrete import DiscretePlant, PuzzleError
-from .errors import DimensionError
+from .discrete import DiscretePlant
+from .errors import DimensionError, PuzzleError
 from .registry import register
 
 __all__ = ["Maze", "MOVES", "ACTION_NAMES", "LAYOUTS", "random_layout", "random_instance", "random_instances"]

@@ -27,8 +27,8 @@ import math
 import numpy as np
 import torch
 
-from .discrete import DiscretePlant, PuzzleError
-from .errors import DimensionError
+from .discrete import DiscretePlant
+from .errors import DimensionError, PuzzleError
 from .registry import register
 
 __all__ = [

@@ -13,7 +13,7 @@ from gymnasium.utils.env_checker import check_env
 from scipy.sparse.csgraph import shortest_path
 
 import dynamics
-from dynamics.discrete import InvalidActionError, PuzzleError
+from dynamics.errors import InvalidActionError, PuzzleError
 from dynamics.discrete_env import MazeEnv, Rewards, maze_transition
 from dynamics.errors import DimensionError
 from dynamics.maze import MOVES, Maze, random_instance, random_instances, random_layout

@@ -13,7 +13,7 @@ from gymnasium.utils.env_checker import check_env
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 import dynamics
-from dynamics.discrete import InvalidActionError, PuzzleError
+from dynamics.errors import InvalidActionError, PuzzleError
 from dynamics.discrete_env import Rewards, SudokuEnv, sudoku_transition
 from dynamics.errors import DimensionError
 from dynamics.sudoku import (Sudoku, check_board, count_solutions, decode_action, encode_action, random_puzzle,

@@ -36,7 +36,7 @@ from typing import Mapping
 import numpy as np
 
 import dynamics
-from dynamics.discrete import PuzzleError
+from dynamics.errors import PuzzleError
 from dynamics.discrete_env import Rewards
 from dynamics.errors import ConfigError
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dynamics.discrete import PuzzleError
+from dynamics.errors import PuzzleError
 from dynamics.errors import DimensionError
 from dynamics.maze import MOVES
 

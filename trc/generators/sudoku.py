@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dynamics.discrete import PuzzleError
+from dynamics.errors import PuzzleError
 from dynamics.sudoku import check_board, encode_action, solve
 
 __all__ = ["placement_order", "SudokuSolution", "solve_sudokus"]
