@@ -41,7 +41,7 @@ import torch
 from dynamics.errors import DatasetError, TRCError
 
 from .config import SPLIT_NAMES
-from .storage import SCHEMA_VERSION, _attr_value, _create, _decode_attrs, _JSONText, _open
+from .storage import SCHEMA_VERSION, JSONText, create_dataset, decode_attrs, encode_attr, open_h5
 
 __all__ = ["DiscreteDataset", "generate_discrete", "write_discrete_dataset", "read_discrete_dataset", "DISCRETE_ARRAYS"]
 
@@ -250,24 +250,24 @@ def write_discrete_dataset(path, data: DiscreteDataset) -> Path:
         "seed": int(data.seed), "num_samples": data.num_samples, "num_failures": 0, "trc_version": trc.__version__,
     }
     attrs.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    encoded = {key: _attr_value(value) for key, value in attrs.items() if key != "json_attrs"}
-    encoded["json_attrs"] = json.dumps(sorted(k for k, v in encoded.items() if isinstance(v, _JSONText)))
+    encoded = {key: encode_attr(value) for key, value in attrs.items() if key != "json_attrs"}
+    encoded["json_attrs"] = json.dumps(sorted(k for k, v in encoded.items() if isinstance(v, JSONText)))
     path = Path(path)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for name, array in data.arrays().items():
                 if name in _FLOATS or name == "status":
-                    _create(f, name, array)
+                    create_dataset(f, name, array)
                 else:
-                    _create(f, name, np.asarray(array, dtype=np.int64))
+                    create_dataset(f, name, np.asarray(array, dtype=np.int64))
             splits = f.create_group("splits")
             for name in SPLIT_NAMES:
-                _create(splits, name, np.sort(np.asarray(data.splits[name], dtype=np.int64)))
+                create_dataset(splits, name, np.sort(np.asarray(data.splits[name], dtype=np.int64)))
             failures = f.create_group("failures")
-            _create(failures, "instance_index", np.zeros((0,), dtype=np.int64))
-            _create(failures, "status", np.zeros((0,), dtype=object))
+            create_dataset(failures, "instance_index", np.zeros((0,), dtype=np.int64))
+            create_dataset(failures, "status", np.zeros((0,), dtype=object))
             for key, value in encoded.items():
-                f.attrs[key] = str(value) if isinstance(value, _JSONText) else value
+                f.attrs[key] = str(value) if isinstance(value, JSONText) else value
     return path
 
 
@@ -281,9 +281,9 @@ def read_discrete_dataset(path) -> DiscreteDataset:
     """
     from trc.discrete import problem_from_dict
 
-    with _open(path) as f:
+    with open_h5(path) as f:
         try:
-            attrs = _decode_attrs(f.attrs, path)
+            attrs = decode_attrs(f.attrs, path)
         except DatasetError:
             raise
         except Exception as exc:

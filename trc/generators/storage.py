@@ -39,6 +39,11 @@ from dynamics.errors import DatasetError, TRCError
 from .config import SPLIT_NAMES
 
 __all__ = [
+    "JSONText",
+    "encode_attr",
+    "create_dataset",
+    "decode_attrs",
+    "open_h5",
     "SCHEMA_VERSION",
     "ARRAY_NAMES",
     "FAILURE_NAMES",
@@ -271,11 +276,11 @@ def _check_splits(splits: dict, M: int, where) -> None:
         raise DatasetError(f"{where}: the train/val/test splits overlap")
 
 
-class _JSONText(str):
+class JSONText(str):
     """An attribute value stored as JSON text (listed in the ``json_attrs`` attribute)."""
 
 
-def _attr_value(value):
+def encode_attr(value):
     """An attribute as HDF5 can store it: numbers, strings and numeric arrays as they are,
     containers (dicts, nested or mixed lists, None) as JSON text."""
     if isinstance(value, (list, tuple)) and value and all(
@@ -283,7 +288,7 @@ def _attr_value(value):
     ):
         return np.asarray(value)
     if isinstance(value, (dict, list, tuple, bool)) or value is None:
-        return _JSONText(json.dumps(value, sort_keys=True))
+        return JSONText(json.dumps(value, sort_keys=True))
     if isinstance(value, str):
         return str(value)  # plain str (subclasses such as torch's TorchVersion do not convert)
     if isinstance(value, Path):
@@ -291,7 +296,9 @@ def _attr_value(value):
     return value
 
 
-def _create(group: h5py.Group, name: str, array: np.ndarray) -> None:
+def create_dataset(group: h5py.Group, name: str, array: np.ndarray) -> None:
+    """Write array ``name`` of the schema into ``group``: float64 or int64 (by name), a
+    Fletcher-32 checksum on numeric arrays, UTF-8 strings for ``status``."""
     if name == "status":
         group.create_dataset(name, data=np.asarray(array, dtype=object), dtype=h5py.string_dtype("utf-8"))
         return
@@ -334,28 +341,35 @@ def write_dataset(path: str | os.PathLike, data: GeneratedDataset) -> Path:
     if data.attrs.get("created"):  # keep a creation time given by the caller (the run's start)
         attrs["created"] = data.attrs["created"]
     attrs.pop("json_attrs", None)
-    encoded = {key: _attr_value(value) for key, value in attrs.items()}
-    encoded["json_attrs"] = json.dumps(sorted(k for k, v in encoded.items() if isinstance(v, _JSONText)))
+    encoded = {key: encode_attr(value) for key, value in attrs.items()}
+    encoded["json_attrs"] = json.dumps(sorted(k for k, v in encoded.items() if isinstance(v, JSONText)))
     path = Path(path)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for name, array in data.arrays().items():
-                _create(f, name, array)
+                create_dataset(f, name, array)
             splits = f.create_group("splits")
             for name in SPLIT_NAMES:
-                _create(splits, name, np.sort(np.asarray(data.splits[name], dtype=np.int64)))
+                create_dataset(splits, name, np.sort(np.asarray(data.splits[name], dtype=np.int64)))
             failures = f.create_group("failures")
             n = data.problem.state_dim
             for name, ndim in FAILURE_NAMES.items():
                 default = np.zeros((0, n) if ndim == 2 else (0,))
-                _create(failures, name, data.failures.get(name, default))
+                create_dataset(failures, name, data.failures.get(name, default))
             for key, value in encoded.items():
-                f.attrs[key] = str(value) if isinstance(value, _JSONText) else value
+                f.attrs[key] = str(value) if isinstance(value, JSONText) else value
     return path
 
 
 # ---------------------------------------------------------------------------- reading
-def _decode_attrs(attrs: h5py.AttributeManager, path) -> dict:
+def decode_attrs(attrs: h5py.AttributeManager, path) -> dict:
+    """The attributes of an HDF5 object as Python values (JSON attributes decoded).
+
+    Raises
+    ------
+    DatasetError
+        If ``json_attrs`` or one of the JSON attributes is not valid JSON.
+    """
     out = {}
     raw = attrs.get("json_attrs", "[]")
     try:
@@ -379,7 +393,14 @@ def _decode_attrs(attrs: h5py.AttributeManager, path) -> dict:
     return out
 
 
-def _open(path) -> h5py.File:
+def open_h5(path) -> h5py.File:
+    """Open a data set file for reading.
+
+    Raises
+    ------
+    DatasetError
+        If the file is missing, not a file, or not a readable HDF5 file.
+    """
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"data set {str(path)!r} does not exist")
@@ -396,7 +417,7 @@ def _open(path) -> h5py.File:
 
 def _attrs_of(f: h5py.File, path) -> dict:
     try:
-        attrs = _decode_attrs(f.attrs, path)
+        attrs = decode_attrs(f.attrs, path)
     except DatasetError:
         raise
     except Exception as exc:  # HDF5 raises OSError/RuntimeError/KeyError on damaged metadata
@@ -425,7 +446,7 @@ def read_attrs(path: str | os.PathLike) -> dict:
     DatasetError
         If the file is missing, not HDF5, or lacks a required attribute.
     """
-    with _open(path) as f:
+    with open_h5(path) as f:
         return _attrs_of(f, path)
 
 
@@ -473,7 +494,7 @@ def read_dataset(path: str | os.PathLike) -> GeneratedDataset:
     """
     from trc.problem import Problem
 
-    with _open(path) as f:
+    with open_h5(path) as f:
         attrs = _attrs_of(f, path)
         arrays = {name: _read_array(f, name, ndim, path, "") for name, ndim in ARRAY_NAMES.items()}
         if "splits" not in f or not isinstance(f["splits"], h5py.Group):
