@@ -63,7 +63,8 @@ def terminal_correction(
     steps : int
         Levenberg-Marquardt iterations (each: one rollout and ``len(dims)`` backward passes).
     damping : float
-        Initial damping ``lambda`` (> 0), in units of the scaled error squared.
+        Initial damping ``lambda`` (> 0), in units of the scaled error squared (the plan as
+        given counts as the first accepted point, so the first step uses ``damping / 3``).
     tol : float
         Stop early once every sample's ``||e||`` is below ``tol``.
 
@@ -84,7 +85,7 @@ def terminal_correction(
         eye = torch.eye(len(idx), dtype=a.dtype, device=a.device)
         e_best = G = None
         trial = best
-        for _ in range(steps + 1):
+        for it in range(steps + 1):
             trial = trial.detach().requires_grad_(True)
             x_N = plant.rollout(x0, squash(trial))[:, -1]
             e = ((x_N[:, idx] - target[:, idx]) / scale[idx]).nan_to_num(nan=1e6, posinf=1e6, neginf=-1e6)
@@ -97,7 +98,7 @@ def terminal_correction(
             lam = torch.where(better, lam / 3, lam * 4)
             best = torch.where(better.view(-1, 1, 1), trial.detach(), best)
             e_best = torch.where(better.view(-1, 1), e.detach(), e_best)
-            if bool((torch.linalg.vector_norm(e_best, dim=-1) < tol).all()) or _ == steps:
+            if bool((torch.linalg.vector_norm(e_best, dim=-1) < tol).all()) or it == steps:
                 break
             rows = [
                 torch.autograd.grad(e[:, i].sum(), trial, retain_graph=i < len(idx) - 1)[0].flatten(1)
