@@ -105,11 +105,9 @@ def tvlqr_tracking(
     with torch.no_grad():
         A, B = linearize_along(plant, x_ref[:, :-1], u_ref)
         K = tvlqr_gains(A, B, Q, R, Qf)
-        lo, hi = plant.u_min.to(x0), plant.u_max.to(x0)
         x, applied = x0, []
         for k in range(u_ref.shape[1]):
-            u = u_ref[:, k] - (K[:, k] @ (x - x_ref[:, k]).unsqueeze(-1)).squeeze(-1)
-            u = torch.maximum(torch.minimum(u, hi), lo)
+            u = plant.clamp_controls(u_ref[:, k] - (K[:, k] @ (x - x_ref[:, k]).unsqueeze(-1)).squeeze(-1))
             applied.append(u)
             x = plant.step(x, u)
     return torch.stack(applied, 1)
