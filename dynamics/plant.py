@@ -1,7 +1,8 @@
 """The :class:`Plant` base class: a batched, differentiable simulator of a controlled system.
 
 A plant defines the continuous-time vector field ``f(x, u)``; the base class turns it into a
-zero-order-hold discrete-time map with :mod:`torchdiffeq` (fixed-step RK4 by default; exactly,
+zero-order-hold discrete-time map with :mod:`torchdiffeq` (fixed-step RK4 by default, stepped
+interval by interval with torchdiffeq's step functions: :mod:`dynamics.fixed_step`; exactly,
 with the matrix exponential, for linear plants: :mod:`dynamics.zoh`), rolls
 control sequences out over a horizon, linearises with torch autograd and converts to
 python-control systems.
@@ -26,6 +27,7 @@ from torch import nn
 from torchdiffeq import odeint
 
 from .errors import ConfigError, DimensionError, NonFiniteError
+from .fixed_step import ONE_STEP_METHODS, zoh_rollout
 from .zoh import lifted_rollout, lifted_zoh
 
 __all__ = ["Plant", "FIXED_STEP_METHODS", "EXACT"]
@@ -276,6 +278,8 @@ class Plant(nn.Module):
         if self.method == EXACT:
             Phi, Gamma = self.lifted_matrices(horizon, dt)
             return lifted_rollout(Phi.to(x0.dtype), Gamma.to(x0.dtype), x0, controls).transpose(0, 1)
+        if self.method in ONE_STEP_METHODS:
+            return zoh_rollout(self.f, x0, controls, dt, self.method, self.substeps)
         fixed = self.method in FIXED_STEP_METHODS
         per_interval = self.substeps if fixed else 1
         grid = torch.arange(horizon * per_interval + 1, dtype=x0.dtype, device=x0.device) * (dt / per_interval)

@@ -65,6 +65,7 @@ from torch import nn
 from torchdiffeq import odeint
 
 from dynamics.errors import ConfigError, DimensionError, TRCError
+from dynamics.fixed_step import ONE_STEP_METHODS, zoh_rollout
 from dynamics.plant import EXACT, FIXED_STEP_METHODS, Plant
 from dynamics.zoh import lifted_rollout
 
@@ -143,10 +144,12 @@ class IntervalRollout(Plant):
             if dt is not None or controls.shape[1] != Gamma.shape[1]:
                 Phi, Gamma = self.inner.lifted_matrices(controls.shape[1], dt)
             return lifted_rollout(Phi.to(x0), Gamma.to(x0), x0, controls)
+        h = self.dt if dt is None else float(dt)
+        if not self.discrete and self.method in ONE_STEP_METHODS:
+            return zoh_rollout(self.inner.f, x0, controls, h, self.method, self.substeps).transpose(0, 1)
         states = [x0]
         x = x0
         if not self.discrete:
-            h = self.dt if dt is None else float(dt)
             grid = torch.linspace(0.0, h, self.substeps + 1, dtype=x0.dtype, device=x0.device)
         for k in range(controls.shape[1]):
             u = controls[:, k]
