@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         elif stage == "generate":
             g = dataclasses.replace(gen, workers=args.workers, output=data,
                                     demos_per_task=args.demos or gen.demos_per_task,
-                                    max_attempts_per_task=max(gen.max_attempts_per_task, 2 * (args.demos or 0)))
+                                    max_attempts_per_task=max(gen.max_attempts_per_task, args.demos or 0))
             rep = generate(problem, g, seed=args.seed)
             res = {"demos_per_task": g.demos_per_task, "per_task": rep,
                    "cpu_seconds": float(sum(r.get("cpu_seconds", 0.0) for r in rep.values()))}

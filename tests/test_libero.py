@@ -173,3 +173,38 @@ def test_closed_loop_evaluation_writes_report_video_and_figure(tmp_path):
     assert (tmp_path / "eval" / "report.md").is_file() and (tmp_path / "eval" / "figures" / "latent_norm.png").is_file()
     videos = list((tmp_path / "eval" / "videos").glob("*.mp4"))
     assert len(videos) == 1 and videos[0].stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def far_sim():
+    """Task 6 (bowl next to the cookie box), physics only: its bowl and plate lie far from the arm."""
+    s = L.LiberoSimulator("libero_spatial", 6, cameras=False)
+    yield s
+    s.close()
+
+
+def test_expert_grasps_from_a_side_within_reach(far_sim):
+    """In task 6, init state 1, grasping the bowl from +y puts the release pose 0.77 m from the
+    arm's base, where the elbow is fully extended and the controller stalls; the expert must
+    pick a side within ``max_reach``."""
+    from trc.generators.libero_expert import ExpertConfig, PickPlaceExpert
+
+    far_sim.reset(1)
+    expert = PickPlaceExpert(far_sim, ExpertConfig(), np.random.default_rng(0))
+    obj, _ = far_sim.body_pose(expert.obj)
+    tgt, _ = far_sim.body_pose(expert.target)
+    order = expert._candidates(obj, tgt)
+    assert sorted(order) == sorted(PickPlaceExpert.DIRECTIONS)
+    assert expert._reach("+y", obj, tgt) > expert.config.max_reach
+    assert expert._reach(order[0], obj, tgt) <= expert.config.max_reach
+    assert order[0] == min(PickPlaceExpert.DIRECTIONS, key=lambda k: expert._reach(k, obj, tgt))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("init_state", [1, 3, 4, 9])
+def test_expert_succeeds_on_far_placements(far_sim, init_state):
+    """The init states of task 6 where the expert failed before its reach-aware grasp choice."""
+    from trc.generators.libero_expert import run_episode
+
+    ep = run_episode(far_sim, init_state, max_steps=220)
+    assert ep.success and len(ep) < 160

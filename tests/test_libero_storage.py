@@ -141,6 +141,26 @@ def test_problem_and_generator_sections():
         LiberoGeneratorConfig(expert={"gain": 2.0})
     with pytest.raises(ConfigError, match="demos_per_task"):
         LiberoGeneratorConfig(demos_per_task=0)
+    for bad in (dict(first_init_state=-1), dict(first_init_state=1.5)):
+        with pytest.raises(ConfigError, match="first_init_state"):
+            LiberoGeneratorConfig(**bad)
+    with pytest.raises(ConfigError, match="force_direction"):
+        ExpertConfig(force_direction="up")
+    with pytest.raises(ConfigError, match="max_reach"):
+        ExpertConfig(max_reach=0.0)
+
+
+def test_demonstrations_start_from_init_states_apart_from_the_evaluation_ones():
+    """By default attempts 0..24 use init states 25..49; evaluation uses 0..episodes-1."""
+    from trc.generators.libero_expert import init_state_of_attempt
+
+    g = LiberoGeneratorConfig()
+    ids = [init_state_of_attempt(g, k, 50) for k in range(25)]
+    assert ids == list(range(25, 50))
+    assert init_state_of_attempt(g, 25, 50) == 0  # cycles after the last one
+    assert [init_state_of_attempt(LiberoGeneratorConfig(first_init_state=0), k, 50) for k in range(3)] == [0, 1, 2]
+    with pytest.raises(ConfigError, match="attempt"):
+        init_state_of_attempt(g, -1, 50)
 
 
 def test_shipped_configuration_parses():

@@ -243,7 +243,9 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
     if tasks is None:
         tasks = problem["tasks"] if problem["tasks"] != "all" else list(range(len(suite_tasks(problem["suite"]))))
     out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent / "eval"
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    # Share the cores among the workers, never more threads than this process is allowed
+    # (torch.get_num_threads() follows OMP_NUM_THREADS and torch.set_num_threads).
+    threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // workers))
     jobs = [(str(checkpoint), problem, t, j, action_steps, j < videos, max_steps, threads) for t in tasks for j in range(episodes)]
     results: list[EpisodeResult] = []
     t0 = time.time()

@@ -36,7 +36,8 @@ from scipy.spatial.transform import Rotation
 
 from dynamics.errors import ConfigError, SolverError
 
-__all__ = ["ExpertConfig", "PickPlaceExpert", "Episode", "run_episode", "generate", "LiberoGeneratorConfig"]
+__all__ = ["ExpertConfig", "PickPlaceExpert", "Episode", "run_episode", "generate", "LiberoGeneratorConfig",
+           "init_state_of_attempt"]
 
 #: Grip-site orientation the expert holds: fingers pointing down, closing along world y.
 R_DOWN = np.diag([1.0, -1.0, -1.0])
@@ -66,6 +67,19 @@ class ExpertConfig:
         Height of the object's base above the target's base when it is released.
     close_steps, release_steps : int
         Steps the gripper is commanded closed (open) before lifting (retreating).
+    tolerance : float
+        Distance of the grip site to the grasp point at which the fingers close.
+    force_direction : {"+y", "-y", "+x", "-x"} or None
+        Always grasp from this side (None: choose, see :meth:`PickPlaceExpert._candidates`).
+    max_reach : float
+        Horizontal distance from the arm's base beyond which a grasp or release pose is
+        avoided when another side is possible (measured: at carrying height the Panda's elbow
+        reaches its joint limit, and the controller stalls, about 0.77 m from the base).
+    clearance_enough : float
+        Room between the outer finger and the nearest other object beyond which more room does
+        not make a side preferable.
+    carry_stall_steps : int
+        Steps without progress toward the target after which carrying ends and lowering starts.
     """
 
     kp: float = 1.2
@@ -80,11 +94,18 @@ class ExpertConfig:
     release_steps: int = 6
     tolerance: float = 0.008
     force_direction: str | None = None
+    max_reach: float = 0.76
+    clearance_enough: float = 0.08
+    carry_stall_steps: int = 10
 
     def __post_init__(self):
-        for key in ("kp", "kr", "max_speed", "rim_radius", "hover", "carry_clearance", "tolerance"):
+        for key in ("kp", "kr", "max_speed", "rim_radius", "hover", "carry_clearance", "tolerance", "max_reach",
+                    "clearance_enough", "carry_stall_steps"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"expert.{key} must be positive, got {getattr(self, key)!r}")
+        if self.force_direction is not None and self.force_direction not in PickPlaceExpert.DIRECTIONS:
+            raise ConfigError(f"expert.force_direction must be one of {sorted(PickPlaceExpert.DIRECTIONS)} or null, "
+                              f"got {self.force_direction!r}")
 
 
 class PickPlaceExpert:
@@ -135,8 +156,30 @@ class PickPlaceExpert:
     #: point on the rim) and the yaw of the gripper that closes its fingers along them.
     DIRECTIONS = {"+y": ((0.0, 1.0), 0.0), "-y": ((0.0, -1.0), 0.0), "+x": ((1.0, 0.0), 90.0), "-x": ((-1.0, 0.0), 90.0)}
 
-    def _candidates(self, obj_pos: np.ndarray) -> list[str]:
-        """Grasp directions, the ones farthest from other objects first (``+-y`` before ``+-x``)."""
+    def _robot_base_xy(self) -> np.ndarray:
+        """Position of the arm's base in the table plane, shape ``(2,)`` (m)."""
+        sim = self.sim.sim
+        return np.asarray(sim.data.body_xpos[sim.model.body_name2id("robot0_base")][:2], dtype=float)
+
+    def _reach(self, key: str, obj_pos: np.ndarray, tgt_pos: np.ndarray) -> float:
+        """Largest horizontal distance (m) from the arm's base of the grip site when grasping
+        the object from side ``key`` and when releasing it over the target (same offset)."""
+        d = np.asarray(self.DIRECTIONS[key][0])
+        offset = d * self.config.rim_radius if self._is_bowl() else np.zeros(2)
+        base = self._robot_base_xy()
+        return max(np.linalg.norm(obj_pos[:2] + offset - base), np.linalg.norm(tgt_pos[:2] + offset - base))
+
+    def _candidates(self, obj_pos: np.ndarray, tgt_pos: np.ndarray) -> list[str]:
+        """Grasp directions, best first.
+
+        Free directions (see :meth:`_fingers_blocked`) come first. Among them, directions whose
+        grasp and release poses stay within ``max_reach`` of the arm's base come first (near
+        full extension the Panda's elbow reaches its joint limit and the operational-space
+        controller stalls), then those with most room between the outer finger and other
+        objects at finger height (room beyond ``clearance_enough`` counts the same), then the
+        shortest reach.
+        """
+        c = self.config
         others = []
         for name in list(self.sim.env.objects_dict):
             if name == self.obj:
@@ -147,13 +190,18 @@ class PickPlaceExpert:
 
         def clearance(key):
             d = np.asarray(self.DIRECTIONS[key][0])
-            finger = obj_pos[:2] + d * (self.config.rim_radius + 0.04)
+            finger = obj_pos[:2] + d * (c.rim_radius + 0.04)
             return min((np.linalg.norm(finger - o) for o in others), default=1.0)
 
-        ys = sorted(["+y", "-y"], key=lambda k: -clearance(k))
-        if abs(clearance("+y") - clearance("-y")) < 0.02 and self.rng.random() < 0.5:
-            ys.reverse()
-        order = ys + ["+x", "-x"]
+        def score(key):
+            reach = self._reach(key, obj_pos, tgt_pos)
+            return (reach > c.max_reach, -round(min(clearance(key), c.clearance_enough), 2), reach)
+
+        order = sorted(self.DIRECTIONS, key=score)
+        # Equally good first choices: pick one at random (diverse demonstrations).
+        if len(order) > 1 and score(order[0])[:2] == score(order[1])[:2] and \
+                abs(score(order[0])[2] - score(order[1])[2]) < 0.01 and self.rng.random() < 0.5:
+            order[0], order[1] = order[1], order[0]
         free = [k for k in order if not self._fingers_blocked(k, obj_pos)]
         return free + [k for k in order if k not in free]
 
@@ -231,7 +279,7 @@ class PickPlaceExpert:
         tgt_pos, _ = self.sim.body_pose(self.target)
         eef = np.asarray(raw["robot0_eef_pos"], dtype=float)
         if self.side is None:
-            self.candidates = self._candidates(obj_pos) if self.config.force_direction is None else [self.config.force_direction]
+            self.candidates = self._candidates(obj_pos, tgt_pos) if self.config.force_direction is None else [self.config.force_direction]
             self.side = self.candidates.pop(0)
         self.phase_steps += 1
         grasp = self._grasp_point(obj_pos)
@@ -290,12 +338,19 @@ class PickPlaceExpert:
                     self._next("backoff")
                     return self._servo(raw, self.hold, -1.0)
                 self._next("carry")
+                self.best_z, self.stall = np.inf, 0
             else:
                 return self._servo(raw, target, 1.0)
         if self.phase == "carry":
             shift = tgt_pos[:2] - obj_pos[:2]
             target = np.array([eef[0] + shift[0], eef[1] + shift[1], self.carry_z])
-            if np.linalg.norm(shift) < 0.01 or self.phase_steps > 80:
+            dist = float(np.linalg.norm(shift))
+            if dist < self.best_z - 0.002:  # best_z: the smallest distance so far in this phase
+                self.best_z, self.stall = dist, 0
+            else:
+                self.stall += 1
+            stalled = self.stall > c.carry_stall_steps and dist < 0.04
+            if dist < 0.01 or stalled or self.phase_steps > 80:
                 self._next("lower")
             else:
                 return self._servo(raw, target, 1.0)
@@ -453,7 +508,13 @@ class LiberoGeneratorConfig:
     demos_per_task : int
         Successful demonstrations wanted per task.
     max_attempts_per_task : int
-        Episodes tried per task at most (init states are used in order, cycling).
+        Episodes tried per task at most. Attempt ``k`` starts from official init state
+        ``(first_init_state + k) mod n`` (``n`` = 50 in LIBERO).
+    first_init_state : int
+        Init state of the first attempt. The default 25 keeps demonstrations (init states
+        25..49 for up to 25 attempts) apart from the init states ``0 .. episodes - 1`` that
+        :func:`trc.evaluation_libero.evaluate` tests on, so closed-loop success is measured on
+        scenes the policy was not trained on.
     noise_std : float
         Exploration noise of the executed actions, see :func:`run_episode`.
     output : str
@@ -465,6 +526,7 @@ class LiberoGeneratorConfig:
 
     demos_per_task: int = 10
     max_attempts_per_task: int = 20
+    first_init_state: int = 25
     noise_std: float = 0.1
     output: str = "datasets/libero_spatial"
     workers: int = 1
@@ -481,6 +543,24 @@ class LiberoGeneratorConfig:
                 raise ConfigError(f"generator.{key} must be a positive integer, got {v!r}")
         if not 0 <= self.noise_std < 1:
             raise ConfigError(f"generator.noise_std must be in [0, 1), got {self.noise_std!r}")
+        v = self.first_init_state
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"generator.first_init_state must be a non-negative integer, got {v!r}")
+
+
+def init_state_of_attempt(config: LiberoGeneratorConfig, attempt: int, num_init_states: int) -> int:
+    """Official init state that generation attempt ``attempt`` (0-based) of a task starts from.
+
+    ``(config.first_init_state + attempt) mod num_init_states``.
+
+    Raises
+    ------
+    ConfigError
+        If ``attempt`` is negative or ``num_init_states`` is not positive.
+    """
+    if attempt < 0 or num_init_states < 1:
+        raise ConfigError(f"attempt must be >= 0 and num_init_states >= 1, got {attempt} and {num_init_states}")
+    return (config.first_init_state + int(attempt)) % int(num_init_states)
 
 
 _WORKER_SIM: dict[str, Any] = {}
@@ -511,7 +591,8 @@ def generate(problem, config: LiberoGeneratorConfig, *, output: str | os.PathLik
              resume: bool = True, progress: bool = True) -> dict:
     """Generate scripted demonstrations for the tasks of a LIBERO problem.
 
-    Episodes run from the official init states in order (``0, 1, ...``, cycling), each with
+    Episodes run from the official init states in order (``first_init_state``, then the next
+    ones, cycling), each with
     its own seed derived from ``seed``, task and attempt, so the same seed gives the same data
     whatever the number of workers. Finished episodes are staged in ``<output>/.staging``
     (atomically), so an interrupted run resumes where it stopped; a task's HDF5 file is
@@ -572,7 +653,7 @@ def generate(problem, config: LiberoGeneratorConfig, *, output: str | os.PathLik
                 break
             if attempt in tried:
                 continue
-            init_id = attempt % n_init
+            init_id = init_state_of_attempt(config, attempt, n_init)
             ep_seed = int(np.random.SeedSequence([seed, t, attempt]).generate_state(1)[0])
             jobs.append((t, attempt, (pdict, t, init_id, ep_seed, config.noise_std, expert_cfg)))
             need -= 1  # optimistic: queue as many attempts as demos still needed
@@ -603,7 +684,7 @@ def generate(problem, config: LiberoGeneratorConfig, *, output: str | os.PathLik
                 next_attempt[t] += 1
                 n_init = len(load_init_states(infos[t]))
                 ep_seed = int(np.random.SeedSequence([seed, t, a]).generate_state(1)[0])
-                args = (pdict, t, a % n_init, ep_seed, config.noise_std, expert_cfg)
+                args = (pdict, t, init_state_of_attempt(config, a, n_init), ep_seed, config.noise_std, expert_cfg)
                 futures[pool.submit(_worker_episode, args)] = (t, a)
     bar.close()
     for t in staged:
