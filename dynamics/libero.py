@@ -420,6 +420,7 @@ class LiberoSimulator:
             )
         self.steps = 0
         self.last_raw: dict | None = None
+        self._cameras_enabled = True
 
     # -------------------------------------------------------------- properties
     @property
@@ -487,6 +488,7 @@ class LiberoSimulator:
             state = np.asarray(init_state, dtype=np.float64)
             if state.shape != (self.state_dim,):
                 raise DimensionError(f"init state has shape {state.shape}; expected ({self.state_dim},)")
+        self._set_cameras_enabled(True)
         self._env.reset()
         raw = self._env.set_init_state(state)
         for _ in range(settle_steps):
@@ -495,13 +497,39 @@ class LiberoSimulator:
         self.last_raw = raw
         return raw
 
-    def step(self, action: np.ndarray) -> tuple[dict, bool]:
+    def _set_cameras_enabled(self, enabled: bool) -> None:
+        """Switch robosuite's camera observables on or off (off: the step renders nothing).
+
+        robosuite's ``Observable.set_enabled`` restarts an observable's sampling clock, which
+        would shift (or skip) its next sample; the clock is kept across the switch instead, so
+        a camera switched back on samples within the step exactly as if it had never been off
+        (each control step is one whole sampling period). Uses the observable's private clock
+        attributes of robosuite 1.4.0, the version LIBERO pins.
+        """
+        if not self.cameras or enabled == self._cameras_enabled:
+            return
+        for name, obs in self.env._observables.items():
+            if not name.endswith("_image"):
+                continue
+            clock = (obs._time_since_last_sample, obs._sampled, obs._current_delay)
+            value = obs._current_observed_value
+            obs.set_enabled(enabled)
+            obs._time_since_last_sample, obs._sampled, obs._current_delay = clock
+            obs._current_observed_value = value
+        self._cameras_enabled = enabled
+
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[dict, bool]:
         """Apply one 7-DoF action for one control period.
 
         Parameters
         ----------
         action : array_like, shape ``(7,)``
             ``(dx, dy, dz, dax, day, daz, gripper)`` in ``[-1, 1]`` (clipped by robosuite).
+        render : bool
+            Render the cameras in this step. ``False`` skips the rendering (most of a step's
+            cost), and ``raw`` then has no images. Skipping changes neither the physics nor
+            the images of later rendered steps (taken at the same instant within the step as
+            when every step renders).
 
         Returns
         -------
@@ -520,6 +548,7 @@ class LiberoSimulator:
             raise DimensionError(f"action has shape {action.shape}; expected ({self.action_dim},)")
         if not np.isfinite(action).all():
             raise NonFiniteError(f"action contains NaN or infinity: {action.tolist()}")
+        self._set_cameras_enabled(bool(render))
         raw, _, _, _ = self._env.step(action)
         self.steps += 1
         self.last_raw = raw
@@ -538,6 +567,7 @@ class LiberoSimulator:
         state = np.asarray(state, dtype=np.float64)
         if state.shape != (self.state_dim,):
             raise DimensionError(f"state has shape {state.shape}; expected ({self.state_dim},)")
+        self._set_cameras_enabled(True)
         raw = self._env.regenerate_obs_from_state(state)
         self.last_raw = raw
         return raw

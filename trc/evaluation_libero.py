@@ -103,7 +103,9 @@ def run_policy_episode(policy, sim, text: torch.Tensor, init_state_id: int, *, m
             cycles.append(float(out.cycles[0]))
             queue = list(chunk[0, :action_steps].numpy())
         prev_pos = p["ee_pos"]
-        raw, success = sim.step(queue.pop(0))
+        action = queue.pop(0)
+        # Render only where the images are used: before the next policy query, and for videos.
+        raw, success = sim.step(action, render=record or not queue)
         steps += 1
         if record:
             frames.append(_frame(raw))
