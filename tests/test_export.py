@@ -1,6 +1,7 @@
 """Export of trained controllers (trc.export): the exported programs give the model's controls.
 
-Every format is loaded back with its own runtime (TorchScript, torch.export, onnxruntime) and
+Every format is loaded back with its own runtime (TorchScript, torch.export, AOTInductor,
+onnxruntime) and
 compared with the PyTorch model on inputs of another batch size than the trace's.
 """
 
@@ -40,7 +41,9 @@ def model():
 @pytest.mark.parametrize(
     "fmt, feedback, suffix",
     [("torchscript", True, ".ts"), ("onnx", True, ".onnx"), ("torchscript", False, ".ts"), ("onnx", False, ".onnx"),
-     pytest.param("torch_export", False, ".pt2", marks=pytest.mark.slow)],  # torch.export alone takes ~10 s of CPU
+     ("aoti", True, ".aoti.pt2"),  # compiled to C++ by AOTInductor, feedback rollouts included (~30 s)
+     pytest.param("torch_export", True, ".pt2", marks=pytest.mark.slow),  # torch.export alone takes ~10 s of CPU
+     pytest.param("torch_export", False, ".pt2", marks=pytest.mark.slow)],
 )
 def test_exported_program_gives_the_models_controls(model, tmp_path, fmt, feedback, suffix):
     path = tmp_path / f"ctrl{suffix}"
@@ -127,8 +130,10 @@ def test_export_leaves_the_inference_time_stages_out(tmp_path):
 
 
 def test_unexportable_models_are_refused(model, tmp_path):
-    with pytest.raises(ConfigError, match="torch.export cannot capture"):
-        export_controller(model, tmp_path / "c.pt2")
+    adams = tiny(problem({"name": "van_der_pol", "u_min": -2.0, "u_max": 2.0, "method": "explicit_adams"}))
+    for suffix in (".pt2", ".aoti.pt2"):
+        with pytest.raises(ConfigError, match="captures the feedback rollouts of continuous plants"):
+            export_controller(adams, tmp_path / f"c{suffix}")
     with pytest.raises(ConfigError, match="suffix"):
         export_controller(model, tmp_path / "c.bin")
     with pytest.raises(ConfigError, match="unknown export format"):
@@ -139,7 +144,7 @@ def test_unexportable_models_are_refused(model, tmp_path):
     with pytest.raises(ConfigError, match="adaptive method"):
         export_controller(adaptive, tmp_path / "c.onnx")
     export_controller(adaptive, tmp_path / "c.onnx", feedback=False)  # the plant-free network is fine
-    assert not (tmp_path / "c.ts").exists() and not (tmp_path / "c.pt2").exists()
+    assert not any((tmp_path / f"c{suffix}").exists() for suffix in (".ts", ".pt2", ".aoti.pt2"))
     with pytest.raises(FileNotFoundError):
         load_controller(tmp_path / "missing.onnx")
     ctrl = ExportedController(tmp_path / "c.onnx")

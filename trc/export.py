@@ -3,13 +3,14 @@
 The exported program maps ``(current_state (B, n), target_state (B, n))`` to the planned
 controls ``(B, N, m)`` (float32, batch size free), exactly as ``model(x0, target)``:
 
-==================  ===========  ===================  ====================================
-format              file         trajectory feedback  runs with
-==================  ===========  ===================  ====================================
-``torchscript``     ``.ts``      yes                  ``torch.jit.load`` (C++: libtorch)
-``onnx``            ``.onnx``    yes                  onnxruntime (opset 17), TensorRT, ...
-``torch_export``    ``.pt2``     no (plant-free)      ``torch.export.load``, AOTInductor
-==================  ===========  ===================  ====================================
+==================  =============  ===================  ==================================
+format              file           trajectory feedback  runs with
+==================  =============  ===================  ==================================
+``torchscript``     ``.ts``        yes                  ``torch.jit.load`` (C++: libtorch)
+``onnx``            ``.onnx``      yes                  onnxruntime (opset 17), TensorRT, ...
+``torch_export``    ``.pt2``       yes (fixed-step)     ``torch.export.load``
+``aoti``            ``.aoti.pt2``  yes (fixed-step)     ``torch._inductor.aoti_load_package``
+==================  =============  ===================  ==================================
 
 What works, and why:
 
@@ -19,22 +20,27 @@ What works, and why:
   records their tensor operations. That is exact for fixed-step integrators (``rk4``,
   ``euler``, ...), whose grid of time steps is the same for every input; adaptive methods
   (``dopri5``) and adaptive halting (``act``) take data-dependent decisions that a trace
-  would freeze, so they are refused. For the trace the plant is wrapped in
-  :class:`IntervalRollout`, which integrates each control interval with its own
-  :func:`torchdiffeq.odeint` call (the same fixed steps as :meth:`dynamics.Plant.rollout`,
-  without the time-grid bookkeeping of the zero-order hold, which records Python autograd
-  functions that TorchScript cannot save). The ONNX export adds three operator translations the
-  exporter lacks at opset 17: ``rms_norm`` (as ``x / sqrt(mean(x^2) + eps) * w``,
-  Zhang & Sennrich, NeurIPS 2019), ``asinh`` (ONNX ``Asinh``) and ``adaptive_avg_pool1d``
-  with an output length that does not divide the input length (a constant averaging matrix,
-  PyTorch's bins).
-* **torch.export** (:func:`torch.export.export`, dynamic batch dimension) captures the
-  network, but not torchdiffeq's feedback rollouts: torchdiffeq validates its time grid with
-  data-dependent checks that ``torch.export`` cannot capture. Models whose plant rolls out
-  exactly (linear plants, method ``"exact"``: two tensor contractions) export with their
-  feedback; the others need ``feedback=False`` (which changes the controls of a model trained
-  with feedback). The model's own finiteness check on the inputs is
-  data-dependent too and is dropped from the exported program (shapes are still checked).
+  would freeze, so they are refused. For the export the plant is wrapped in
+  :class:`IntervalRollout`, which steps the rollouts without input checks (the same steps as
+  :meth:`dynamics.Plant.rollout`: :mod:`dynamics.fixed_step`). The ONNX export adds three
+  operator translations the exporter lacks at opset 17: ``rms_norm`` (as
+  ``x / sqrt(mean(x^2) + eps) * w``, Zhang & Sennrich, NeurIPS 2019), ``asinh`` (ONNX
+  ``Asinh``) and ``adaptive_avg_pool1d`` with an output length that does not divide the input
+  length (a constant averaging matrix, PyTorch's bins).
+* **torch.export** (:func:`torch.export.export`, non-strict, dynamic batch dimension) captures
+  the network and the feedback rollouts of the one-step fixed-grid methods
+  (:data:`dynamics.fixed_step.ONE_STEP_METHODS`) and of the exact zero-order hold of linear
+  plants, which have no data-dependent control flow. Discrete-time plants and torchdiffeq's
+  Adams methods are refused with feedback (``feedback=False`` exports the plant-free network,
+  which changes the controls of a model trained with feedback). The model's own finiteness
+  check on the inputs is data-dependent and is dropped from the exported program (shapes are
+  still checked).
+* **AOTInductor** (``aoti``) compiles that exported program ahead of time to C++ with
+  TorchInductor (:func:`torch._inductor.aoti_compile_and_package`; needs a C++ compiler at
+  export time, not at run time): the plant steps fuse into a few loops and the per-operator
+  dispatch of eager PyTorch (10-20 us per operator on a small CPU) disappears, which is what
+  makes a plan with feedback rollouts take about a millisecond at batch 1. Compiling takes
+  minutes for long horizons (the rollouts are unrolled).
 
 :func:`export_controller` writes the file atomically and checks that the exported program
 reproduces the PyTorch model on fresh random inputs; :func:`load_controller` reads any of the
@@ -60,6 +66,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch._inductor
 from torch import nn
 
 from torchdiffeq import odeint
@@ -83,12 +90,21 @@ __all__ = [
 ]
 
 #: Export format -> default file suffix.
-FORMATS = {"torchscript": ".ts", "onnx": ".onnx", "torch_export": ".pt2"}
+FORMATS = {"torchscript": ".ts", "onnx": ".onnx", "torch_export": ".pt2", "aoti": ".aoti.pt2"}
 
 #: ONNX opset of the exports.
 ONNX_OPSET = 17
 
-_SUFFIX_FORMAT = {".ts": "torchscript", ".pt": "torchscript", ".onnx": "onnx", ".pt2": "torch_export"}
+_SUFFIX_FORMAT = {".aoti.pt2": "aoti", ".ts": "torchscript", ".pt": "torchscript", ".onnx": "onnx", ".pt2": "torch_export"}
+
+#: TorchInductor options of the AOTInductor compilation: plan the memory of the many small
+#: intermediate tensors of the unrolled rollouts once, instead of allocating each per call.
+AOTI_OPTIONS = {"memory_planning": True}
+
+
+def _format_of(path: Path) -> str | None:
+    """The export format a file name implies (longest matching suffix), or ``None``."""
+    return next((fmt for suffix, fmt in _SUFFIX_FORMAT.items() if path.name.endswith(suffix)), None)
 
 
 class IntervalRollout(Plant):
@@ -236,11 +252,12 @@ def _check_exportable(model, fmt: str, feedback: bool) -> None:
                 f"the model's plant integrates with the adaptive method {plant.method!r}, whose steps depend on "
                 f"the input; export needs a fixed-step method {FIXED_STEP_METHODS} (or feedback=False)"
             )
-        if fmt == "torch_export" and (plant.discrete or plant.method != EXACT):
+        if fmt in ("torch_export", "aoti") and (plant.discrete or plant.method not in (EXACT, *ONE_STEP_METHODS)):
             raise ConfigError(
-                "torch.export cannot capture the feedback rollouts (torchdiffeq checks its time grid with "
-                "data-dependent control flow); use format 'torchscript' or 'onnx', or feedback=False for a "
-                "model trained without feedback"
+                f"{fmt} captures the feedback rollouts of continuous plants with one of the methods "
+                f"{(EXACT, *ONE_STEP_METHODS)} only (the plant {plant.name!r} "
+                f"{'is discrete-time' if plant.discrete else f'uses {plant.method!r}'}); use format 'torchscript' or "
+                "'onnx', or feedback=False for a model trained without feedback"
             )
 
 
@@ -322,7 +339,7 @@ def export_controller(
         A trained model (copied to the CPU in float32; the original is not changed).
     path : str or PathLike
         Output file, written atomically.
-    format : {"torchscript", "onnx", "torch_export"}, optional
+    format : {"torchscript", "onnx", "torch_export", "aoti"}, optional
         Default from the suffix (``.ts``/``.pt``, ``.onnx``, ``.pt2``).
     feedback : bool, optional
         Include the trajectory-error feedback rollouts; default: whenever the model has them.
@@ -342,13 +359,14 @@ def export_controller(
     ------
     ConfigError
         On an unknown format or suffix, or a model the format cannot represent (see the module
-        documentation: adaptive halting, adaptive integrators, feedback with ``torch_export``).
+        documentation: adaptive halting, adaptive integrators, feedback of discrete plants with
+        ``torch_export`` or ``aoti``).
     TRCError
         If the exported program's controls differ from the model's by more than ``atol`` (the
         file is not written).
     """
     path = Path(path)
-    fmt = format or _SUFFIX_FORMAT.get(path.suffix)
+    fmt = format or _format_of(path)
     if fmt is None:
         raise ConfigError(f"cannot tell the export format from suffix {path.suffix!r}; pass format= one of {sorted(FORMATS)}")
     feedback = _has_feedback(model) if feedback is None else bool(feedback)
@@ -378,9 +396,13 @@ def export_controller(
         else:
             program.model._check_states = types.MethodType(_state_check_for_export, program.model)
             batch = torch.export.Dim("batch", min=1, max=1 << 20)
-            exported = torch.export.export(program, example, dynamic_shapes=({0: batch}, {0: batch}), strict=False)
-            buffer = io.BytesIO()  # torch.export.save insists on a .pt2 name; the temporary file has none
-            torch.export.save(exported, buffer)
+            with torch.no_grad():
+                exported = torch.export.export(program, example, dynamic_shapes=({0: batch}, {0: batch}), strict=False)
+            buffer = io.BytesIO()  # both writers insist on a .pt2 name; the temporary file has none
+            if fmt == "torch_export":
+                torch.export.save(exported, buffer)
+            else:
+                torch._inductor.aoti_compile_and_package(exported, package_path=buffer, inductor_configs=AOTI_OPTIONS)
             tmp.write_bytes(buffer.getvalue())
         got = ExportedController(tmp, fmt)(*(t.numpy() for t in fresh))
         error = float(np.abs(got - expected).max())
@@ -409,7 +431,7 @@ class ExportedController:
 
     def __init__(self, path: str | os.PathLike, format: str | None = None):
         path = Path(path)
-        fmt = format or _SUFFIX_FORMAT.get(path.suffix)
+        fmt = format or _format_of(path)
         if fmt not in FORMATS:
             raise ConfigError(f"unknown export format {fmt!r} (file {str(path)!r}); choose one of {sorted(FORMATS)}")
         if not path.is_file():
@@ -427,6 +449,8 @@ class ExportedController:
                 with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
                     warnings.simplefilter("ignore", DeprecationWarning)
                     module = torch.jit.load(str(path))
+            elif fmt == "aoti":
+                module = torch._inductor.aoti_load_package(io.BytesIO(path.read_bytes()))
             else:
                 module = torch.export.load(io.BytesIO(path.read_bytes())).module()
 
