@@ -13,16 +13,18 @@ For every standard problem (``configs/*.yaml``) and every model preset
   and of CasADi/IPOPT on the nonlinear problems (``tests/reference_casadi.py``, exact
   Hessians, ``tol = 1e-8``);
 
-and prints them with the ratios solver time / TRC time. Latency does not depend on the
-weights, so the models are untrained (an untrained and a trained model of a preset run the
-same operations). Optionally (``--onnx``) the default preset is also exported to ONNX
-(:mod:`trc.export`) and timed with onnxruntime.
+and prints them with the ratios solver time / TRC time, and the floating-point operations of
+one plan (matrix products and convolutions), which bound the batched throughput on a given CPU.
+Latency does not depend on the weights, so the models are untrained (an untrained and a
+trained model of a preset run the same operations). Optionally the first preset is also
+exported (:mod:`trc.export`) to ONNX (``--onnx``, timed with onnxruntime) and compiled to C++
+by AOTInductor (``--aoti``, the feedback rollouts included).
 
 The goals of the project: TRC at batch 1 at least 100 times faster than IPOPT on the
 nonlinear problems, and at least 10^5 control sequences per second batched.
 
     python benchmarks/latency.py                        # everything (several minutes)
-    python benchmarks/latency.py --problems van_der_pol --presets two_level_small --onnx
+    python benchmarks/latency.py --problems van_der_pol --presets two_level_small --onnx --aoti
 """
 
 from __future__ import annotations
@@ -98,15 +100,32 @@ def trc_times(problem: Problem, preset: str, repeats: int, batch: int, feedback:
     with torch.no_grad():
         one = measure_latency(lambda: model(x0[:1], target[:1], plant=plant), repeats)
         many = measure_latency(lambda: model(x0, target, plant=plant), max(3, repeats // 5), warmup=1)
-    return {"b1": one, "bN": many, "params": model.get_parameter_count(), "model": model}
+    out = {"b1": one, "bN": many, "params": model.get_parameter_count(), "model": model}
+    if feedback:
+        out["flops"] = flops_per_plan(model, problem)
+    return out
 
 
-def onnx_times(model, problem: Problem, repeats: int, batch: int, folder: Path) -> dict[str, float]:
-    """Latency (ms) of ``model`` exported to ONNX (with feedback), at batch 1 and ``batch``."""
-    from trc.export import export_controller, load_controller
+def flops_per_plan(model, problem: Problem) -> float:
+    """Floating-point operations of one plan at batch 1, with feedback (:class:`torch.utils.flop_counter.FlopCounterMode`:
+    matrix products and convolutions, which bound the batched throughput)."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    path = folder / f"{problem.name}.onnx"
-    export_controller(model, path)
+    x0, target = (torch.as_tensor(a, dtype=torch.float32) for a in problem.sample(1, seed=1))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x0, target)
+    return float(counter.get_total_flops())
+
+
+def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Path, fmt: str) -> dict[str, float]:
+    """Latency (ms) of ``model`` exported in format ``fmt`` (with feedback), at batch 1 and ``batch``."""
+    from trc.export import FORMATS, export_controller, load_controller
+
+    path = folder / f"{problem.name}{FORMATS[fmt]}"
+    start = time.perf_counter()
+    export_controller(model, path, format=fmt)
+    print(f"  ({fmt} export of {problem.name}: {time.perf_counter() - start:.0f} s)", flush=True)
     ctrl = load_controller(path)
     x0, target = (a.astype(np.float32) for a in problem.sample(batch, seed=1))
     return {"b1": measure_latency(lambda: ctrl(x0[:1], target[:1]), repeats),
@@ -122,7 +141,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1024, help="large batch size")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a fair single-core comparison)")
     p.add_argument("--onnx", action="store_true", help="also time the first preset exported to ONNX (onnxruntime)")
-    p.add_argument("--export-dir", type=Path, default=ROOT / "runs" / "benchmarks", help="folder of the ONNX files")
+    p.add_argument("--aoti", action="store_true",
+                   help="also time the first preset compiled by AOTInductor (trc.export format 'aoti'; minutes per problem)")
+    p.add_argument("--export-dir", type=Path, default=ROOT / "runs" / "benchmarks", help="folder of the exported files")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -135,13 +156,14 @@ def main(argv=None) -> int:
         solvers = solver_times(name, problem, x0, target)
         print(f"\n## {name} (N = {problem.horizon}, n = {problem.state_dim}, m = {problem.control_dim}); solvers, ms "
               "per instance: " + ", ".join(f"{label} {ms:.2f}" for label, ms in solvers.items()))
-        print(f"| TRC | params | batch 1 [ms] | seq/s at batch {args.batch} | "
+        print(f"| TRC | params | MFLOP per plan | batch 1 [ms] | seq/s at batch {args.batch} | "
               + " | ".join(f"{label} / TRC" for label in solvers) + " |")
-        print("|---|---|---|---|" + "---|" * len(solvers))
+        print("|---|---|---|---|---|" + "---|" * len(solvers))
 
         def row(label, t, params):
             ratios = " | ".join(f"{ms / t['b1']:.2f}" for ms in solvers.values())
-            print(f"| {label} | {params} | {t['b1']:.2f} | {1e3 * args.batch / t['bN']:.3g} | {ratios} |")
+            flops = f"{t['flops'] / 1e6:.2f}" if "flops" in t else ""
+            print(f"| {label} | {params} | {flops} | {t['b1']:.3f} | {1e3 * args.batch / t['bN']:.3g} | {ratios} |", flush=True)
 
         first = None
         for preset in args.presets:
@@ -151,9 +173,10 @@ def main(argv=None) -> int:
         if first is not None:
             row(f"{args.presets[0]}, plant-free network", trc_times(problem, args.presets[0], args.repeats, args.batch, False),
                 first["params"])
-        if args.onnx and first is not None:
-            row(f"{args.presets[0]}, ONNX (onnxruntime)", onnx_times(first["model"], problem, args.repeats, args.batch,
-                                                                     args.export_dir), first["params"])
+        for flag, fmt, label in ((args.onnx, "onnx", "ONNX (onnxruntime)"), (args.aoti, "aoti", "AOTInductor")):
+            if flag and first is not None:
+                row(f"{args.presets[0]}, {label}", exported_times(first["model"], problem, args.repeats, args.batch,
+                                                                  args.export_dir, fmt), first["params"])
     return 0
 
 
