@@ -1,11 +1,11 @@
-"""Deployment: export a trained controller to TorchScript, ONNX and torch.export.
+"""Deployment: export a trained controller to TorchScript, ONNX, torch.export and AOTInductor.
 
 :func:`trc.export.export_controller` writes the controller as a self-contained program
 ``(x0, x*) -> controls`` and checks it against the PyTorch model on fresh inputs;
-:func:`trc.export.load_controller` runs it (TorchScript, ``torch.export`` or onnxruntime)
-without the TRC code. The trajectory-error feedback (plant rollouts inside the network) is
-traced into the TorchScript and ONNX programs; ``torch.export`` cannot capture it and gets
-the plant-free network (see :mod:`trc.export`).
+:func:`trc.export.load_controller` runs it (TorchScript, ``torch.export``, AOTInductor or
+onnxruntime) without the TRC code. The trajectory-error feedback (plant rollouts inside the
+network) is part of every program; the plant-free network is exported too, for comparison
+(see :mod:`trc.export`).
 
 Figure: file sizes and CPU latencies (batch 1 and 1024) of the exported programs against the
 PyTorch model.
@@ -19,7 +19,7 @@ import torch
 from _common import CACHE, parse_args, plt, save, trained_model
 
 from trc.evaluation import measure_latency
-from trc.export import export_controller, load_controller
+from trc.export import FORMATS, export_controller, load_controller
 
 
 def main(argv=None):
@@ -35,12 +35,12 @@ def main(argv=None):
             rows.append((f"PyTorch{'' if feedback else ' (plant-free)'}", None,
                          measure_latency(lambda: model(x1, t1, plant=None if feedback else False), repeats),
                          measure_latency(lambda: model(xb, tb, plant=None if feedback else False), repeats)))
-    exports = [("torchscript", True), ("onnx", True), ("torchscript", False), ("onnx", False), ("torch_export", False)]
+    exports = [("torchscript", True), ("onnx", True), ("torch_export", True), ("aoti", True), ("onnx", False),
+               ("aoti", False)]
     if args.quick:  # the plant-free exports take seconds; the others are tested in tests/test_export.py
         exports = [("torchscript", False), ("onnx", False)]
-    suffix = {"torchscript": ".ts", "onnx": ".onnx", "torch_export": ".pt2"}
     for fmt, feedback in exports:
-        path = folder / f"di_{'feedback' if feedback else 'plant_free'}{suffix[fmt]}"
+        path = folder / f"di_{'feedback' if feedback else 'plant_free'}{FORMATS[fmt]}"
         result = export_controller(model, path, format=fmt, feedback=feedback)
         ctrl = load_controller(path)
         x1n, t1n, xbn, tbn = (a.numpy() for a in (x1, t1, xb, tb))
