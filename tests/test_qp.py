@@ -75,7 +75,11 @@ def scipy_reference(problem, x0, target, u_max, v_max=None):
                 {"type": "ineq", "fun": lambda U: v_max + Sv @ U + sv, "jac": lambda U: Sv}]
         res = scipy.optimize.minimize(fun, np.zeros(N), jac=jac, method="SLSQP", bounds=bounds, constraints=cons,
                                       options={"ftol": 1e-10, "maxiter": 1000})
-        assert res.success, res.message
+        # Status 8 ("positive directional derivative for linesearch"): SLSQP cannot descend any
+        # further, which on this convex QP happens at the optimum to rounding (it depends on the
+        # BLAS thread count); the caller's cost comparison still catches an early stop.
+        assert res.success or res.status == 8, res.message
+        assert min(c["fun"](res.x).min() for c in cons) >= -1e-8 and np.abs(res.x).max() <= u_max + 1e-9
     return res.x, res.fun
 
 
