@@ -108,13 +108,14 @@ def _format_of(path: Path) -> str | None:
 
 
 class IntervalRollout(Plant):
-    """A fixed-step plant whose rollout integrates one control interval per solver call.
+    """A fixed-step plant whose rollout records only tensor operations (for traces and exports).
 
-    ``rollout`` calls :func:`torchdiffeq.odeint` once per control interval ``k`` on the grid
-    ``[0, dt / substeps, ..., dt]`` with ``u_k`` held, i.e. the same fixed steps as
-    :meth:`dynamics.Plant.rollout` (the vector fields are autonomous between switches), with no
-    input checks and no switching-time bookkeeping, so that a trace records only tensor
-    operations. Discrete-time plants step their difference equation. A linear plant with the
+    ``rollout`` takes the same fixed steps as :meth:`dynamics.Plant.rollout` without its input
+    checks: torchdiffeq's step function of the plant's method, interval by interval
+    (:func:`dynamics.fixed_step.zoh_rollout`); for the Adams methods, one
+    :func:`torchdiffeq.odeint` call per control interval on the grid
+    ``[0, dt / substeps, ..., dt]`` with ``u_k`` held (the vector fields are autonomous between
+    switches). Discrete-time plants step their difference equation. A linear plant with the
     ``"exact"`` method uses its lifted zero-order-hold matrices for ``horizon`` steps, computed
     here once and stored as constants (:mod:`dynamics.zoh`).
 
@@ -340,7 +341,7 @@ def export_controller(
     path : str or PathLike
         Output file, written atomically.
     format : {"torchscript", "onnx", "torch_export", "aoti"}, optional
-        Default from the suffix (``.ts``/``.pt``, ``.onnx``, ``.pt2``).
+        Default from the suffix (``.ts``/``.pt``, ``.onnx``, ``.pt2``, ``.aoti.pt2``).
     feedback : bool, optional
         Include the trajectory-error feedback rollouts; default: whenever the model has them.
     example_batch : int
