@@ -128,7 +128,9 @@ class CartPole(Plant):
         s, c = torch.sin(theta), torch.cos(theta)
         total = self.m_c + self.m_p
         ml = self.m_p * self.l
-        inertia = (4.0 / 3.0) * self.m_p * self.l**2  # pole inertia about the hinge
+        # Pole inertia about the hinge. Products, not ``** 2``, of the 0-d parameter buffers:
+        # TorchInductor (AOTInductor exports) cannot lower ``pow`` of a folded constant.
+        inertia = (4.0 / 3.0) * self.m_p * self.l * self.l
         r_x = u[:, 0] + ml * theta_dot**2 * s - self.b_c * x_dot
         r_theta = ml * self.g * s - self.b_p * theta_dot
         det = total * inertia - (ml * c) ** 2

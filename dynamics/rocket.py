@@ -181,7 +181,7 @@ class Rocket(Plant):
     # ------------------------------------------------------------------ dynamics
     def thrust_magnitude(self, u: torch.Tensor) -> torch.Tensor:
         """Smooth thrust magnitude ``sqrt(||T||^2 + eps^2)`` in N; ``u`` of shape ``(..., 3)``."""
-        return torch.sqrt((u * u).sum(-1) + self.eps**2)
+        return torch.sqrt((u * u).sum(-1) + self.eps * self.eps)  # not eps**2: see CartPole.f
 
     def f(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Vector field ``(v, T / m + g, -alpha ||T||)``.

@@ -331,6 +331,7 @@ def export_controller(
     example_batch: int = 2,
     verify_batch: int = 5,
     atol: float = 1e-4,
+    rtol: float = 1e-5,
 ) -> ExportResult:
     """Export a trained TRC model for deployment and verify the exported program.
 
@@ -349,8 +350,10 @@ def export_controller(
     verify_batch : int
         Batch size of the fresh inputs on which the exported program is compared with the
         PyTorch model (a different size than ``example_batch`` checks the free batch size).
-    atol : float
-        Largest accepted difference of the controls (control units).
+    atol, rtol : float
+        Accepted difference of the controls: ``|u_exported - u| <= atol + rtol |u|`` element-wise
+        (control units; the relative part covers float32 rounding of large controls, e.g. a
+        rocket's thrust in newtons, when a compiler reorders the operations).
 
     Returns
     -------
@@ -363,7 +366,7 @@ def export_controller(
         documentation: adaptive halting, adaptive integrators, feedback of discrete plants with
         ``torch_export`` or ``aoti``).
     TRCError
-        If the exported program's controls differ from the model's by more than ``atol`` (the
+        If the exported program's controls differ from the model's by more than that (the
         file is not written).
     """
     path = Path(path)
@@ -407,8 +410,9 @@ def export_controller(
             tmp.write_bytes(buffer.getvalue())
         got = ExportedController(tmp, fmt)(*(t.numpy() for t in fresh))
         error = float(np.abs(got - expected).max())
-        if not error <= atol:
-            raise TRCError(f"the exported {fmt} program differs from the PyTorch model by {error:.3g} > atol={atol:g}")
+        if not np.all(np.abs(got - expected) <= atol + rtol * np.abs(expected)):
+            raise TRCError(f"the exported {fmt} program differs from the PyTorch model by up to {error:.3g} "
+                           f"(more than atol={atol:g} + rtol={rtol:g} |u|)")
     return ExportResult(path=path, format=fmt, feedback=feedback, size_bytes=path.stat().st_size, max_abs_error=error)
 
 
