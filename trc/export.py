@@ -49,6 +49,7 @@ three formats into a NumPy-in, NumPy-out callable.
 Command line (sizes and latencies of the exported files)::
 
     python -m trc.export --checkpoint runs/double_integrator/model.pt --format all --out exported/
+    python -m trc.export --checkpoint runs/van_der_pol/model.pt --format aoti --out exported/
 """
 
 from __future__ import annotations
@@ -491,8 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m trc.export``."""
     p = argparse.ArgumentParser(
         prog="python -m trc.export",
-        description="Export a trained TRC model (model.pt) to TorchScript, ONNX or torch.export; print the "
-        "file sizes, the agreement with PyTorch and the CPU latencies.",
+        description="Export a trained TRC model (model.pt) to TorchScript, ONNX, torch.export or AOTInductor; print "
+        "the file sizes, the agreement with PyTorch and the CPU latencies (AOTInductor compiles for minutes on long "
+        "horizons).",
     )
     p.add_argument("--checkpoint", required=True, help="model file written by python -m trc.train")
     p.add_argument("--format", default="all", choices=[*FORMATS, "all"], help="export format (default: all that apply)")
