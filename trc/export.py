@@ -68,6 +68,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch._inductor
+import torch._inductor.exc
 from torch import nn
 
 from torchdiffeq import odeint
@@ -101,6 +102,24 @@ _SUFFIX_FORMAT = {".aoti.pt2": "aoti", ".ts": "torchscript", ".pt": "torchscript
 #: TorchInductor options of the AOTInductor compilation: plan the memory of the many small
 #: intermediate tensors of the unrolled rollouts once, instead of allocating each per call.
 AOTI_OPTIONS = {"memory_planning": True}
+
+
+def _aoti_compile(exported, buffer: io.BytesIO) -> None:
+    """AOTInductor package of ``exported`` into ``buffer``, with :data:`AOTI_OPTIONS`.
+
+    Inductor's memory planner recurses over the buffers' live ranges and overflows Python's
+    stack on the longest unrolled rollouts (the rocket's 7 states x 50 steps); the program is
+    then compiled without it (correct, somewhat slower at batch 1).
+    """
+    try:
+        torch._inductor.aoti_compile_and_package(exported, package_path=buffer, inductor_configs=AOTI_OPTIONS)
+    except torch._inductor.exc.InductorError as exc:
+        if not isinstance(exc.inner_exception, RecursionError):
+            raise
+        buffer.seek(0)
+        buffer.truncate()
+        options = {**AOTI_OPTIONS, "memory_planning": False}
+        torch._inductor.aoti_compile_and_package(exported, package_path=buffer, inductor_configs=options)
 
 
 def _format_of(path: Path) -> str | None:
@@ -407,7 +426,7 @@ def export_controller(
             if fmt == "torch_export":
                 torch.export.save(exported, buffer)
             else:
-                torch._inductor.aoti_compile_and_package(exported, package_path=buffer, inductor_configs=AOTI_OPTIONS)
+                _aoti_compile(exported, buffer)
             tmp.write_bytes(buffer.getvalue())
         got = ExportedController(tmp, fmt)(*(t.numpy() for t in fresh))
         error = float(np.abs(got - expected).max())
