@@ -179,3 +179,33 @@ def test_aoti_compiles_the_nonlinear_plants(name, tmp_path):
     result = export_controller(model, tmp_path / f"{name}.aoti.pt2")  # raises if the controls differ
     scale = float(model.u_max.abs().max()) if torch.isfinite(model.u_max).all() else 1e4
     assert result.feedback and result.max_abs_error <= 1e-5 * scale
+
+
+def test_aoti_compile_retries_without_memory_planning(monkeypatch):
+    """Inductor's memory planner overflows the stack on long unrolled rollouts: compiled without it."""
+    import io
+
+    import torch._inductor
+    from torch._inductor.exc import InductorError
+
+    from trc import export as export_module
+
+    calls = []
+
+    def fake_compile(exported, package_path, inductor_configs):
+        calls.append(dict(inductor_configs))
+        package_path.write(b"partial" if inductor_configs["memory_planning"] else b"package")
+        if inductor_configs["memory_planning"]:
+            raise InductorError(RecursionError("maximum recursion depth exceeded"), None)
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fake_compile)
+    buffer = io.BytesIO()
+    export_module._aoti_compile(object(), buffer)
+    assert [c["memory_planning"] for c in calls] == [True, False] and buffer.getvalue() == b"package"
+
+    def other_failure(exported, package_path, inductor_configs):
+        raise InductorError(ValueError("lowering failed"), None)
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", other_failure)
+    with pytest.raises(InductorError, match="lowering failed"):
+        export_module._aoti_compile(object(), io.BytesIO())
