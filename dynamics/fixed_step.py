@@ -9,8 +9,9 @@ step, holding ``u_k`` on interval ``k``. The states are those of
 rollout
 
 * runs only tensor operations on the states (no time-grid validation, no ``searchsorted`` of
-  the switching time at every evaluation of ``f``), so it costs about a fifth of the ``odeint``
-  rollout at small batch sizes, and
+  the switching time at every evaluation of ``f``), so it takes less than half the time of the
+  ``odeint`` rollout at small batch sizes (Van der Pol, N = 100, batch 1, one thread: 13 ms
+  instead of 30 ms), and
 * has no data-dependent control flow, so :func:`torch.export.export`, :func:`torch.compile`
   and AOTInductor capture it whole (the compiled controllers of :mod:`trc.export`).
 
