@@ -144,7 +144,7 @@ class PickPlaceExpert:
         self.side = None
         self.candidates: list[str] = []
         self.carry_z = None
-        self.best_z = np.inf
+        self.best = np.inf  # the phase's best progress measure so far (see _stalled_steps)
         self.stall = 0
         self.hold = None
 
@@ -155,6 +155,15 @@ class PickPlaceExpert:
     #: Grasp directions (unit vectors in the table plane from the object centre to the grasp
     #: point on the rim) and the yaw of the gripper that closes its fingers along them.
     DIRECTIONS = {"+y": ((0.0, 1.0), 0.0), "-y": ((0.0, -1.0), 0.0), "+x": ((1.0, 0.0), 90.0), "-x": ((-1.0, 0.0), 90.0)}
+
+    def _stalled_steps(self, value: float) -> int:
+        """Count the steps since ``value`` (smaller is better, in m) last beat the phase's best by
+        more than 2 mm; reset with ``self.best, self.stall = np.inf, 0`` when a phase starts."""
+        if value < self.best - 0.002:
+            self.best, self.stall = value, 0
+        else:
+            self.stall += 1
+        return self.stall
 
     def _robot_base_xy(self) -> np.ndarray:
         """Position of the arm's base in the table plane, shape ``(2,)`` (m)."""
@@ -197,10 +206,11 @@ class PickPlaceExpert:
             reach = self._reach(key, obj_pos, tgt_pos)
             return (reach > c.max_reach, -round(min(clearance(key), c.clearance_enough), 2), reach)
 
-        order = sorted(self.DIRECTIONS, key=score)
+        scores = {key: score(key) for key in self.DIRECTIONS}
+        order = sorted(self.DIRECTIONS, key=scores.get)
+        first, second = scores[order[0]], scores[order[1]]
         # Equally good first choices: pick one at random (diverse demonstrations).
-        if len(order) > 1 and score(order[0])[:2] == score(order[1])[:2] and \
-                abs(score(order[0])[2] - score(order[1])[2]) < 0.01 and self.rng.random() < 0.5:
+        if first[:2] == second[:2] and abs(first[2] - second[2]) < 0.01 and self.rng.random() < 0.5:
             order[0], order[1] = order[1], order[0]
         free = [k for k in order if not self._fingers_blocked(k, obj_pos)]
         return free + [k for k in order if k not in free]
@@ -293,19 +303,15 @@ class PickPlaceExpert:
             close = np.linalg.norm((above - eef)[:2]) < 0.01 and abs(above[2] - eef[2]) < 0.03
             if close or (self.phase_steps > 40 and np.linalg.norm((above - eef)[:2]) < 0.02):
                 self._next("descend")
-                self.best_z, self.stall = np.inf, 0
+                self.best, self.stall = np.inf, 0
             else:
                 return self._servo(raw, above, -1.0)
         if self.phase == "descend":
-            if eef[2] < self.best_z - 0.002:
-                self.best_z, self.stall = eef[2], 0
-            else:
-                self.stall = getattr(self, "stall", 0) + 1
-            blocked = self.stall > 6 and eef[2] - grasp[2] > 0.015
+            blocked = self._stalled_steps(eef[2]) > 6 and eef[2] - grasp[2] > 0.015
             if blocked and self.candidates:
                 # the fingers rest on something (a drawer wall, a neighbour): try the next grasp
                 self.side = self.candidates.pop(0)
-                self.best_z, self.stall = np.inf, 0
+                self.best, self.stall = np.inf, 0
                 self.hold = eef + np.array([0.0, 0.0, 0.06])
                 self._next("backoff")
                 return self._servo(raw, self.hold, -1.0)
@@ -318,38 +324,30 @@ class PickPlaceExpert:
             if self.phase_steps > c.close_steps:
                 self._next("lift")
                 self.obj_z0 = obj_pos[2]
-                self.best_z, self.stall = -np.inf, 0
+                self.best, self.stall = np.inf, 0
                 self.carry_z = max(obj_pos[2], tgt_pos[2]) + c.carry_clearance + c.grasp_depth
             else:
                 return self._servo(raw, self.hold, 1.0)
         if self.phase == "lift":
             target = np.array([self.hold[0], self.hold[1], self.carry_z])
-            if eef[2] > self.best_z + 0.002:
-                self.best_z, self.stall = eef[2], 0
-            else:
-                self.stall += 1
-            stuck = self.stall > 8
+            stuck = self._stalled_steps(-eef[2]) > 8  # the grip site should rise
             if eef[2] > self.carry_z - 0.03 or self.phase_steps > 40 or stuck:
                 if stuck or obj_pos[2] < self.obj_z0 + 0.03:  # object left behind or caught: grasp again
                     if self.candidates:
                         self.side = self.candidates.pop(0)
-                    self.best_z, self.stall = np.inf, 0
+                    self.best, self.stall = np.inf, 0
                     self.hold = eef.copy()
                     self._next("backoff")
                     return self._servo(raw, self.hold, -1.0)
                 self._next("carry")
-                self.best_z, self.stall = np.inf, 0
+                self.best, self.stall = np.inf, 0
             else:
                 return self._servo(raw, target, 1.0)
         if self.phase == "carry":
             shift = tgt_pos[:2] - obj_pos[:2]
             target = np.array([eef[0] + shift[0], eef[1] + shift[1], self.carry_z])
             dist = float(np.linalg.norm(shift))
-            if dist < self.best_z - 0.002:  # best_z: the smallest distance so far in this phase
-                self.best_z, self.stall = dist, 0
-            else:
-                self.stall += 1
-            stalled = self.stall > c.carry_stall_steps and dist < 0.04
+            stalled = self._stalled_steps(dist) > c.carry_stall_steps and dist < 0.04
             if dist < 0.01 or stalled or self.phase_steps > 80:
                 self._next("lower")
             else:
