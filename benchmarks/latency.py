@@ -16,15 +16,16 @@ For every standard problem (``configs/*.yaml``) and every model preset
 and prints them with the ratios solver time / TRC time, and the floating-point operations of
 one plan (matrix products and convolutions), which bound the batched throughput on a given CPU.
 Latency does not depend on the weights, so the models are untrained (an untrained and a
-trained model of a preset run the same operations). Optionally the first preset is also
-exported (:mod:`trc.export`) to ONNX (``--onnx``, timed with onnxruntime) and compiled to C++
-by AOTInductor (``--aoti``, the feedback rollouts included).
+trained model of a preset run the same operations). Optionally the presets of
+``--export-presets`` (default ``fast``) are also exported (:mod:`trc.export`) to ONNX
+(``--onnx``, timed with onnxruntime) and compiled to C++ by AOTInductor (``--aoti``, the
+feedback rollouts included; one program for batch 1 and one for the large batch).
 
 The goals of the project: TRC at batch 1 at least 100 times faster than IPOPT on the
 nonlinear problems, and at least 10^5 control sequences per second batched.
 
     python benchmarks/latency.py                        # everything (several minutes)
-    python benchmarks/latency.py --problems van_der_pol --presets two_level_small --onnx --aoti
+    python benchmarks/latency.py --problems van_der_pol --presets fast small --aoti --export-presets fast small
 """
 
 from __future__ import annotations
@@ -119,17 +120,27 @@ def flops_per_plan(model, problem: Problem) -> float:
 
 
 def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Path, fmt: str) -> dict[str, float]:
-    """Latency (ms) of ``model`` exported in format ``fmt`` (with feedback), at batch 1 and ``batch``."""
+    """Latency (ms) of ``model`` exported in format ``fmt`` (with feedback), at batch 1 and ``batch``.
+
+    ``aoti``: one program compiled for batch 1 and one for ``batch`` (fixed batch sizes,
+    :func:`trc.export.export_controller` ``batch=``), as a deployed controller and a batched
+    planner would be built; ``onnx``: one program with a free batch size.
+    """
     from trc.export import FORMATS, export_controller, load_controller
 
-    path = folder / f"{problem.name}{FORMATS[fmt]}"
-    start = time.perf_counter()
-    export_controller(model, path, format=fmt)
-    print(f"  ({fmt} export of {problem.name}: {time.perf_counter() - start:.0f} s)", flush=True)
-    ctrl = load_controller(path)
+    def export(size):
+        path = folder / f"{problem.name}_{model.config.mode}_{model.config.H_cycles}x{model.config.L_cycles}" \
+                        f"_{size or 'any'}{FORMATS[fmt]}"
+        start = time.perf_counter()
+        export_controller(model, path, format=fmt, batch=size)
+        print(f"  ({fmt} export of {problem.name}, batch {size or 'free'}: {time.perf_counter() - start:.0f} s)",
+              flush=True)
+        return load_controller(path)
+
     x0, target = (a.astype(np.float32) for a in problem.sample(batch, seed=1))
-    return {"b1": measure_latency(lambda: ctrl(x0[:1], target[:1]), repeats),
-            "bN": measure_latency(lambda: ctrl(x0, target), max(3, repeats // 5), warmup=1)}
+    one, many = (export(1), export(batch)) if fmt == "aoti" else (export(None),) * 2
+    return {"b1": measure_latency(lambda: one(x0[:1], target[:1]), repeats),
+            "bN": measure_latency(lambda: many(x0, target), max(3, repeats // 5), warmup=1)}
 
 
 def main(argv=None) -> int:
@@ -140,9 +151,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=30, help="timed TRC calls at batch 1 (median)")
     p.add_argument("--batch", type=int, default=1024, help="large batch size")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a fair single-core comparison)")
-    p.add_argument("--onnx", action="store_true", help="also time the first preset exported to ONNX (onnxruntime)")
+    p.add_argument("--onnx", action="store_true", help="also time the exported presets in ONNX (onnxruntime)")
     p.add_argument("--aoti", action="store_true",
-                   help="also time the first preset compiled by AOTInductor (trc.export format 'aoti'; minutes per problem)")
+                   help="also time the exported presets compiled by AOTInductor (trc.export format 'aoti'; minutes per "
+                   "problem and preset)")
+    p.add_argument("--export-presets", nargs="+", default=["fast"], choices=preset_names(),
+                   help="presets timed with --onnx and --aoti (default: fast)")
     p.add_argument("--export-dir", type=Path, default=ROOT / "runs" / "benchmarks", help="folder of the exported files")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -165,18 +179,19 @@ def main(argv=None) -> int:
             flops = f"{t['flops'] / 1e6:.2f}" if "flops" in t else ""
             print(f"| {label} | {params} | {flops} | {t['b1']:.3f} | {1e3 * args.batch / t['bN']:.3g} | {ratios} |", flush=True)
 
-        first = None
+        first, built = None, {}
         for preset in args.presets:
-            t = trc_times(problem, preset, args.repeats, args.batch)
+            t = built[preset] = trc_times(problem, preset, args.repeats, args.batch)
             first = first or t
             row(preset, t, t["params"])
         if first is not None:
             row(f"{args.presets[0]}, plant-free network", trc_times(problem, args.presets[0], args.repeats, args.batch, False),
                 first["params"])
         for flag, fmt, label in ((args.onnx, "onnx", "ONNX (onnxruntime)"), (args.aoti, "aoti", "AOTInductor")):
-            if flag and first is not None:
-                row(f"{args.presets[0]}, {label}", exported_times(first["model"], problem, args.repeats, args.batch,
-                                                                  args.export_dir, fmt), first["params"])
+            for preset in args.export_presets if flag else ():
+                t = built.get(preset) or trc_times(problem, preset, args.repeats, args.batch)
+                row(f"{preset}, {label}", exported_times(t["model"], problem, args.repeats, args.batch,
+                                                         args.export_dir, fmt), t["params"])
     return 0
 
 

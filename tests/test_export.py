@@ -152,6 +152,33 @@ def test_unexportable_models_are_refused(model, tmp_path):
         ctrl(np.zeros((2, 2)), np.zeros((3, 2)))
 
 
+def test_fixed_batch_aoti_program_keeps_its_buffers_on_the_stack(model, tmp_path):
+    """``batch=1``: the controls of the model, batch checked on load, and no tensor allocated
+    per intermediate buffer (the reason a fixed batch is faster)."""
+    import zipfile
+
+    path = tmp_path / "b1.aoti.pt2"
+    result = export_controller(model, path, batch=1)
+    assert result.batch == 1 and result.max_abs_error <= 1e-4
+    ctrl = load_controller(path)
+    assert ctrl.batch == 1
+    x0, xt = np.array([[1.5, -0.5]], np.float32), np.array([[0.0, 0.0]], np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x0), torch.from_numpy(xt)).numpy()
+    np.testing.assert_allclose(ctrl(x0, xt), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(DimensionError, match="compiled for batch 1"):
+        ctrl(np.zeros((3, 2)), np.zeros((3, 2)))
+    with zipfile.ZipFile(path) as archive:
+        wrapper = next(archive.read(n).decode() for n in archive.namelist() if n.endswith(".wrapper.cpp"))
+    assert "ArrayRefTensor" in wrapper, "AOTInductor did not stack-allocate the buffers"
+    assert "aoti_torch_empty_strided" not in wrapper, "an intermediate buffer is allocated per call"
+    assert load_controller(tmp_path / "b1.aoti.pt2").batch == 1
+    with pytest.raises(ConfigError, match="AOTInductor option"):
+        export_controller(model, tmp_path / "c.onnx", batch=1)
+    with pytest.raises(ConfigError, match="positive integer"):
+        export_controller(model, tmp_path / "c.aoti.pt2", batch=0)
+
+
 def test_command_line(model, tmp_path, capsys):
     path = tmp_path / "run" / "model.pt"
     path.parent.mkdir()
@@ -194,6 +221,7 @@ def test_aoti_compile_retries_without_memory_planning(monkeypatch):
 
     def fake_compile(exported, package_path, inductor_configs):
         calls.append(dict(inductor_configs))
+        assert inductor_configs["max_autotune"]
         package_path.write(b"partial" if inductor_configs["memory_planning"] else b"package")
         if inductor_configs["memory_planning"]:
             raise InductorError(RecursionError("maximum recursion depth exceeded"), None)
@@ -202,6 +230,32 @@ def test_aoti_compile_retries_without_memory_planning(monkeypatch):
     buffer = io.BytesIO()
     export_module._aoti_compile(object(), buffer)
     assert [c["memory_planning"] for c in calls] == [True, False] and buffer.getvalue() == b"package"
+    calls.clear()  # a fixed batch: stack allocation instead of the planner, and the batch in the metadata
+    export_module._aoti_compile(object(), io.BytesIO(), batch=4)
+    assert len(calls) == 1 and calls[0]["aot_inductor.allow_stack_allocation"] and not calls[0]["memory_planning"]
+    assert calls[0]["aot_inductor.metadata"] == {"trc_batch": "4"}
+    calls.clear()  # a latency program with a product that CPP cannot compile: again with ATEN's GEMMs too
+
+    class NoValidChoicesError(RuntimeError):
+        pass
+
+    def no_cpp_kernel(exported, package_path, inductor_configs):
+        calls.append(dict(inductor_configs))
+        if inductor_configs["max_autotune_gemm_backends"] == "CPP":
+            raise InductorError(NoValidChoicesError("no choices"), None)
+        package_path.write(b"package")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_cpp_kernel)
+    buffer = io.BytesIO()
+    export_module._aoti_compile(object(), buffer, batch=1)
+    assert [c["max_autotune_gemm_backends"] for c in calls] == ["CPP", "CPP,ATEN"] and buffer.getvalue() == b"package"
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fake_compile)
+    calls.clear()  # a large fixed batch: the options of a free batch size
+    buffer = io.BytesIO()
+    export_module._aoti_compile(object(), buffer, batch=1024)
+    assert [c["memory_planning"] for c in calls] == [True, False] and buffer.getvalue() == b"package"
+    assert "aot_inductor.allow_stack_allocation" not in calls[0]
+    assert calls[0]["aot_inductor.metadata"] == {"trc_batch": "1024"}
 
     def other_failure(exported, package_path, inductor_configs):
         raise InductorError(ValueError("lowering failed"), None)

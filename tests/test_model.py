@@ -24,6 +24,7 @@ from trc.models import (
     create_medium,
     create_small,
     create_two_level_large,
+    create_fast,
     create_two_level_medium,
     create_two_level_small,
     halting_loss,
@@ -210,6 +211,30 @@ def test_error_encoder_sees_the_whole_trajectory():
         enc(torch.zeros(3, 29, 2))
 
 
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_error_encoder_convolutions_match_conv1d(kernel):
+    """The encoder's matrix-product convolutions are torch's Conv1d with "same" padding."""
+    from trc.models.feedback import _conv_as_matmul
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(3, 7, kernel, padding=kernel // 2)
+    h = torch.randn(4, 11, 3, requires_grad=True)
+    got = _conv_as_matmul(h, conv, 11)
+    ref = conv(h.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(got, ref)
+    g_got, = torch.autograd.grad(got.square().sum(), h)
+    g_ref, = torch.autograd.grad(ref.square().sum(), h)
+    torch.testing.assert_close(g_got, g_ref)
+
+
+@pytest.mark.parametrize("length, positions", [(23, 16), (100, 16), (60, 16), (7, 7)])
+def test_error_encoder_pooling_matches_adaptive_avg_pool(length, positions):
+    from trc.models.feedback import _average_bins
+
+    h = torch.randn(3, 5, length)
+    torch.testing.assert_close(h @ _average_bins(length, positions).T, torch.nn.functional.adaptive_avg_pool1d(h, positions))
+
+
 def test_feedback_gain_is_an_ilc_update(di_problem):
     """With the network's residual zeroed, a cycle is exactly u_1 = sat(a_0 + L vec(e(u_0)))."""
     model = tiny_model(di_problem, H_cycles=1, gradient_last_cycle_only=False).eval()
@@ -367,7 +392,7 @@ def test_model_rejects_bad_construction(di_problem):
     with pytest.raises(NonFiniteError):
         TinyRecursiveControl(cfg, state_scale=[1.0, 0.0])
     with pytest.raises(UnknownNameError, match="two_level_small"):
-        preset_config("tiny")
+        preset_config("huge")
 
 
 def test_forward_input_validation(di_problem):
@@ -396,7 +421,7 @@ def test_preset_table_matches_measured_counts():
     factories = {
         "small": create_small, "medium": create_medium, "large": create_large,
         "two_level_small": create_two_level_small, "two_level_medium": create_two_level_medium,
-        "two_level_large": create_two_level_large,
+        "two_level_large": create_two_level_large, "fast": create_fast,
     }
     for name, factory in factories.items():
         model = factory(2, 1, 15)
@@ -406,6 +431,8 @@ def test_preset_table_matches_measured_counts():
         assert rows[name]["mode"] == ("two_level" if name.startswith("two_level") else "single_latent")
         assert 0.1e6 <= rows[name]["parameters"] <= 5e6
     assert rows["small"]["parameters"] <= 0.3e6 < rows["medium"]["parameters"] < rows["large"]["parameters"]
+    assert rows["fast"]["H_cycles"] * rows["fast"]["L_cycles"] * rows["fast"]["num_layers"] < (
+        rows["small"]["H_cycles"] * rows["small"]["L_cycles"] * rows["small"]["num_layers"])
 
 
 def test_preset_overrides_and_plant_buffers_are_not_parameters(di_problem):

@@ -1,7 +1,8 @@
 """Deployment: export a trained TRC controller to TorchScript, ``torch.export`` or ONNX.
 
 The exported program maps ``(current_state (B, n), target_state (B, n))`` to the planned
-controls ``(B, N, m)`` (float32, batch size free), exactly as ``model(x0, target)``:
+controls ``(B, N, m)`` (float32; batch size free, or fixed for AOTInductor's ``batch=``),
+exactly as ``model(x0, target)``:
 
 ==================  =============  ===================  ==================================
 format              file           trajectory feedback  runs with
@@ -38,9 +39,11 @@ What works, and why:
 * **AOTInductor** (``aoti``) compiles that exported program ahead of time to C++ with
   TorchInductor (:func:`torch._inductor.aoti_compile_and_package`; needs a C++ compiler at
   export time, not at run time): the plant steps fuse into a few loops and the per-operator
-  dispatch of eager PyTorch (10-20 us per operator on a small CPU) disappears, which is what
-  makes a plan with feedback rollouts take about a millisecond at batch 1. Compiling takes
-  minutes for long horizons (the rollouts are unrolled).
+  dispatch of eager PyTorch (10-20 us per operator on a small CPU) disappears. A program
+  compiled for a fixed small batch size (``batch=1``, a controller's) goes further: every
+  intermediate buffer lives on the stack (:data:`AOTI_LATENCY_OPTIONS`), so a plan with
+  feedback rollouts takes about 0.1 ms with the ``fast`` preset. Compiling takes minutes for long horizons (the rollouts are unrolled, and
+  the matrix products are autotuned).
 
 :func:`export_controller` writes the file atomically and checks that the exported program
 reproduces the PyTorch model on fresh random inputs; :func:`load_controller` reads any of the
@@ -49,7 +52,7 @@ three formats into a NumPy-in, NumPy-out callable.
 Command line (sizes and latencies of the exported files)::
 
     python -m trc.export --checkpoint runs/double_integrator/model.pt --format all --out exported/
-    python -m trc.export --checkpoint runs/van_der_pol/model.pt --format aoti --out exported/
+    python -m trc.export --checkpoint runs/van_der_pol/model.pt --format aoti --batch 1 --out exported/
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import io
 import os
 import sys
@@ -99,27 +103,84 @@ ONNX_OPSET = 17
 
 _SUFFIX_FORMAT = {".aoti.pt2": "aoti", ".ts": "torchscript", ".pt": "torchscript", ".onnx": "onnx", ".pt2": "torch_export"}
 
-#: TorchInductor options of the AOTInductor compilation: plan the memory of the many small
-#: intermediate tensors of the unrolled rollouts once, instead of allocating each per call.
-AOTI_OPTIONS = {"memory_planning": True}
+#: TorchInductor options of every AOTInductor compilation: ``max_autotune`` with the ``CPP``
+#: GEMM backend compiles the network's small matrix products into Inductor's own kernels where
+#: the autotuner measures them faster (about 1 us each at batch 1, against 7-18 us for an
+#: external ``addmm``).
+AOTI_OPTIONS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+
+#: Extra options for a free batch size, or a fixed one above :data:`LATENCY_BATCH`: plan the
+#: memory of the intermediate buffers once instead of allocating each per call.
+AOTI_DYNAMIC_OPTIONS = {"memory_planning": True}
+
+#: Extra options for a fixed batch size up to :data:`LATENCY_BATCH` (a controller's program):
+#: only Inductor's own GEMM kernels (``CPP``; with ``ATEN`` as well if one product has no CPP
+#: kernel), and every intermediate buffer, of static shape, on the C++ stack, with no tensor
+#: allocated per buffer and call (a feedback rollout of N steps has several buffers per step,
+#: and allocating them cost more than computing them). Inductor allows this only in programs
+#: without external kernels (hence the matrix-product convolutions of
+#: :class:`~trc.models.feedback.TrajectoryErrorEncoder` and the ``CPP`` GEMM backend) and turns
+#: it off itself when the buffers are too large for the stack. Memory planning would turn it
+#: off too.
+AOTI_LATENCY_OPTIONS = {"memory_planning": False, "aot_inductor.allow_stack_allocation": True,
+                        "max_autotune_gemm_backends": "CPP"}
+
+#: Largest fixed batch size compiled with :data:`AOTI_LATENCY_OPTIONS`.
+LATENCY_BATCH = 16
+
+_BATCH_KEY = "trc_batch"  # package metadata: the fixed batch size of an AOTInductor program
 
 
-def _aoti_compile(exported, buffer: io.BytesIO) -> None:
-    """AOTInductor package of ``exported`` into ``buffer``, with :data:`AOTI_OPTIONS`.
+def _aoti_compile(exported, buffer: io.BytesIO, batch: int | None = None) -> None:
+    """AOTInductor package of ``exported`` into ``buffer`` with :data:`AOTI_OPTIONS` and, for a
+    fixed ``batch`` up to :data:`LATENCY_BATCH`, :data:`AOTI_LATENCY_OPTIONS`, otherwise
+    :data:`AOTI_DYNAMIC_OPTIONS`. A fixed batch size is stored in the package's metadata
+    (``trc_batch``).
 
     Inductor's memory planner recurses over the buffers' live ranges and overflows Python's
     stack on the longest unrolled rollouts (the rocket's 7 states x 50 steps); the program is
-    then compiled without it (correct, somewhat slower at batch 1).
+    then compiled without it (correct, somewhat slower at batch 1). A latency program in which
+    a matrix product has no CPP kernel is compiled again with ATEN's as well.
     """
+    latency = batch is not None and batch <= LATENCY_BATCH
+    options = {**AOTI_OPTIONS, **(AOTI_LATENCY_OPTIONS if latency else AOTI_DYNAMIC_OPTIONS)}
+    if batch is not None:
+        options["aot_inductor.metadata"] = {_BATCH_KEY: str(batch)}
     try:
-        torch._inductor.aoti_compile_and_package(exported, package_path=buffer, inductor_configs=AOTI_OPTIONS)
+        with _stack_allocating_wrapper() if latency else contextlib.nullcontext():
+            torch._inductor.aoti_compile_and_package(exported, package_path=buffer, inductor_configs=options)
     except torch._inductor.exc.InductorError as exc:
-        if not isinstance(exc.inner_exception, RecursionError):
+        if options["memory_planning"] and isinstance(exc.inner_exception, RecursionError):
+            retry = {"memory_planning": False}
+        elif latency and type(exc.inner_exception).__name__ == "NoValidChoicesError":
+            retry = {"max_autotune_gemm_backends": AOTI_OPTIONS["max_autotune_gemm_backends"]}  # a product CPP cannot do
+        else:
             raise
         buffer.seek(0)
         buffer.truncate()
-        options = {**AOTI_OPTIONS, "memory_planning": False}
-        torch._inductor.aoti_compile_and_package(exported, package_path=buffer, inductor_configs=options)
+        with _stack_allocating_wrapper() if latency else contextlib.nullcontext():
+            torch._inductor.aoti_compile_and_package(exported, package_path=buffer, inductor_configs={**options, **retry})
+
+
+@contextlib.contextmanager
+def _stack_allocating_wrapper():
+    """Compile with Inductor's stack-allocating C++ wrapper for the CPU.
+
+    Inductor picks its CPU wrapper class once per process, from the options of the first
+    compilation (``torch._inductor.codegen.common.init_backend_registration``); after a
+    compilation without stack allocation, a later one with it would silently get the heap
+    wrapper. This registers the stack-allocating class for the duration of one compilation.
+    """
+    from torch._inductor.codegen import common
+    from torch._inductor.codegen.cpp_wrapper_cpu_array_ref import CppWrapperCpuArrayRef
+
+    common.init_backend_registration()
+    registered = common.device_codegens["cpu"]
+    common.device_codegens["cpu"] = dataclasses.replace(registered, cpp_wrapper_codegen=CppWrapperCpuArrayRef)
+    try:
+        yield
+    finally:
+        common.device_codegens["cpu"] = registered
 
 
 def _format_of(path: Path) -> str | None:
@@ -243,6 +304,8 @@ class ExportResult:
     max_abs_error : float
         Largest difference between the exported program's controls and the PyTorch model's on
         the verification inputs (control units).
+    batch : int or None
+        The program's fixed batch size, or ``None`` for a free one.
     """
 
     path: Path
@@ -250,6 +313,7 @@ class ExportResult:
     feedback: bool
     size_bytes: int
     max_abs_error: float
+    batch: int | None = None
 
 
 def _has_feedback(model) -> bool:
@@ -348,6 +412,7 @@ def export_controller(
     *,
     format: str | None = None,
     feedback: bool | None = None,
+    batch: int | None = None,
     example_batch: int = 2,
     verify_batch: int = 5,
     atol: float = 1e-4,
@@ -365,6 +430,12 @@ def export_controller(
         Default from the suffix (``.ts``/``.pt``, ``.onnx``, ``.pt2``, ``.aoti.pt2``).
     feedback : bool, optional
         Include the trajectory-error feedback rollouts; default: whenever the model has them.
+    batch : int, optional
+        ``aoti`` only: compile for this fixed batch size (calls with another batch size raise
+        :class:`~dynamics.errors.DimensionError`). Up to :data:`LATENCY_BATCH`, every
+        intermediate buffer then lives on the stack (:data:`AOTI_LATENCY_OPTIONS`), which makes
+        a batch-1 controller several times faster.
+        Default: a free batch size.
     example_batch : int
         Batch size of the example inputs of the trace (the exported batch size is free).
     verify_batch : int
@@ -384,7 +455,8 @@ def export_controller(
     ConfigError
         On an unknown format or suffix, or a model the format cannot represent (see the module
         documentation: adaptive halting, adaptive integrators, feedback of discrete plants with
-        ``torch_export`` or ``aoti``).
+        ``torch_export`` or ``aoti``), or a ``batch`` that is not a positive integer or is
+        given for another format than ``aoti``.
     TRCError
         If the exported program's controls differ from the model's by more than that (the
         file is not written).
@@ -395,6 +467,12 @@ def export_controller(
         raise ConfigError(f"cannot tell the export format from suffix {path.suffix!r}; pass format= one of {sorted(FORMATS)}")
     feedback = _has_feedback(model) if feedback is None else bool(feedback)
     _check_exportable(model, fmt, feedback)
+    if batch is not None:
+        if fmt != "aoti":
+            raise ConfigError(f"a fixed batch size is an AOTInductor option; format {fmt!r} always has a free one")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ConfigError(f"batch must be a positive integer or None, got {batch!r}")
+        example_batch = verify_batch = batch
     cpu_model = copy.deepcopy(model).cpu().float()
     program = ControllerProgram(cpu_model, feedback).eval()
     example = _example_inputs(cpu_model, example_batch, seed=0)
@@ -419,21 +497,23 @@ def export_controller(
                 )
         else:
             program.model._check_states = types.MethodType(_state_check_for_export, program.model)
-            batch = torch.export.Dim("batch", min=1, max=1 << 20)
+            size = torch.export.Dim("batch", min=1, max=1 << 20)
+            dynamic = None if batch is not None else ({0: size}, {0: size})
             with torch.no_grad():
-                exported = torch.export.export(program, example, dynamic_shapes=({0: batch}, {0: batch}), strict=False)
+                exported = torch.export.export(program, example, dynamic_shapes=dynamic, strict=False)
             buffer = io.BytesIO()  # both writers insist on a .pt2 name; the temporary file has none
             if fmt == "torch_export":
                 torch.export.save(exported, buffer)
             else:
-                _aoti_compile(exported, buffer)
+                _aoti_compile(exported, buffer, batch)
             tmp.write_bytes(buffer.getvalue())
         got = ExportedController(tmp, fmt)(*(t.numpy() for t in fresh))
         error = float(np.abs(got - expected).max())
         if not error <= atol + rtol * float(np.abs(expected).max()):
             raise TRCError(f"the exported {fmt} program differs from the PyTorch model by up to {error:.3g} "
                            f"(more than atol={atol:g} + rtol={rtol:g} max|u|)")
-    return ExportResult(path=path, format=fmt, feedback=feedback, size_bytes=path.stat().st_size, max_abs_error=error)
+    return ExportResult(path=path, format=fmt, feedback=feedback, size_bytes=path.stat().st_size, max_abs_error=error,
+                        batch=batch)
 
 
 class ExportedController:
@@ -462,6 +542,8 @@ class ExportedController:
         if not path.is_file():
             raise FileNotFoundError(f"exported controller {str(path)!r} does not exist")
         self.path, self.format = path, fmt
+        #: The program's fixed batch size (AOTInductor programs compiled with ``batch=``), else None.
+        self.batch: int | None = None
         if fmt == "onnx":
             import onnxruntime as ort
 
@@ -476,12 +558,20 @@ class ExportedController:
                     module = torch.jit.load(str(path))
             elif fmt == "aoti":
                 module = torch._inductor.aoti_load_package(io.BytesIO(path.read_bytes()))
+                fixed = module.get_metadata().get(_BATCH_KEY)
+                self.batch = None if fixed is None else int(fixed)
             else:
                 module = torch.export.load(io.BytesIO(path.read_bytes())).module()
 
             def run(x0, xt):
                 with torch.no_grad():
                     return module(torch.from_numpy(x0), torch.from_numpy(xt)).numpy()
+
+            if fmt == "aoti":  # the package's runner directly: its Python wrapper re-parses the call spec per call
+                loader = module.loader
+
+                def run(x0, xt):
+                    return loader.run([torch.from_numpy(x0), torch.from_numpy(xt)])[0].numpy()
 
             self._module = module
             self._run = run
@@ -492,12 +582,15 @@ class ExportedController:
         Raises
         ------
         DimensionError
-            If the inputs are not 2-D arrays of equal shape.
+            If the inputs are not 2-D arrays of equal shape, or their batch size is not the
+            program's fixed one.
         """
         x0 = np.ascontiguousarray(current_state, dtype=np.float32)
         xt = np.ascontiguousarray(target_state, dtype=np.float32)
         if x0.ndim != 2 or x0.shape != xt.shape:
             raise DimensionError(f"states {x0.shape} and targets {xt.shape} must both be (batch, state_dim)")
+        if self.batch is not None and x0.shape[0] != self.batch:
+            raise DimensionError(f"{self.path.name} was compiled for batch {self.batch}; got batch {x0.shape[0]}")
         return self._run(x0, xt)
 
 
@@ -519,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="all", choices=[*FORMATS, "all"], help="export format (default: all that apply)")
     p.add_argument("--out", default="exported", help="output folder (default: exported/)")
     p.add_argument("--no-feedback", action="store_true", help="export the plant-free network")
+    p.add_argument("--batch", type=int, default=None,
+                   help="compile the aoti program for this fixed batch size (faster; default: a free batch size)")
     p.add_argument("--repeats", type=int, default=50, help="timed calls per latency measurement")
     p.add_argument("--threads", type=int, default=1, help="torch/onnxruntime intra-op threads (default 1)")
     return p
@@ -548,14 +643,15 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for fmt in formats:
         path = out / f"{Path(args.checkpoint).parent.name or 'model'}{FORMATS[fmt]}"
+        batch = args.batch if fmt == "aoti" else None
         try:
-            result = export_controller(model, path, format=fmt, feedback=feedback)
+            result = export_controller(model, path, format=fmt, feedback=feedback, batch=batch)
         except (ConfigError, TRCError) as exc:
             print(f"{fmt}: not exported: {exc}", file=sys.stderr)
             status = 1 if args.format != "all" else status
             continue
         ctrl = load_controller(path)
-        for batch in (1, 1024):
+        for batch in (1, 1024) if ctrl.batch is None else (ctrl.batch,):
             x0, xt = (t.numpy() for t in _example_inputs(model, batch, seed=2))
             ms = measure_latency(lambda: ctrl(x0, xt), args.repeats)
             rows.append((f"{fmt} ({path})", batch, ms, result.size_bytes, result.max_abs_error))

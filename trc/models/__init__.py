@@ -18,6 +18,7 @@ from .presets import (
     create_medium,
     create_small,
     create_two_level_large,
+    create_fast,
     create_two_level_medium,
     create_two_level_small,
     preset_config,
@@ -58,4 +59,5 @@ __all__ = [
     "create_two_level_small",
     "create_two_level_medium",
     "create_two_level_large",
+    "create_fast",
 ]

@@ -63,6 +63,12 @@ class TrajectoryErrorEncoder(nn.Module):
     can tell a nearly converged trajectory from a poor one (the ``asinh`` of
     :func:`trajectory_error` bounds it).
 
+    The convolutions and the pooling are computed as matrix products (:func:`_conv_as_matmul`,
+    :func:`_average_bins`; the same numbers as ``nn.Conv1d`` and ``adaptive_avg_pool1d``, to
+    rounding): TorchInductor then compiles the whole encoder with its own kernels, which lets
+    AOTInductor keep a batch-1 program's buffers on the stack (:mod:`trc.export`), and the
+    ONNX exporter needs no pooling translation.
+
     Parameters
     ----------
     state_dim : int
@@ -91,6 +97,8 @@ class TrajectoryErrorEncoder(nn.Module):
         self.conv2 = nn.Conv1d(channels, channels, kernel_size, padding=pad)
         self.proj = nn.Linear(channels * self.positions, latent_dim)
         self.terminal = nn.Linear(state_dim, latent_dim)
+        # adaptive average pooling N -> positions as a constant matrix (not saved in checkpoints)
+        self.register_buffer("pool", _average_bins(horizon, self.positions), persistent=False)
 
     def forward(self, errors: torch.Tensor) -> torch.Tensor:
         """``errors``: ``(batch, N, state_dim)`` from :func:`trajectory_error`; returns ``(batch, D)``."""
@@ -98,11 +106,39 @@ class TrajectoryErrorEncoder(nn.Module):
             raise DimensionError(
                 f"error sequence has shape {tuple(errors.shape)}; expected (batch, {self.horizon}, {self.state_dim})"
             )
-        h = F.gelu(self.conv1(errors.transpose(1, 2)))
-        h = F.gelu(self.conv2(h))
+        h = F.gelu(_conv_as_matmul(errors, self.conv1, self.horizon))
+        h = F.gelu(_conv_as_matmul(h, self.conv2, self.horizon))  # (batch, N, channels)
         if self.positions < self.horizon:
-            h = F.adaptive_avg_pool1d(h, self.positions)
+            h = torch.matmul(self.pool, h)  # (batch, positions, channels)
+        h = h.transpose(1, 2)
         return self.proj(h.flatten(1)) + self.terminal(errors[:, -1])
+
+
+def _average_bins(length: int, positions: int) -> torch.Tensor:
+    """``(positions, length)`` matrix of :func:`torch.nn.functional.adaptive_avg_pool1d`:
+    row ``i`` averages inputs ``floor(i L / P) .. ceil((i + 1) L / P) - 1`` (PyTorch's bins)."""
+    weights = torch.zeros(positions, length)
+    for i in range(positions):
+        start, stop = (i * length) // positions, -((-(i + 1) * length) // positions)
+        weights[i, start:stop] = 1.0 / (stop - start)
+    return weights
+
+
+def _conv_as_matmul(h: torch.Tensor, conv: nn.Conv1d, length: int) -> torch.Tensor:
+    """``conv`` (stride 1, zero "same" padding) applied to time-major ``h`` ``(batch, N, C)``
+    (``N = length``, a Python int so that traced and exported programs keep it static),
+    as one matrix product of the ``k`` shifted copies of ``h`` (im2col); returns
+    ``(batch, N, out_channels)``.
+
+    The same numbers as ``conv(h.transpose(1, 2)).transpose(1, 2)``, to rounding. Written as a
+    matrix product so that TorchInductor compiles it with its own GEMM kernels instead of an
+    external oneDNN convolution, which would keep AOTInductor from stack-allocating the small
+    buffers of a batch-1 program (:mod:`trc.export`); in eager mode it costs about the same.
+    """
+    k, N = conv.kernel_size[0], length
+    padded = F.pad(h, (0, 0, k // 2, k // 2))
+    columns = torch.stack([padded[:, j:j + N] for j in range(k)], dim=-1).flatten(2)  # (B, N, C * k)
+    return F.linear(columns, conv.weight.flatten(1), conv.bias)
 
 
 class FeedbackGain(nn.Module):

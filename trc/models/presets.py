@@ -1,4 +1,5 @@
-"""Named model sizes: ``small``, ``medium``, ``large``, in single-latent and two-level mode.
+"""Named model sizes: ``small``, ``medium``, ``large``, in single-latent and two-level mode, and
+``fast``, the single-latent preset for batch-1 latency.
 
 Each preset is a partial :class:`~trc.models.TRCConfig`; :func:`create` builds a model from one
 with the problem sizes and any overrides. :func:`preset_table` measures the parameter counts
@@ -29,6 +30,7 @@ __all__ = [
     "create_two_level_small",
     "create_two_level_medium",
     "create_two_level_large",
+    "create_fast",
     "preset_table",
 ]
 
@@ -44,6 +46,10 @@ _SIZES = {
 PRESETS: dict[str, dict] = {
     **{name: dict(mode="single_latent", H_cycles=3, L_cycles=4, **size) for name, size in _SIZES.items()},
     **{f"two_level_{name}": dict(mode="two_level", H_cycles=3, L_cycles=4, **size) for name, size in _SIZES.items()},
+    # The fewest operations per plan: one block, 2 x 2 applications of it, 2 feedback rollouts
+    # (instead of 12 and 3 for ``small``), for controllers compiled with AOTInductor at batch 1.
+    "fast": dict(mode="single_latent", latent_dim=64, hidden_dim=256, num_layers=1, H_cycles=2, L_cycles=2,
+                 feedback_channels=16),
 }
 
 # Keyword arguments of the model constructor (everything else in overrides is a config field).
@@ -121,6 +127,11 @@ def create_two_level_medium(state_dim: int, control_dim: int, horizon: int, **ov
 def create_two_level_large(state_dim: int, control_dim: int, horizon: int, **overrides) -> TinyRecursiveControl:
     """Two-level preset ``two_level_large``; see :func:`create` and :func:`preset_table`."""
     return create("two_level_large", state_dim, control_dim, horizon, **overrides)
+
+
+def create_fast(state_dim: int, control_dim: int, horizon: int, **overrides) -> TinyRecursiveControl:
+    """Single-latent preset ``fast`` (fewest operations per plan); see :func:`create`."""
+    return create("fast", state_dim, control_dim, horizon, **overrides)
 
 
 def preset_table(state_dim: int = 2, control_dim: int = 1, horizon: int = 15) -> list[dict]:
