@@ -195,3 +195,14 @@ def test_cli_subprocess_two_workers_match_one(tmp_path):
     for name in a.splits:
         np.testing.assert_array_equal(a.splits[name], b.splits[name])
     assert GeneratorConfig(solver="lqr").output_path(exp.problem) == Path("datasets/double_integrator_lqr.h5")
+
+
+def test_fast_van_der_pol_config_is_the_fast_preset():
+    """configs/van_der_pol_fast.yaml: the Van der Pol problem and data set, the `fast` preset's model."""
+    from trc.models import TRCConfig
+    from trc.models.presets import preset_config
+
+    fast = load_experiment(REPO / "configs" / "van_der_pol_fast.yaml")
+    base = load_experiment(REPO / "configs" / "van_der_pol.yaml")
+    assert fast.problem.to_dict() == base.problem.to_dict() and fast.generator.out == base.generator.out
+    assert TRCConfig.from_dict(fast.sections["model"]) == preset_config("fast")

@@ -42,8 +42,8 @@ What works, and why:
   dispatch of eager PyTorch (10-20 us per operator on a small CPU) disappears. A program
   compiled for a fixed small batch size (``batch=1``, a controller's) goes further: every
   intermediate buffer lives on the stack (:data:`AOTI_LATENCY_OPTIONS`), so a plan with
-  feedback rollouts takes about 0.1 ms with the ``fast`` preset. Compiling takes minutes for long horizons (the rollouts are unrolled, and
-  the matrix products are autotuned).
+  feedback rollouts takes about 0.1 ms with the ``fast`` preset. Compiling takes minutes for
+  long horizons (the rollouts are unrolled, and the matrix products are autotuned).
 
 :func:`export_controller` writes the file atomically and checks that the exported program
 reproduces the PyTorch model on fresh random inputs; :func:`load_controller` reads any of the
@@ -146,20 +146,22 @@ def _aoti_compile(exported, buffer: io.BytesIO, batch: int | None = None) -> Non
     options = {**AOTI_OPTIONS, **(AOTI_LATENCY_OPTIONS if latency else AOTI_DYNAMIC_OPTIONS)}
     if batch is not None:
         options["aot_inductor.metadata"] = {_BATCH_KEY: str(batch)}
-    try:
-        with _stack_allocating_wrapper() if latency else contextlib.nullcontext():
-            torch._inductor.aoti_compile_and_package(exported, package_path=buffer, inductor_configs=options)
-    except torch._inductor.exc.InductorError as exc:
-        if options["memory_planning"] and isinstance(exc.inner_exception, RecursionError):
-            retry = {"memory_planning": False}
-        elif latency and type(exc.inner_exception).__name__ == "NoValidChoicesError":
-            retry = {"max_autotune_gemm_backends": AOTI_OPTIONS["max_autotune_gemm_backends"]}  # a product CPP cannot do
-        else:
-            raise
+
+    def compile_with(inductor_configs):
         buffer.seek(0)
         buffer.truncate()
         with _stack_allocating_wrapper() if latency else contextlib.nullcontext():
-            torch._inductor.aoti_compile_and_package(exported, package_path=buffer, inductor_configs={**options, **retry})
+            torch._inductor.aoti_compile_and_package(exported, package_path=buffer, inductor_configs=inductor_configs)
+
+    try:
+        compile_with(options)
+    except torch._inductor.exc.InductorError as exc:
+        if options["memory_planning"] and isinstance(exc.inner_exception, RecursionError):
+            compile_with({**options, "memory_planning": False})
+        elif latency and type(exc.inner_exception).__name__ == "NoValidChoicesError":  # a product CPP cannot do
+            compile_with({**options, "max_autotune_gemm_backends": AOTI_OPTIONS["max_autotune_gemm_backends"]})
+        else:
+            raise
 
 
 @contextlib.contextmanager
@@ -434,8 +436,7 @@ def export_controller(
         ``aoti`` only: compile for this fixed batch size (calls with another batch size raise
         :class:`~dynamics.errors.DimensionError`). Up to :data:`LATENCY_BATCH`, every
         intermediate buffer then lives on the stack (:data:`AOTI_LATENCY_OPTIONS`), which makes
-        a batch-1 controller several times faster.
-        Default: a free batch size.
+        a batch-1 controller several times faster. Default: a free batch size.
     example_batch : int
         Batch size of the example inputs of the trace (the exported batch size is free).
     verify_batch : int
@@ -563,15 +564,15 @@ class ExportedController:
             else:
                 module = torch.export.load(io.BytesIO(path.read_bytes())).module()
 
-            def run(x0, xt):
-                with torch.no_grad():
-                    return module(torch.from_numpy(x0), torch.from_numpy(xt)).numpy()
-
             if fmt == "aoti":  # the package's runner directly: its Python wrapper re-parses the call spec per call
                 loader = module.loader
 
                 def run(x0, xt):
                     return loader.run([torch.from_numpy(x0), torch.from_numpy(xt)])[0].numpy()
+            else:
+                def run(x0, xt):
+                    with torch.no_grad():
+                        return module(torch.from_numpy(x0), torch.from_numpy(xt)).numpy()
 
             self._module = module
             self._run = run
