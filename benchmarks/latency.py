@@ -119,8 +119,10 @@ def flops_per_plan(model, problem: Problem) -> float:
     return float(counter.get_total_flops())
 
 
-def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Path, fmt: str) -> dict[str, float]:
-    """Latency (ms) of ``model`` exported in format ``fmt`` (with feedback), at batch 1 and ``batch``.
+def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Path, fmt: str,
+                   large: bool = True) -> dict[str, float]:
+    """Latency (ms) of ``model`` exported in format ``fmt`` (with feedback), at batch 1 and
+    (``large``) ``batch``.
 
     ``aoti``: one program compiled for batch 1 and one for ``batch`` (fixed batch sizes,
     :func:`trc.export.export_controller` ``batch=``), as a deployed controller and a batched
@@ -138,9 +140,12 @@ def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Pa
         return load_controller(path)
 
     x0, target = (a.astype(np.float32) for a in problem.sample(batch, seed=1))
-    one, many = (export(1), export(batch)) if fmt == "aoti" else (export(None),) * 2
-    return {"b1": measure_latency(lambda: one(x0[:1], target[:1]), repeats),
-            "bN": measure_latency(lambda: many(x0, target), max(3, repeats // 5), warmup=1)}
+    one = export(1 if fmt == "aoti" else None)
+    out = {"b1": measure_latency(lambda: one(x0[:1], target[:1]), repeats)}
+    if large:
+        many = export(batch) if fmt == "aoti" else one
+        out["bN"] = measure_latency(lambda: many(x0, target), max(3, repeats // 5), warmup=1)
+    return out
 
 
 def main(argv=None) -> int:
@@ -157,6 +162,8 @@ def main(argv=None) -> int:
                    "problem and preset)")
     p.add_argument("--export-presets", nargs="+", default=["fast"], choices=preset_names(),
                    help="presets timed with --onnx and --aoti (default: fast)")
+    p.add_argument("--exported-batch-1-only", action="store_true",
+                   help="time the exported programs at batch 1 only (no AOTInductor program for the large batch)")
     p.add_argument("--export-dir", type=Path, default=ROOT / "runs" / "benchmarks", help="folder of the exported files")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -177,7 +184,8 @@ def main(argv=None) -> int:
         def row(label, t, params):
             ratios = " | ".join(f"{ms / t['b1']:.2f}" for ms in solvers.values())
             flops = f"{t['flops'] / 1e6:.2f}" if "flops" in t else ""
-            print(f"| {label} | {params} | {flops} | {t['b1']:.3f} | {1e3 * args.batch / t['bN']:.3g} | {ratios} |", flush=True)
+            rate = f"{1e3 * args.batch / t['bN']:.3g}" if "bN" in t else "–"
+            print(f"| {label} | {params} | {flops} | {t['b1']:.3f} | {rate} | {ratios} |", flush=True)
 
         first, built = None, {}
         for preset in args.presets:
@@ -191,7 +199,8 @@ def main(argv=None) -> int:
             for preset in args.export_presets if flag else ():
                 t = built.get(preset) or trc_times(problem, preset, args.repeats, args.batch)
                 row(f"{preset}, {label}", exported_times(t["model"], problem, args.repeats, args.batch,
-                                                         args.export_dir, fmt), t["params"])
+                                                         args.export_dir, fmt, not args.exported_batch_1_only),
+                    t["params"])
     return 0
 
 
