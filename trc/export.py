@@ -614,7 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="exported", help="output folder (default: exported/)")
     p.add_argument("--no-feedback", action="store_true", help="export the plant-free network")
     p.add_argument("--batch", type=int, default=None,
-                   help="compile the aoti program for this fixed batch size (faster; default: a free batch size)")
+                   help="compile the aoti program for this fixed batch size (faster; default: a free batch size; "
+                   "the other formats always have a free one)")
     p.add_argument("--repeats", type=int, default=50, help="timed calls per latency measurement")
     p.add_argument("--threads", type=int, default=1, help="torch/onnxruntime intra-op threads (default 1)")
     return p
