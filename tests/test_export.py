@@ -69,7 +69,7 @@ def test_exported_program_gives_the_models_controls(model, tmp_path, fmt, feedba
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_onnx_translations_match_torch(tmp_path):
-    """The added ONNX translations (rms_norm, asinh, uneven adaptive pooling) on a long horizon."""
+    """The added ONNX translations (rms_norm, asinh) and the encoder's uneven pooling on a long horizon."""
     import onnxruntime as ort
 
     torch.manual_seed(0)

@@ -23,11 +23,11 @@ What works, and why:
   (``dopri5``) and adaptive halting (``act``) take data-dependent decisions that a trace
   would freeze, so they are refused. For the export the plant is wrapped in
   :class:`IntervalRollout`, which steps the rollouts without input checks (the same steps as
-  :meth:`dynamics.Plant.rollout`: :mod:`dynamics.fixed_step`). The ONNX export adds three
+  :meth:`dynamics.Plant.rollout`: :mod:`dynamics.fixed_step`). The ONNX export adds two
   operator translations the exporter lacks at opset 17: ``rms_norm`` (as
-  ``x / sqrt(mean(x^2) + eps) * w``, Zhang & Sennrich, NeurIPS 2019), ``asinh`` (ONNX
-  ``Asinh``) and ``adaptive_avg_pool1d`` with an output length that does not divide the input
-  length (a constant averaging matrix, PyTorch's bins).
+  ``x / sqrt(mean(x^2) + eps) * w``, Zhang & Sennrich, NeurIPS 2019) and ``asinh`` (ONNX
+  ``Asinh``). (The error encoder's pooling is a matrix product already,
+  :class:`~trc.models.feedback.TrajectoryErrorEncoder`.)
 * **torch.export** (:func:`torch.export.export`, non-strict, dynamic batch dimension) captures
   the network and the feedback rollouts of the one-step fixed-grid methods
   (:data:`dynamics.fixed_step.ONE_STEP_METHODS`) and of the exact zero-order hold of linear
@@ -359,7 +359,7 @@ def _state_check_for_export(self, t, what: str):
 
 @contextlib.contextmanager
 def _onnx_translations():
-    """Register the ONNX translations of ``rms_norm``, ``asinh`` and ``adaptive_avg_pool1d`` for one export."""
+    """Register the ONNX translations of ``rms_norm`` and ``asinh`` for one export."""
     from torch.onnx import symbolic_helper as sh
 
     def rms_norm(g, x, normalized_shape, weight, eps):
@@ -376,20 +376,7 @@ def _onnx_translations():
     def asinh(g, x):
         return g.op("Asinh", x)
 
-    def adaptive_avg_pool1d(g, x, output_size):
-        # PyTorch's bins [floor(i L / L_out), ceil((i + 1) L / L_out)) as a constant averaging
-        # matrix: the exporter only handles output sizes that divide the input length.
-        out = sh._get_const(output_size, "is", "output_size")[0]
-        length = (sh._get_tensor_sizes(x) or [None])[-1]
-        if length is None:
-            return sh._unimplemented("adaptive_avg_pool1d", "input length unknown at export", x)
-        weights = torch.zeros(length, out)
-        for i in range(out):
-            start, stop = (i * length) // out, -((-(i + 1) * length) // out)
-            weights[start:stop, i] = 1.0 / (stop - start)
-        return g.op("MatMul", x, g.op("Constant", value_t=weights))
-
-    translations = {"aten::rms_norm": rms_norm, "aten::asinh": asinh, "aten::adaptive_avg_pool1d": adaptive_avg_pool1d}
+    translations = {"aten::rms_norm": rms_norm, "aten::asinh": asinh}
     for name, fn in translations.items():
         torch.onnx.register_custom_op_symbolic(name, fn, ONNX_OPSET)
     try:
