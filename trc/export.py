@@ -539,27 +539,24 @@ class ExportedController:
             options.log_severity_level = 3
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self._run = lambda x0, xt: self._session.run(None, {"current_state": x0, "target_state": xt})[0]
+        elif fmt == "aoti":
+            module = torch._inductor.aoti_load_package(io.BytesIO(path.read_bytes()))
+            fixed = module.get_metadata().get(_BATCH_KEY)
+            self.batch = None if fixed is None else int(fixed)
+            loader = module.loader  # called directly: the package's Python wrapper re-parses its call spec per call
+            self._module = module
+            self._run = lambda x0, xt: loader.run([torch.from_numpy(x0), torch.from_numpy(xt)])[0].numpy()
         else:
             if fmt == "torchscript":
                 with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
                     warnings.simplefilter("ignore", DeprecationWarning)
                     module = torch.jit.load(str(path))
-            elif fmt == "aoti":
-                module = torch._inductor.aoti_load_package(io.BytesIO(path.read_bytes()))
-                fixed = module.get_metadata().get(_BATCH_KEY)
-                self.batch = None if fixed is None else int(fixed)
             else:
                 module = torch.export.load(io.BytesIO(path.read_bytes())).module()
 
-            if fmt == "aoti":  # the package's runner directly: its Python wrapper re-parses the call spec per call
-                loader = module.loader
-
-                def run(x0, xt):
-                    return loader.run([torch.from_numpy(x0), torch.from_numpy(xt)])[0].numpy()
-            else:
-                def run(x0, xt):
-                    with torch.no_grad():
-                        return module(torch.from_numpy(x0), torch.from_numpy(xt)).numpy()
+            def run(x0, xt):
+                with torch.no_grad():
+                    return module(torch.from_numpy(x0), torch.from_numpy(xt)).numpy()
 
             self._module = module
             self._run = run
