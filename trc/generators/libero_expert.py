@@ -158,7 +158,7 @@ class PickPlaceExpert:
 
     def _stalled_steps(self, value: float) -> int:
         """Count the steps since ``value`` (smaller is better, in m) last beat the phase's best by
-        more than 2 mm; reset with ``self.best, self.stall = np.inf, 0`` when a phase starts."""
+        more than 2 mm; :meth:`_next` resets it when a phase starts."""
         if value < self.best - 0.002:
             self.best, self.stall = value, 0
         else:
@@ -275,6 +275,7 @@ class PickPlaceExpert:
 
     def _next(self, phase: str) -> None:
         self.phase, self.phase_steps = phase, 0
+        self.best, self.stall = np.inf, 0  # the progress tracker of _stalled_steps
 
     def act(self, raw: dict) -> np.ndarray:
         """The expert's action in the current state, shape ``(7,)`` in ``[-1, 1]``.
@@ -303,7 +304,6 @@ class PickPlaceExpert:
             close = np.linalg.norm((above - eef)[:2]) < 0.01 and abs(above[2] - eef[2]) < 0.03
             if close or (self.phase_steps > 40 and np.linalg.norm((above - eef)[:2]) < 0.02):
                 self._next("descend")
-                self.best, self.stall = np.inf, 0
             else:
                 return self._servo(raw, above, -1.0)
         if self.phase == "descend":
@@ -311,7 +311,6 @@ class PickPlaceExpert:
             if blocked and self.candidates:
                 # the fingers rest on something (a drawer wall, a neighbour): try the next grasp
                 self.side = self.candidates.pop(0)
-                self.best, self.stall = np.inf, 0
                 self.hold = eef + np.array([0.0, 0.0, 0.06])
                 self._next("backoff")
                 return self._servo(raw, self.hold, -1.0)
@@ -324,7 +323,6 @@ class PickPlaceExpert:
             if self.phase_steps > c.close_steps:
                 self._next("lift")
                 self.obj_z0 = obj_pos[2]
-                self.best, self.stall = np.inf, 0
                 self.carry_z = max(obj_pos[2], tgt_pos[2]) + c.carry_clearance + c.grasp_depth
             else:
                 return self._servo(raw, self.hold, 1.0)
@@ -335,12 +333,10 @@ class PickPlaceExpert:
                 if stuck or obj_pos[2] < self.obj_z0 + 0.03:  # object left behind or caught: grasp again
                     if self.candidates:
                         self.side = self.candidates.pop(0)
-                    self.best, self.stall = np.inf, 0
                     self.hold = eef.copy()
                     self._next("backoff")
                     return self._servo(raw, self.hold, -1.0)
                 self._next("carry")
-                self.best, self.stall = np.inf, 0
             else:
                 return self._servo(raw, target, 1.0)
         if self.phase == "carry":
