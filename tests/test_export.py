@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import dynamics
-from dynamics.errors import ConfigError, DimensionError
+from dynamics.errors import ConfigError, DimensionError, TRCError
 from trc.export import ExportedController, IntervalRollout, _onnx_translations, export_controller, load_controller, main
 from trc.models import TinyRecursiveControl, TRCConfig, TrajectoryErrorEncoder
 from trc.problem import Problem
@@ -172,7 +172,10 @@ def test_fixed_batch_aoti_program_keeps_its_buffers_on_the_stack(model, tmp_path
         wrapper = next(archive.read(n).decode() for n in archive.namelist() if n.endswith(".wrapper.cpp"))
     assert "ArrayRefTensor" in wrapper, "AOTInductor did not stack-allocate the buffers"
     assert "aoti_torch_empty_strided" not in wrapper, "an intermediate buffer is allocated per call"
-    assert load_controller(tmp_path / "b1.aoti.pt2").batch == 1
+    # saved under a plain .pt2 name, the package is still recognised as AOTInductor by its content
+    plain = tmp_path / "b1.pt2"
+    plain.write_bytes(path.read_bytes())
+    assert load_controller(plain).format == "aoti" and load_controller(plain).batch == 1
     with pytest.raises(ConfigError, match="AOTInductor option"):
         export_controller(model, tmp_path / "c.onnx", batch=1)
     with pytest.raises(ConfigError, match="positive integer"):
@@ -239,10 +242,17 @@ def test_aoti_compile_retries_without_memory_planning(monkeypatch):
     class NoValidChoicesError(RuntimeError):
         pass
 
+    class LoweringException(RuntimeError):
+        pass
+
     def no_cpp_kernel(exported, package_path, inductor_configs):
         calls.append(dict(inductor_configs))
         if inductor_configs["max_autotune_gemm_backends"] == "CPP":
-            raise InductorError(NoValidChoicesError("no choices"), None)
+            # as Inductor raises it: the selection error inside the lowering error of one node
+            try:
+                raise LoweringException("mm") from NoValidChoicesError("no choices")
+            except LoweringException as lowering:
+                raise InductorError(lowering, None) from lowering
         package_path.write(b"package")
 
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_cpp_kernel)
@@ -263,3 +273,18 @@ def test_aoti_compile_retries_without_memory_planning(monkeypatch):
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", other_failure)
     with pytest.raises(InductorError, match="lowering failed"):
         export_module._aoti_compile(object(), io.BytesIO())
+
+
+def test_export_check_rejects_a_program_with_other_controls(model, tmp_path, monkeypatch):
+    """A program whose controls differ from PyTorch's by more than the tolerance and than the
+    model's float32 rounding is refused, and no file is written."""
+    from trc import export as export_module
+
+    class Shifted(export_module.ExportedController):
+        def __call__(self, x0, target):
+            return super().__call__(x0, target) + 1e-3
+
+    monkeypatch.setattr(export_module, "ExportedController", Shifted)
+    with pytest.raises(TRCError, match="differs from the PyTorch model by up to 0.001"):
+        export_controller(model, tmp_path / "c.ts")
+    assert not (tmp_path / "c.ts").exists()

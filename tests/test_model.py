@@ -211,6 +211,20 @@ def test_error_encoder_sees_the_whole_trajectory():
         enc(torch.zeros(3, 29, 2))
 
 
+def test_error_encoder_pool_first_pools_before_the_convolutions():
+    """``pool_first``: adaptive average pooling to 16 positions, then torch's convolutions."""
+    torch.manual_seed(0)
+    enc = TrajectoryErrorEncoder(state_dim=2, horizon=100, latent_dim=8, channels=4, pool_first=True)
+    errors = torch.randn(3, 100, 2)
+    h = torch.nn.functional.adaptive_avg_pool1d(errors.transpose(1, 2), 16)  # (3, 2, 16)
+    h = torch.nn.functional.gelu(enc.conv2(torch.nn.functional.gelu(enc.conv1(h))))  # (3, 4, 16)
+    torch.testing.assert_close(enc(errors), enc.proj(h.flatten(1)) + enc.terminal(errors[:, -1]))
+    # the same parameters as the default encoder, which pools after the convolutions
+    after = TrajectoryErrorEncoder(state_dim=2, horizon=100, latent_dim=8, channels=4)
+    after.load_state_dict(enc.state_dict())
+    assert (after(errors) - enc(errors)).abs().max() > 1e-4
+
+
 @pytest.mark.parametrize("kernel", [1, 3, 5])
 def test_error_encoder_convolutions_match_conv1d(kernel):
     """The encoder's matrix-product convolutions are torch's Conv1d with "same" padding."""

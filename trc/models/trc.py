@@ -273,7 +273,9 @@ class TinyRecursiveControl(nn.Module):
         self.refine_head = _mlp(D, H, N * m)
         self.control_embed = nn.Linear(N * m, D)
         self.error_encoder = (
-            TrajectoryErrorEncoder(n, N, D, config.feedback_channels, config.feedback_kernel)
+            TrajectoryErrorEncoder(
+                n, N, D, config.feedback_channels, config.feedback_kernel, pool_first=config.feedback_pool_first
+            )
             if config.feedback
             else None
         )
