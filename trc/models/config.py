@@ -144,8 +144,8 @@ class TRCConfig:
         _check_int(self.feedback_kernel, "feedback_kernel")
         if self.feedback_kernel % 2 == 0:
             raise ConfigError(f"model.feedback_kernel must be odd, got {self.feedback_kernel}")
-        for name in ("feedback", "feedback_pool_first", "feedback_gain", "detach_feedback", "gradient_last_cycle_only", "act", "state_head",
-                     "tracking"):
+        for name in ("feedback", "feedback_pool_first", "feedback_gain", "detach_feedback", "gradient_last_cycle_only",
+                     "act", "state_head", "tracking"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
         if not _real(self.dropout) or not 0.0 <= self.dropout < 1.0:
