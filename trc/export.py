@@ -432,6 +432,7 @@ def export_controller(
     verify_batch: int = 5,
     atol: float = 1e-4,
     rtol: float = 1e-5,
+    seed: int = 0,
 ) -> ExportResult:
     """Export a trained TRC model for deployment and verify the exported program.
 
@@ -463,6 +464,9 @@ def export_controller(
         the same inputs, where that is larger (an untrained rocket controller's thrust moves by
         about 2 N out of 1e4 N between float32 and float64).
 
+    seed : int
+        Seed of the trace's example inputs; the verification inputs use ``seed + 1``.
+
     Returns
     -------
     ExportResult
@@ -492,8 +496,8 @@ def export_controller(
         example_batch = verify_batch = batch
     cpu_model = copy.deepcopy(model).cpu().float()
     program = ControllerProgram(cpu_model, feedback).eval()
-    example = _example_inputs(cpu_model, example_batch, seed=0)
-    fresh = _example_inputs(cpu_model, verify_batch, seed=1)
+    example = _example_inputs(cpu_model, example_batch, seed=seed)
+    fresh = _example_inputs(cpu_model, verify_batch, seed=seed + 1)
     with torch.no_grad():
         expected = program(*fresh).numpy()
         rounding = _float32_rounding(program, fresh, expected)
@@ -644,6 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the other formats always have a free one)")
     p.add_argument("--repeats", type=int, default=50, help="timed calls per latency measurement")
     p.add_argument("--threads", type=int, default=1, help="torch/onnxruntime intra-op threads (default 1)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the example (trace), verification and latency inputs: seed, seed + 1, seed + 2")
     return p
 
 
@@ -664,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     rows = []
     for batch in (1, 1024):
-        x0, xt = _example_inputs(model, batch, seed=2)
+        x0, xt = _example_inputs(model, batch, seed=args.seed + 2)
         with torch.no_grad():
             ms = measure_latency(lambda: model(x0, xt, plant=False if args.no_feedback else None), args.repeats)
         rows.append(("pytorch (eager)", batch, ms, None, None))
@@ -673,14 +679,14 @@ def main(argv: list[str] | None = None) -> int:
         path = out / f"{Path(args.checkpoint).parent.name or 'model'}{FORMATS[fmt]}"
         batch = args.batch if fmt == "aoti" else None
         try:
-            result = export_controller(model, path, format=fmt, feedback=feedback, batch=batch)
+            result = export_controller(model, path, format=fmt, feedback=feedback, batch=batch, seed=args.seed)
         except (ConfigError, TRCError) as exc:
             print(f"{fmt}: not exported: {exc}", file=sys.stderr)
             status = 1 if args.format != "all" else status
             continue
         ctrl = load_controller(path)
         for batch in (1, 1024) if ctrl.batch is None else (ctrl.batch,):
-            x0, xt = (t.numpy() for t in _example_inputs(model, batch, seed=2))
+            x0, xt = (t.numpy() for t in _example_inputs(model, batch, seed=args.seed + 2))
             ms = measure_latency(lambda: ctrl(x0, xt), args.repeats)
             rows.append((f"{fmt} ({path})", batch, ms, result.size_bytes, result.max_abs_error))
     print(f"{'program':<48} {'batch':>6} {'latency ms':>11} {'size KiB':>9} {'max |du|':>9}")
