@@ -89,13 +89,18 @@ def solver_times(name: str, problem: Problem, x0: np.ndarray, target: np.ndarray
     return out
 
 
+def build_model(problem: Problem, preset: str) -> TinyRecursiveControl:
+    """The untrained model of ``preset`` for ``problem`` (seed 0), in eval mode."""
+    torch.manual_seed(0)
+    return TinyRecursiveControl.from_problem(problem, preset_config(preset)).eval()
+
+
 def trc_times(problem: Problem, preset: str, repeats: int, batch: int, feedback: bool = True) -> dict[str, float]:
     """TRC latency (ms) at batch 1 and ``batch``, and its parameter count.
 
     ``feedback=False`` runs the plant-free network (no rollouts inside the model).
     """
-    torch.manual_seed(0)
-    model = TinyRecursiveControl.from_problem(problem, preset_config(preset)).eval()
+    model = build_model(problem, preset)
     x0, target = (torch.as_tensor(a, dtype=torch.float32) for a in problem.sample(batch, seed=1))
     plant = None if feedback else False
     with torch.no_grad():
@@ -197,10 +202,10 @@ def main(argv=None) -> int:
                 first["params"])
         for flag, fmt, label in ((args.onnx, "onnx", "ONNX (onnxruntime)"), (args.aoti, "aoti", "AOTInductor")):
             for preset in args.export_presets if flag else ():
-                t = built.get(preset) or trc_times(problem, preset, args.repeats, args.batch)
-                row(f"{preset}, {label}", exported_times(t["model"], problem, args.repeats, args.batch,
+                model = built[preset]["model"] if preset in built else build_model(problem, preset)
+                row(f"{preset}, {label}", exported_times(model, problem, args.repeats, args.batch,
                                                          args.export_dir, fmt, not args.exported_batch_1_only),
-                    t["params"])
+                    model.get_parameter_count())
     return 0
 
 
