@@ -463,7 +463,6 @@ def export_controller(
         or up to the float32 rounding of the PyTorch model itself, ``max |u - u_float64|`` on
         the same inputs, where that is larger (an untrained rocket controller's thrust moves by
         about 2 N out of 1e4 N between float32 and float64).
-
     seed : int
         Seed of the trace's example inputs; the verification inputs use ``seed + 1``.
 

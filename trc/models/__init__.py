@@ -14,11 +14,11 @@ from .halting import HaltingHead, halting_loss, halting_targets
 from .presets import (
     PRESETS,
     create,
+    create_fast,
     create_large,
     create_medium,
     create_small,
     create_two_level_large,
-    create_fast,
     create_two_level_medium,
     create_two_level_small,
     preset_config,

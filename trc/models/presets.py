@@ -1,5 +1,5 @@
 """Named model sizes: ``small``, ``medium``, ``large``, in single-latent and two-level mode, and
-``fast``, the single-latent preset for batch-1 latency.
+``fast``, the single-latent preset with the fewest operations per plan (for compiled controllers).
 
 Each preset is a partial :class:`~trc.models.TRCConfig`; :func:`create` builds a model from one
 with the problem sizes and any overrides. :func:`preset_table` measures the parameter counts
