@@ -14,7 +14,7 @@ import torch
 import dynamics
 from dynamics.errors import ConfigError, DimensionError, TRCError
 from trc.export import ExportedController, IntervalRollout, _onnx_translations, export_controller, load_controller, main
-from trc.models import TinyRecursiveControl, TRCConfig, TrajectoryErrorEncoder
+from trc.models import TinyRecursiveControl, TRCConfig, TrajectoryErrorEncoder, trajectory_error
 from trc.problem import Problem
 from trc.training.checkpoint import save_model_file
 
@@ -68,30 +68,36 @@ def test_exported_program_gives_the_models_controls(model, tmp_path, fmt, feedba
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-def test_onnx_translations_match_torch(tmp_path):
-    """The added ONNX translations (rms_norm, asinh) and the encoder's uneven pooling on a long horizon."""
+@pytest.mark.parametrize("pool_first", [False, True])
+def test_onnx_translations_match_torch(tmp_path, pool_first):
+    """The added ONNX translation (rms_norm), the error sequence (its written-out asinh, the
+    clipping) and the encoder's uneven pooling on a long horizon, before or after its convolutions."""
     import onnxruntime as ort
 
     torch.manual_seed(0)
-    encoder = TrajectoryErrorEncoder(state_dim=2, horizon=23, latent_dim=8, channels=4)  # pools 23 -> 16
+    encoder = TrajectoryErrorEncoder(state_dim=2, horizon=23, latent_dim=8, channels=4, pool_first=pool_first)
     net = torch.nn.Sequential(encoder, torch.nn.RMSNorm(8)).eval()
+    scale = torch.tensor([0.5, 2.0])
 
     class Program(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.net = net
 
-        def forward(self, e):
-            return self.net(torch.asinh(e))
+        def forward(self, states, target):
+            return self.net(trajectory_error(states, target, scale))
 
-    e = torch.randn(3, 23, 2)
+    states, target = torch.randn(3, 24, 2), torch.randn(3, 2)
     with _onnx_translations(), torch.no_grad():
-        torch.onnx.export(Program().eval(), (e,), str(tmp_path / "enc.onnx"), dynamo=False, opset_version=17,
-                          input_names=["e"], dynamic_axes={"e": {0: "batch"}})
-    e = torch.randn(5, 23, 2)
-    got = ort.InferenceSession(str(tmp_path / "enc.onnx"), providers=["CPUExecutionProvider"]).run(None, {"e": e.numpy()})[0]
+        torch.onnx.export(Program().eval(), (states, target), str(tmp_path / "enc.onnx"), dynamo=False,
+                          opset_version=17, input_names=["states", "target"],
+                          dynamic_axes={"states": {0: "batch"}, "target": {0: "batch"}})
+    states, target = 3.0 * torch.randn(5, 24, 2), torch.randn(5, 2)
+    states[0, 5, 1] = 1e30  # clipped, in the program too
+    session = ort.InferenceSession(str(tmp_path / "enc.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"states": states.numpy(), "target": target.numpy()})[0]
     with torch.no_grad():
-        np.testing.assert_allclose(got, Program()(e).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, Program()(states, target).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_interval_rollout_equals_plant_rollout():

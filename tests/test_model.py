@@ -211,6 +211,26 @@ def test_error_encoder_sees_the_whole_trajectory():
         enc(torch.zeros(3, 29, 2))
 
 
+def test_trajectory_error_asinh_matches_torch_and_clips_diverged_states():
+    """The written-out asinh has torch.asinh's values and derivative (also at 0); errors beyond
+    1e6 (finite or not) are clipped, so features stay finite where x^2 would overflow."""
+    from trc.models.feedback import _asinh
+
+    x = torch.cat((torch.tensor([0.0, -0.0, 1e-12, -1e-9]), torch.logspace(-6, 6, 49), -torch.logspace(-6, 6, 49)))
+    x = x.double().requires_grad_(True)
+    torch.testing.assert_close(_asinh(x), torch.asinh(x), rtol=1e-12, atol=1e-15)
+    got, = torch.autograd.grad(_asinh(x).sum(), x)
+    torch.testing.assert_close(got, 1.0 / torch.sqrt(1.0 + x.detach() ** 2))
+    x32 = x.detach().float()
+    assert (_asinh(x32).double() - torch.asinh(x.detach())).abs().max() < 1e-6
+    X = torch.zeros(1, 3, 2)
+    X[0, 1] = torch.tensor([1e30, -float("inf")])
+    X[0, 2] = torch.tensor([float("nan"), 3.0])
+    e = trajectory_error(X, torch.zeros(1, 2), torch.ones(2))
+    limit = math.asinh(1e6)
+    torch.testing.assert_close(e[0], torch.tensor([[limit, -limit], [limit, math.asinh(3.0)]]))
+
+
 def test_error_encoder_pool_first_pools_before_the_convolutions():
     """``pool_first``: adaptive average pooling to 16 positions, then torch's convolutions."""
     torch.manual_seed(0)

@@ -23,11 +23,11 @@ What works, and why:
   (``dopri5``) and adaptive halting (``act``) take data-dependent decisions that a trace
   would freeze, so they are refused. For the export the plant is wrapped in
   :class:`IntervalRollout`, which steps the rollouts without input checks (the same steps as
-  :meth:`dynamics.Plant.rollout`: :mod:`dynamics.fixed_step`). The ONNX export adds two
-  operator translations the exporter lacks at opset 17: ``rms_norm`` (as
-  ``x / sqrt(mean(x^2) + eps) * w``, Zhang & Sennrich, NeurIPS 2019) and ``asinh`` (ONNX
-  ``Asinh``). (The error encoder's pooling is a matrix product already,
-  :class:`~trc.models.feedback.TrajectoryErrorEncoder`.)
+  :meth:`dynamics.Plant.rollout`: :mod:`dynamics.fixed_step`). The ONNX export adds the
+  operator translation the exporter lacks at opset 17, ``rms_norm`` (as
+  ``x / sqrt(mean(x^2) + eps) * w``, Zhang & Sennrich, NeurIPS 2019). (The error encoder's
+  pooling is a matrix product and its ``asinh`` is written out already,
+  :mod:`trc.models.feedback`.)
 * **torch.export** (:func:`torch.export.export`, non-strict, dynamic batch dimension) captures
   the network and the feedback rollouts of the one-step fixed-grid methods
   (:data:`dynamics.fixed_step.ONE_STEP_METHODS`) and of the exact zero-order hold of linear
@@ -385,7 +385,7 @@ def _state_check_for_export(self, t, what: str):
 
 @contextlib.contextmanager
 def _onnx_translations():
-    """Register the ONNX translations of ``rms_norm`` and ``asinh`` for one export."""
+    """Register the ONNX translation of ``rms_norm`` for one export."""
     from torch.onnx import symbolic_helper as sh
 
     def rms_norm(g, x, normalized_shape, weight, eps):
@@ -399,10 +399,7 @@ def _onnx_translations():
         y = g.op("Div", x, rms)
         return y if sh._is_none(weight) else g.op("Mul", y, weight)
 
-    def asinh(g, x):
-        return g.op("Asinh", x)
-
-    translations = {"aten::rms_norm": rms_norm, "aten::asinh": asinh}
+    translations = {"aten::rms_norm": rms_norm}
     for name, fn in translations.items():
         torch.onnx.register_custom_op_symbolic(name, fn, ONNX_OPSET)
     try:

@@ -18,7 +18,8 @@ from dynamics.errors import DimensionError
 __all__ = ["trajectory_error", "TrajectoryErrorEncoder", "FeedbackGain"]
 
 #: Normalised errors are passed through ``asinh``, linear near 0 and logarithmic far away, so a
-#: diverging rollout (an untrained model on an unstable plant) cannot blow the latent up.
+#: diverging rollout (an untrained model on an unstable plant) cannot blow the latent up; they
+#: are clipped to +-_LARGE first (NaN to +_LARGE), so features stay below asinh(1e6) = 14.5.
 _LARGE = 1e6
 
 
@@ -38,7 +39,8 @@ def trajectory_error(states: torch.Tensor, target: torch.Tensor, scale: torch.Te
     -------
     Tensor, shape ``(batch, horizon, state_dim)``
         ``asinh((x_k - x*) / s)`` for ``k = 1..N``; the last row is the terminal error.
-        Non-finite states (a diverged rollout) are mapped to large finite errors.
+        Normalised errors beyond ``+-1e6`` and non-finite states (a diverged rollout) are
+        clipped to ``+-1e6`` (NaN to ``+1e6``) first.
 
     Raises
     ------
@@ -54,8 +56,22 @@ def trajectory_error(states: torch.Tensor, target: torch.Tensor, scale: torch.Te
     B, length, n = states.shape
     rows = states.reshape(B, length * n)[:, n:]
     err = (rows - target.repeat(1, length - 1)) / scale.repeat(length - 1)
-    err = torch.asinh(torch.nan_to_num(err, nan=_LARGE, posinf=_LARGE, neginf=-_LARGE))
-    return err.view(B, length - 1, n)
+    return _asinh(torch.nan_to_num(err, nan=_LARGE).clamp(-_LARGE, _LARGE)).view(B, length - 1, n)
+
+
+def _asinh(x: torch.Tensor) -> torch.Tensor:
+    """``asinh(x) = sign(x) log(|x| + sqrt(x^2 + 1))`` for ``|x| <= 1e6`` (``x^2`` stays finite).
+
+    Written out because TorchInductor compiles this form to vector instructions, while
+    ``torch.asinh`` becomes a scalar ``std::asinh`` call per element: 1.8 of the 3.1 ms
+    that the error sequence of Van der Pol at batch 1024 took on one core. In float32 its
+    absolute error is below 6e-7 (``torch.asinh``'s: 1e-6); the derivative is ``torch.asinh``'s,
+    also at 0 (the ``where`` instead of ``abs`` and ``copysign``, whose derivatives vanish there).
+    """
+    negative = x < 0
+    a = torch.where(negative, -x, x)
+    r = torch.log(a + torch.sqrt(a * a + 1.0))
+    return torch.where(negative, -r, r)
 
 
 class TrajectoryErrorEncoder(nn.Module):
@@ -107,8 +123,13 @@ class TrajectoryErrorEncoder(nn.Module):
         self.conv2 = nn.Conv1d(channels, channels, kernel_size, padding=pad)
         self.proj = nn.Linear(channels * self.positions, latent_dim)
         self.terminal = nn.Linear(state_dim, latent_dim)
-        # adaptive average pooling N -> positions as a constant matrix (not saved in checkpoints)
-        self.register_buffer("pool", _average_bins(horizon, self.positions), persistent=False)
+        # adaptive average pooling N -> positions as a constant matrix (not saved in checkpoints);
+        # pooling first acts on the flattened (N * state_dim) error rows: one dense product
+        # with the batch as its long side, instead of a batch of (positions x N) products
+        pool = _average_bins(horizon, self.positions)
+        if self.pool_first:
+            pool = torch.kron(pool, torch.eye(state_dim))  # (positions * n, N * n)
+        self.register_buffer("pool", pool, persistent=False)
 
     def forward(self, errors: torch.Tensor) -> torch.Tensor:
         """``errors``: ``(batch, N, state_dim)`` from :func:`trajectory_error`; returns ``(batch, D)``."""
@@ -129,7 +150,11 @@ class TrajectoryErrorEncoder(nn.Module):
 
     def _pool(self, h: torch.Tensor) -> torch.Tensor:
         """Average ``(batch, N, C)`` down to ``(batch, positions, C)``."""
-        return torch.matmul(self.pool, h) if self.positions < self.horizon else h
+        if self.positions == self.horizon:
+            return h
+        if self.pool_first:  # C = state_dim; self.pool is kron(bins, I_n)
+            return F.linear(h.flatten(1), self.pool).view(h.shape[0], self.positions, self.state_dim)
+        return torch.matmul(self.pool, h)
 
 
 def _average_bins(length: int, positions: int) -> torch.Tensor:
