@@ -19,18 +19,24 @@ Latency does not depend on the weights, so the models are untrained (an untraine
 trained model of a preset run the same operations). Optionally the presets of
 ``--export-presets`` (default ``fast``) are also exported (:mod:`trc.export`) to ONNX
 (``--onnx``, timed with onnxruntime) and compiled to C++ by AOTInductor (``--aoti``, the
-feedback rollouts included; one program for batch 1 and one for the large batch).
+feedback rollouts included; one program for batch 1 and one for the large batch). With
+``--processes P`` the large-batch program runs in P processes at once (one per core, each its
+own copy of the program, ``--threads`` threads each, started together), as a data-parallel
+planner uses a multi-core CPU, and the plans per second of all of them are added up.
 
 The goals of the project: TRC at batch 1 at least 100 times faster than IPOPT on the
 nonlinear problems, and at least 10^5 control sequences per second batched.
 
     python benchmarks/latency.py                        # everything (several minutes)
     python benchmarks/latency.py --problems van_der_pol --presets fast small --aoti --export-presets fast small
+    python benchmarks/latency.py --problems van_der_pol --presets fast --aoti --processes 2
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import multiprocessing.connection
 import statistics
 import sys
 import time
@@ -125,9 +131,10 @@ def flops_per_plan(model, problem: Problem) -> float:
 
 
 def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Path, fmt: str,
-                   large: bool = True) -> dict[str, float]:
+                   large: bool = True, processes: int = 1) -> dict[str, float]:
     """Latency (ms) of ``model`` exported in format ``fmt`` (with feedback), at batch 1 and
-    (``large``) ``batch``.
+    (``large``) ``batch``; with ``processes > 1`` the large batch runs in that many processes at
+    once (:func:`parallel_times`) and ``bN`` is ``batch`` over their summed rate.
 
     ``aoti``: one program compiled for batch 1 and one for ``batch`` (fixed batch sizes,
     :func:`trc.export.export_controller` ``batch=``), as a deployed controller and a batched
@@ -149,8 +156,54 @@ def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Pa
     out = {"b1": measure_latency(lambda: one(x0[:1], target[:1]), repeats)}
     if large:
         many = export(batch) if fmt == "aoti" else one
-        out["bN"] = measure_latency(lambda: many(x0, target), max(3, repeats // 5), warmup=1)
+        calls = max(3, repeats // 5)
+        if processes > 1:
+            # the batch time that gives the processes' summed rate
+            out["bN"] = batch / sum(batch / ms for ms in parallel_times(many.path, x0, target, calls, processes))
+        else:
+            out["bN"] = measure_latency(lambda: many(x0, target), calls, warmup=1)
     return out
+
+
+def parallel_times(path: Path, x0: np.ndarray, target: np.ndarray, calls: int, processes: int) -> list[float]:
+    """Median ms per call of the exported program at ``path`` in each of ``processes`` processes
+    running at the same time (spawned, each with its own copy of the program and the current
+    number of torch threads; timing starts in all of them together, after the warm-up).
+
+    Raises
+    ------
+    RuntimeError
+        If a process fails (its exit code is given).
+    """
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Barrier(processes), ctx.Queue()
+    workers = [ctx.Process(target=_time_in_process,
+                           args=(str(path), x0, target, calls, torch.get_num_threads(), start, results))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    pending = list(workers)
+    while pending:  # a failed process breaks the start barrier, so the others do not wait for it
+        multiprocessing.connection.wait([worker.sentinel for worker in pending])
+        for worker in [w for w in pending if w.exitcode is not None]:
+            pending.remove(worker)
+            if worker.exitcode != 0:
+                start.abort()
+    failed = [worker.exitcode for worker in workers if worker.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"a timing process of {path} failed (exit codes {failed})")
+    return [results.get() for _ in workers]
+
+
+def _time_in_process(path: str, x0: np.ndarray, target: np.ndarray, calls: int, threads: int, start, results) -> None:
+    from trc.export import load_controller
+
+    torch.set_num_threads(threads)
+    program = load_controller(path)
+    for _ in range(3):
+        program(x0, target)
+    start.wait()
+    results.put(measure_latency(lambda: program(x0, target), calls, warmup=0))
 
 
 def main(argv=None) -> int:
@@ -169,8 +222,13 @@ def main(argv=None) -> int:
                    help="presets timed with --onnx and --aoti (default: fast)")
     p.add_argument("--exported-batch-1-only", action="store_true",
                    help="time the exported programs at batch 1 only (no AOTInductor program for the large batch)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="time the exported large-batch programs in this many processes at once (one per core) and "
+                   "add up their plans per second")
     p.add_argument("--export-dir", type=Path, default=ROOT / "runs" / "benchmarks", help="folder of the exported files")
     args = p.parse_args(argv)
+    if args.processes < 1:
+        p.error("--processes must be at least 1")
     torch.set_num_threads(args.threads)
 
     print(f"CPU latency, torch {torch.__version__}, {args.threads} thread(s); solver: median ms per instance "
@@ -182,7 +240,8 @@ def main(argv=None) -> int:
         solvers = solver_times(name, problem, x0, target)
         print(f"\n## {name} (N = {problem.horizon}, n = {problem.state_dim}, m = {problem.control_dim}); solvers, ms "
               "per instance: " + ", ".join(f"{label} {ms:.2f}" for label, ms in solvers.items()))
-        print(f"| TRC | params | MFLOP per plan | batch 1 [ms] | seq/s at batch {args.batch} | "
+        exported_rate = f"; exported: {args.processes} processes at once, summed" if args.processes > 1 else ""
+        print(f"| TRC | params | MFLOP per plan | batch 1 [ms] | seq/s at batch {args.batch}{exported_rate} | "
               + " | ".join(f"{label} / TRC" for label in solvers) + " |")
         print("|---|---|---|---|---|" + "---|" * len(solvers))
 
@@ -203,8 +262,8 @@ def main(argv=None) -> int:
         for flag, fmt, label in ((args.onnx, "onnx", "ONNX (onnxruntime)"), (args.aoti, "aoti", "AOTInductor")):
             for preset in args.export_presets if flag else ():
                 model = built[preset]["model"] if preset in built else build_model(problem, preset)
-                row(f"{preset}, {label}", exported_times(model, problem, args.repeats, args.batch,
-                                                         args.export_dir, fmt, not args.exported_batch_1_only),
+                row(f"{preset}, {label}", exported_times(model, problem, args.repeats, args.batch, args.export_dir, fmt,
+                                                         not args.exported_batch_1_only, args.processes),
                     model.get_parameter_count())
     return 0
 
