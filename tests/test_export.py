@@ -294,3 +294,36 @@ def test_export_check_rejects_a_program_with_other_controls(model, tmp_path, mon
     with pytest.raises(TRCError, match="differs from the PyTorch model by up to 0.001"):
         export_controller(model, tmp_path / "c.ts")
     assert not (tmp_path / "c.ts").exists()
+
+
+def test_export_check_accepts_differences_within_the_models_float32_rounding(model, tmp_path, monkeypatch):
+    """The same shifted program is accepted when the model's own float32 rounding is larger
+    than the shift (as the untrained rocket's is, up to 1.9 N), and its file is written."""
+    from trc import export as export_module
+
+    class Shifted(export_module.ExportedController):
+        def __call__(self, x0, target):
+            return super().__call__(x0, target) + 1e-3
+
+    monkeypatch.setattr(export_module, "ExportedController", Shifted)
+    monkeypatch.setattr(export_module, "_float32_rounding", lambda program, inputs, expected: 2e-3)
+    result = export_controller(model, tmp_path / "c.ts")
+    assert (tmp_path / "c.ts").exists()
+    assert result.max_abs_error == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_float32_rounding_is_the_distance_to_the_float64_program():
+    """``(x + 1e4) - 1e4`` in float32 loses x's low bits; in float64 it is x (numpy reference)."""
+    from trc.export import _float32_rounding
+
+    class Cancelling(torch.nn.Module):
+        def forward(self, x):
+            return (x + 1e4) - 1e4
+
+    x = torch.linspace(-1.0, 1.0, 101).view(-1, 1)
+    with torch.no_grad():
+        expected = Cancelling()(x).numpy()
+    exact = ((x.numpy().astype(np.float32) + np.float32(1e4)) - np.float32(1e4)).astype(np.float64)
+    reference = np.abs(x.numpy().astype(np.float64) - exact).max()
+    assert reference > 1e-5  # float32 really rounds here
+    assert _float32_rounding(Cancelling(), (x,), expected) == pytest.approx(reference, rel=1e-6)
