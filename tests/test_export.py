@@ -281,9 +281,9 @@ def test_aoti_compile_retries_without_memory_planning(monkeypatch):
         export_module._aoti_compile(object(), io.BytesIO())
 
 
-def test_export_check_rejects_a_program_with_other_controls(model, tmp_path, monkeypatch):
-    """A program whose controls differ from PyTorch's by more than the tolerance and than the
-    model's float32 rounding is refused, and no file is written."""
+@pytest.fixture
+def shifted_programs(monkeypatch):
+    """Exported programs, as the export check loads them, give controls shifted by 1e-3."""
     from trc import export as export_module
 
     class Shifted(export_module.ExportedController):
@@ -291,22 +291,22 @@ def test_export_check_rejects_a_program_with_other_controls(model, tmp_path, mon
             return super().__call__(x0, target) + 1e-3
 
     monkeypatch.setattr(export_module, "ExportedController", Shifted)
+    return export_module
+
+
+def test_export_check_rejects_a_program_with_other_controls(model, tmp_path, shifted_programs):
+    """A program whose controls differ from PyTorch's by more than the tolerance and than the
+    model's float32 rounding is refused, and no file is written."""
     with pytest.raises(TRCError, match="differs from the PyTorch model by up to 0.001"):
         export_controller(model, tmp_path / "c.ts")
     assert not (tmp_path / "c.ts").exists()
 
 
-def test_export_check_accepts_differences_within_the_models_float32_rounding(model, tmp_path, monkeypatch):
+def test_export_check_accepts_differences_within_the_models_float32_rounding(model, tmp_path, shifted_programs,
+                                                                            monkeypatch):
     """The same shifted program is accepted when the model's own float32 rounding is larger
     than the shift (as the untrained rocket's is, up to 1.9 N), and its file is written."""
-    from trc import export as export_module
-
-    class Shifted(export_module.ExportedController):
-        def __call__(self, x0, target):
-            return super().__call__(x0, target) + 1e-3
-
-    monkeypatch.setattr(export_module, "ExportedController", Shifted)
-    monkeypatch.setattr(export_module, "_float32_rounding", lambda program, inputs, expected: 2e-3)
+    monkeypatch.setattr(shifted_programs, "_float32_rounding", lambda program, inputs, expected: 2e-3)
     result = export_controller(model, tmp_path / "c.ts")
     assert (tmp_path / "c.ts").exists()
     assert result.max_abs_error == pytest.approx(1e-3, rel=1e-3)
@@ -323,7 +323,7 @@ def test_float32_rounding_is_the_distance_to_the_float64_program():
     x = torch.linspace(-1.0, 1.0, 101).view(-1, 1)
     with torch.no_grad():
         expected = Cancelling()(x).numpy()
-    exact = ((x.numpy().astype(np.float32) + np.float32(1e4)) - np.float32(1e4)).astype(np.float64)
+    exact = ((x.numpy() + np.float32(1e4)) - np.float32(1e4)).astype(np.float64)  # x is float32
     reference = np.abs(x.numpy().astype(np.float64) - exact).max()
     assert reference > 1e-5  # float32 really rounds here
     assert _float32_rounding(Cancelling(), (x,), expected) == pytest.approx(reference, rel=1e-6)
