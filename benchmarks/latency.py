@@ -20,9 +20,11 @@ trained model of a preset run the same operations). Optionally the presets of
 ``--export-presets`` (default ``fast``) are also exported (:mod:`trc.export`) to ONNX
 (``--onnx``, timed with onnxruntime) and compiled to C++ by AOTInductor (``--aoti``, the
 feedback rollouts included; one program for batch 1 and one for the large batch). With
-``--processes P`` the large-batch program runs in P processes at once (one per core, each its
-own copy of the program, ``--threads`` threads each, started together), as a data-parallel
-planner uses a multi-core CPU, and the plans per second of all of them are added up.
+``--processes P`` the large-batch program runs in a :class:`trc.parallel.ParallelController`
+of P processes (one per core, each its own copy of the program, ``--threads`` threads each):
+each call plans P times the batch, one batch per process, as a data-parallel planner uses a
+multi-core CPU, and the rate is that of the whole call (the transfers to and from the
+processes included).
 
 The goals of the project: TRC at batch 1 at least 100 times faster than IPOPT on the
 nonlinear problems, and at least 10^5 control sequences per second batched.
@@ -35,8 +37,6 @@ nonlinear problems, and at least 10^5 control sequences per second batched.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import multiprocessing.connection
 import statistics
 import sys
 import time
@@ -55,6 +55,7 @@ from trc.evaluation import measure_latency  # noqa: E402
 from trc.generators import make_solver  # noqa: E402
 from trc.models import TinyRecursiveControl  # noqa: E402
 from trc.models.presets import preset_config, preset_names  # noqa: E402
+from trc.parallel import ParallelController  # noqa: E402
 from trc.problem import Problem  # noqa: E402
 
 PROBLEMS = ("double_integrator", "van_der_pol", "pendulum", "cartpole", "rocket")
@@ -133,8 +134,9 @@ def flops_per_plan(model, problem: Problem) -> float:
 def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Path, fmt: str,
                    large: bool = True, processes: int = 1) -> dict[str, float]:
     """Latency (ms) of ``model`` exported in format ``fmt`` (with feedback), at batch 1 and
-    (``large``) ``batch``; with ``processes > 1`` the large batch runs in that many processes at
-    once (:func:`parallel_times`) and ``bN`` is ``batch`` over their summed rate.
+    (``large``) ``batch``; with ``processes > 1``, ``batch * processes`` plans per call run in
+    that many processes (:class:`trc.parallel.ParallelController`, ``batch`` each) and ``bN`` is
+    the call's time over ``processes`` (the time of ``batch`` plans at their joint rate).
 
     ``aoti``: one program compiled for batch 1 and one for ``batch`` (fixed batch sizes,
     :func:`trc.export.export_controller` ``batch=``), as a deployed controller and a batched
@@ -151,59 +153,18 @@ def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Pa
               flush=True)
         return load_controller(path)
 
-    x0, target = (a.astype(np.float32) for a in problem.sample(batch, seed=1))
+    x0, target = (a.astype(np.float32) for a in problem.sample(batch * processes, seed=1))
     one = export(1 if fmt == "aoti" else None)
     out = {"b1": measure_latency(lambda: one(x0[:1], target[:1]), repeats)}
     if large:
         many = export(batch) if fmt == "aoti" else one
         calls = max(3, repeats // 5)
-        if processes > 1:
-            # the batch time that gives the processes' summed rate
-            out["bN"] = batch / sum(batch / ms for ms in parallel_times(many.path, x0, target, calls, processes))
+        if processes > 1:  # batch * processes plans per call, batch per process; bN: the time of batch plans
+            with ParallelController(many.path, processes, threads=torch.get_num_threads()) as planner:
+                out["bN"] = measure_latency(lambda: planner(x0, target), calls, warmup=3) / processes
         else:
             out["bN"] = measure_latency(lambda: many(x0, target), calls, warmup=1)
     return out
-
-
-def parallel_times(path: Path, x0: np.ndarray, target: np.ndarray, calls: int, processes: int) -> list[float]:
-    """Median ms per call of the exported program at ``path`` in each of ``processes`` processes
-    running at the same time (spawned, each with its own copy of the program and the current
-    number of torch threads; timing starts in all of them together, after the warm-up).
-
-    Raises
-    ------
-    RuntimeError
-        If a process fails (its exit code is given).
-    """
-    ctx = multiprocessing.get_context("spawn")
-    start, results = ctx.Barrier(processes), ctx.Queue()
-    workers = [ctx.Process(target=_time_in_process,
-                           args=(str(path), x0, target, calls, torch.get_num_threads(), start, results))
-               for _ in range(processes)]
-    for worker in workers:
-        worker.start()
-    pending = list(workers)
-    while pending:  # a failed process breaks the start barrier, so the others do not wait for it
-        multiprocessing.connection.wait([worker.sentinel for worker in pending])
-        for worker in [w for w in pending if w.exitcode is not None]:
-            pending.remove(worker)
-            if worker.exitcode != 0:
-                start.abort()
-    failed = [worker.exitcode for worker in workers if worker.exitcode != 0]
-    if failed:
-        raise RuntimeError(f"a timing process of {path} failed (exit codes {failed})")
-    return [results.get() for _ in workers]
-
-
-def _time_in_process(path: str, x0: np.ndarray, target: np.ndarray, calls: int, threads: int, start, results) -> None:
-    from trc.export import load_controller
-
-    torch.set_num_threads(threads)
-    program = load_controller(path)
-    for _ in range(3):
-        program(x0, target)
-    start.wait()
-    results.put(measure_latency(lambda: program(x0, target), calls, warmup=0))
 
 
 def main(argv=None) -> int:
@@ -223,8 +184,8 @@ def main(argv=None) -> int:
     p.add_argument("--exported-batch-1-only", action="store_true",
                    help="time the exported programs at batch 1 only (no AOTInductor program for the large batch)")
     p.add_argument("--processes", type=int, default=1,
-                   help="time the exported large-batch programs in this many processes at once (one per core) and "
-                   "add up their plans per second")
+                   help="time the exported large-batch programs in a trc.parallel.ParallelController of this many "
+                   "processes (one per core), the batch in each")
     p.add_argument("--export-dir", type=Path, default=ROOT / "runs" / "benchmarks", help="folder of the exported files")
     args = p.parse_args(argv)
     if args.processes < 1:
@@ -240,7 +201,7 @@ def main(argv=None) -> int:
         solvers = solver_times(name, problem, x0, target)
         print(f"\n## {name} (N = {problem.horizon}, n = {problem.state_dim}, m = {problem.control_dim}); solvers, ms "
               "per instance: " + ", ".join(f"{label} {ms:.2f}" for label, ms in solvers.items()))
-        exported_rate = f"; exported: {args.processes} processes at once, summed" if args.processes > 1 else ""
+        exported_rate = f"; exported: {args.processes} processes, a batch each" if args.processes > 1 else ""
         print(f"| TRC | params | MFLOP per plan | batch 1 [ms] | seq/s at batch {args.batch}{exported_rate} | "
               + " | ".join(f"{label} / TRC" for label in solvers) + " |")
         print("|---|---|---|---|---|" + "---|" * len(solvers))

@@ -1,0 +1,99 @@
+"""Data-parallel planning (trc.parallel): the processes together give the single program's plans."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from dynamics.errors import DimensionError
+from trc.export import export_controller, load_controller
+from trc.models import TinyRecursiveControl, TRCConfig
+from trc.parallel import ParallelController, _plan, default_processes
+from trc.problem import Problem
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return Problem(name="di", plant={"name": "double_integrator", "u_min": -4.0, "u_max": 4.0}, dt=0.1, horizon=5,
+                   initial_state={"low": [-1.0, -1.0], "high": [1.0, 1.0]},
+                   target_state={"low": [0.0, 0.0], "high": [0.0, 0.0]})
+
+
+@pytest.fixture(scope="module")
+def onnx_path(problem, tmp_path_factory):
+    torch.manual_seed(0)
+    model = TinyRecursiveControl.from_problem(problem, TRCConfig(latent_dim=8, hidden_dim=16, num_layers=1,
+                                                                 H_cycles=1, L_cycles=1, feedback_channels=4)).eval()
+    path = tmp_path_factory.mktemp("parallel") / "di.onnx"
+    export_controller(model, path, format="onnx")
+    return path
+
+
+def test_two_processes_give_the_plans_of_one_program(problem, onnx_path):
+    x0, target = (a.astype(np.float32) for a in problem.sample(7, seed=1))
+    expected = load_controller(onnx_path)(x0, target)
+    with ParallelController(onnx_path, processes=2) as planner:
+        assert planner.batch is None
+        assert planner._shares(7) == [(0, 3), (3, 7)]
+        np.testing.assert_allclose(planner(x0, target), expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(planner(x0[:1], target[:1]), expected[:1], rtol=1e-6, atol=1e-6)  # one worker idle
+        with pytest.raises(DimensionError, match="batch >= 1"):
+            planner(x0[:0], target[:0])
+        with pytest.raises(DimensionError):
+            planner(x0, target[:3])
+        with pytest.raises(Exception, match="invalid dimensions"):  # onnxruntime's error in a worker, raised here
+            planner(np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float32))
+        np.testing.assert_allclose(planner(x0, target), expected, rtol=1e-6, atol=1e-6)  # still serving
+    with pytest.raises(RuntimeError, match="closed"):
+        planner(x0, target)
+    planner.close()  # idempotent
+
+
+def test_a_dead_worker_fails_the_call(problem, onnx_path):
+    x0, target = (a.astype(np.float32) for a in problem.sample(4, seed=1))
+    planner = ParallelController(onnx_path, processes=2)
+    os.kill(planner._workers[1].pid, signal.SIGKILL)
+    planner._workers[1].join()
+    with pytest.raises(RuntimeError, match="exit code -9"):
+        planner(x0, target)
+    with pytest.raises(RuntimeError, match="closed"):  # the pool is closed after a death
+        planner(x0, target)
+
+
+def test_load_errors_and_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        ParallelController(tmp_path / "missing.onnx", processes=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        ParallelController(tmp_path / "missing.onnx", processes=0)
+    assert default_processes() >= 1
+
+
+class FixedBatchProgram:
+    """A stand-in for an AOTInductor program of fixed batch 4: refuses other sizes, plans = x0 + target."""
+
+    batch = 4
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x0, target):
+        if len(x0) != self.batch:
+            raise DimensionError(f"compiled for batch {self.batch}; got batch {len(x0)}")
+        self.calls += 1
+        return (x0 + target)[:, None, :]
+
+
+def test_fixed_batch_programs_get_whole_chunks(onnx_path):
+    x0 = np.arange(18, dtype=np.float32).reshape(9, 2)
+    target = np.ones_like(x0)
+    program = FixedBatchProgram()
+    np.testing.assert_array_equal(_plan(program, x0, target), (x0 + target)[:, None, :])
+    assert program.calls == 3  # 4 + 4 + 1 filled up to 4, the filling dropped
+    with ParallelController(onnx_path, processes=3) as planner:
+        planner.batch = 4  # how the shares of a fixed-batch program are cut: whole chunks per worker
+        assert planner._shares(9) == [(0, 4), (4, 8), (8, 9)]
+        assert planner._shares(24) == [(0, 8), (8, 16), (16, 24)]

@@ -1,0 +1,218 @@
+"""Data-parallel planning: one exported controller in several processes, each on a share of the batch.
+
+An exported program (:mod:`trc.export`) runs on one core best with one thread: at batch 1024
+two intra-op threads gained only 1.3x, and Python threads calling one AOTInductor program
+gain nothing (the call holds the GIL). :class:`ParallelController` therefore starts one
+process per core, each with its own copy of the program and one thread, splits every batch
+between them and joins the plans, as data generation or a sampling-based planner would use a
+multi-core CPU::
+
+    >>> from trc.parallel import ParallelController
+    >>> with ParallelController("exported/van_der_pol_1024.aoti.pt2", processes=2) as planner:  # doctest: +SKIP
+    ...     controls = planner(x0, target)  # (2048, N, m) for 2048 states: 1024 per process
+
+Programs compiled for a fixed batch size (AOTInductor ``batch=``) take the batch in chunks of
+that size; the last chunk is filled up with copies of its last row, whose plans are dropped.
+The inputs go to the processes and the plans come back through pipes (pickled NumPy arrays:
+for 2 x 1024 rocket plans about 1 MB per call).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+
+import numpy as np
+import torch
+
+from dynamics.errors import DimensionError
+
+__all__ = ["ParallelController", "default_processes"]
+
+
+def default_processes() -> int:
+    """Cores this process may run on (``os.sched_getaffinity`` where available, else ``os.cpu_count``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class ParallelController:
+    """An exported controller run in ``processes`` worker processes: ``planner(x0, target) -> controls``.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A file written by :func:`trc.export.export_controller` (any format).
+    processes : int, optional
+        Worker processes (default: :func:`default_processes`, one per core).
+    threads : int
+        Torch / onnxruntime intra-op threads per worker (default 1).
+    format : str, optional
+        As in :class:`trc.export.ExportedController`.
+
+    Attributes
+    ----------
+    batch : int or None
+        The program's fixed batch size (chunk size of the workers), or None for a free one.
+
+    Raises
+    ------
+    ValueError
+        If ``processes`` or ``threads`` is below 1.
+    FileNotFoundError, ConfigError
+        If a worker cannot load the file (the workers' error, raised here).
+
+    Notes
+    -----
+    The workers are spawned (not forked: the parent may hold torch threads) and stop with
+    :meth:`close`, at the end of a ``with`` block or when the controller is garbage-collected.
+    A worker that dies (a crash, a kill) makes the call fail with a ``RuntimeError`` naming
+    its exit code; a worker's Python exception is raised in the caller.
+    """
+
+    def __init__(self, path: str | os.PathLike, processes: int | None = None, threads: int = 1,
+                 format: str | None = None):
+        self._workers, self._conns = [], []
+        processes = default_processes() if processes is None else int(processes)
+        if processes < 1 or threads < 1:
+            raise ValueError(f"processes ({processes}) and threads ({threads}) must be at least 1")
+        self.path, self.processes = path, processes
+        ctx = multiprocessing.get_context("spawn")
+        try:
+            for _ in range(processes):
+                parent, child = ctx.Pipe()
+                worker = ctx.Process(target=_serve, args=(str(path), format, int(threads), child), daemon=True)
+                worker.start()
+                child.close()
+                self._workers.append(worker)
+                self._conns.append(parent)
+            self.batch = self._gather()[0]
+        except BaseException:
+            self.close()
+            raise
+
+    def __call__(self, current_state, target_state) -> np.ndarray:
+        """Controls ``(B, horizon, control_dim)`` (float32) of ``(B, state_dim)`` states and targets,
+        in the order of the inputs.
+
+        Raises
+        ------
+        DimensionError
+            If the inputs are not 2-D arrays of equal shape with at least one row.
+        RuntimeError
+            If the controller is closed or a worker died.
+        """
+        if not self._conns:
+            raise RuntimeError(f"ParallelController of {self.path} is closed")
+        x0 = np.ascontiguousarray(current_state, dtype=np.float32)
+        xt = np.ascontiguousarray(target_state, dtype=np.float32)
+        if x0.ndim != 2 or x0.shape != xt.shape or len(x0) == 0:
+            raise DimensionError(f"states {x0.shape} and targets {xt.shape} must both be (batch >= 1, state_dim)")
+        busy = []
+        for conn, worker, (start, stop) in zip(self._conns, self._workers, self._shares(len(x0))):
+            if stop > start:
+                try:
+                    conn.send((x0[start:stop], xt[start:stop]))
+                except OSError:  # BrokenPipeError: the worker is gone
+                    worker.join(timeout=5)
+                    self._died(worker)
+                busy.append(conn)
+        return np.concatenate(self._gather(busy))
+
+    def _shares(self, batch: int) -> list[tuple[int, int]]:
+        """Row ranges of the workers: whole chunks of the fixed batch size, else equal shares."""
+        unit = self.batch or 1
+        chunks = math.ceil(batch / unit)
+        bounds = [min(batch, unit * (chunks * i // self.processes)) for i in range(self.processes + 1)]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def _gather(self, conns=None) -> list:
+        """The replies of ``conns`` (default: all workers), in their order; raises a worker's error."""
+        conns = list(self._conns if conns is None else conns)
+        replies = {}
+        sentinels = {w.sentinel: w for w in self._workers}
+        while len(replies) < len(conns):
+            for ready in multiprocessing.connection.wait([c for c in conns if c not in replies] + list(sentinels)):
+                if ready in sentinels:
+                    worker = sentinels[ready]
+                    if worker.exitcode is not None and not any(c.poll() for c in conns if c not in replies):
+                        self._died(worker)
+                    continue
+                replies[ready] = ready.recv()
+        errors = [reply for reply in replies.values() if isinstance(reply, BaseException)]
+        if errors:
+            raise errors[0]
+        return [replies[c] for c in conns]
+
+    def _died(self, worker) -> None:
+        """Close the pool after ``worker`` died and raise the error naming its exit code."""
+        code = worker.exitcode
+        self.close()
+        raise RuntimeError(f"a worker process of ParallelController({self.path}) died (exit code {code})")
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for worker in self._workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+        for conn in self._conns:
+            conn.close()
+        self._workers, self._conns = [], []
+
+    def __enter__(self) -> "ParallelController":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit the modules may be gone
+            pass
+
+
+def _serve(path: str, format: str | None, threads: int, conn) -> None:
+    """Worker loop: load the program, reply its fixed batch size, then plan each share sent
+    until ``None`` arrives; exceptions are sent back instead of plans."""
+    from .export import load_controller
+
+    torch.set_num_threads(threads)
+    try:
+        program = load_controller(path, format)
+    except Exception as exc:  # noqa: BLE001 - handed to the caller
+        conn.send(exc)
+        return
+    conn.send(program.batch)
+    while (message := conn.recv()) is not None:
+        try:
+            conn.send(_plan(program, *message))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            conn.send(exc)
+
+
+def _plan(program, x0: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Plans of ``program`` for the rows of ``x0`` and ``target``, in chunks of its fixed batch
+    size (the last one filled up with copies of its last row)."""
+    if program.batch is None:
+        return program(x0, target)
+    size, plans = program.batch, []
+    for start in range(0, len(x0), size):
+        rows = slice(start, start + size)
+        chunk, goal = x0[rows], target[rows]
+        fill = size - len(chunk)
+        if fill:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fill, axis=0)])
+            goal = np.concatenate([goal, np.repeat(goal[-1:], fill, axis=0)])
+        plans.append(program(chunk, goal)[:size - fill])
+    return np.concatenate(plans)
