@@ -217,6 +217,23 @@ def test_aoti_compiles_the_nonlinear_plants(name, tmp_path):
     assert result.feedback and result.max_abs_error <= 1e-5 * scale
 
 
+@pytest.mark.slow
+def test_large_batch_aoti_program_vectorises_the_vector_field(tmp_path):
+    """Batch 32: the cart-pole's sin and cos in the fused rollout loops are vector instructions
+    (``at::vec``), not a ``std::sin`` call per element (~60 s)."""
+    import zipfile
+
+    cartpole = Problem(name="cp", plant={"name": "cartpole", "u_max": 10.0}, dt=0.05, horizon=5,
+                       initial_state={"low": [-0.1, 0.0, 3.0, 0.0], "high": [0.1, 0.0, 3.2, 0.0]},
+                       target_state={"low": [0.0] * 4, "high": [0.0] * 4})
+    model = tiny(cartpole, H_cycles=1, feedback_channels=4)
+    path = tmp_path / "cp.aoti.pt2"
+    assert export_controller(model, path, batch=32).max_abs_error <= 1e-4
+    with zipfile.ZipFile(path) as archive:
+        kernels = "".join(archive.read(n).decode() for n in archive.namelist() if n.endswith(".kernel.cpp"))
+    assert kernels.count(".sin()") > 0 and "std::sin" not in kernels
+
+
 def test_aoti_compile_retries_without_memory_planning(monkeypatch):
     """Inductor's memory planner overflows the stack on long unrolled rollouts: compiled without it."""
     import io
@@ -272,6 +289,13 @@ def test_aoti_compile_retries_without_memory_planning(monkeypatch):
     assert [c["memory_planning"] for c in calls] == [True, False] and buffer.getvalue() == b"package"
     assert "aot_inductor.allow_stack_allocation" not in calls[0]
     assert calls[0]["aot_inductor.metadata"] == {"trc_batch": "1024"}
+    assert "cpp.enable_tiling_heuristics" not in calls[0]  # lifted or discrete rollouts: Inductor's heuristics
+    calls.clear()  # rollouts of a vector field: every loop vectorised at a large batch size, not at batch 1
+    export_module._aoti_compile(object(), io.BytesIO(), batch=1024, vector_field=True)
+    assert calls[0]["cpp.enable_tiling_heuristics"] is False
+    calls.clear()
+    export_module._aoti_compile(object(), io.BytesIO(), batch=1, vector_field=True)
+    assert "cpp.enable_tiling_heuristics" not in calls[0]
 
     def other_failure(exported, package_path, inductor_configs):
         raise InductorError(ValueError("lowering failed"), None)
