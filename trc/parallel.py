@@ -67,8 +67,10 @@ class ParallelController:
 
     Notes
     -----
-    The workers are spawned (not forked: the parent may hold torch threads) and stop with
-    :meth:`close`, at the end of a ``with`` block or when the controller is garbage-collected.
+    The workers are spawned (not forked: the parent may hold torch threads), so a script that
+    creates the controller must do so under ``if __name__ == "__main__":`` (the workers import
+    the script's main module). They stop with :meth:`close`, at the end of a ``with`` block or
+    when the controller is garbage-collected.
     A worker that dies (a crash, a kill) makes the call fail with a ``RuntimeError`` naming
     its exit code; a worker's Python exception is raised in the caller.
     """
