@@ -7,6 +7,11 @@ onnxruntime) without the TRC code. The trajectory-error feedback (plant rollouts
 network) is part of every program; the plant-free network is exported too, for comparison
 (see :mod:`trc.export`).
 
+AOTInductor programs are compiled for a fixed batch size, one for batch 1 (a controller's) and
+one for batch 1024 (a planner's); the batch-1024 rows also run in a
+:class:`trc.parallel.ParallelController` of two processes, one per core, each planning 1024 of
+2048 states (its row gives the time per 1024 plans at the pair's rate).
+
 Figure: file sizes and CPU latencies (batch 1 and 1024) of the exported programs against the
 PyTorch model.
 
@@ -20,6 +25,7 @@ from _common import CACHE, parse_args, plt, save, trained_model
 
 from trc.evaluation import measure_latency
 from trc.export import FORMATS, export_controller, load_controller
+from trc.parallel import ParallelController
 
 
 def main(argv=None):
@@ -39,20 +45,36 @@ def main(argv=None):
                ("aoti", False)]
     if args.quick:  # the plant-free exports take seconds; the others are tested in tests/test_export.py
         exports = [("torchscript", False), ("onnx", False)]
+    x1n, t1n, xbn, tbn = (a.numpy() for a in (x1, t1, xb, tb))
     for fmt, feedback in exports:
-        path = folder / f"di_{'feedback' if feedback else 'plant_free'}{FORMATS[fmt]}"
-        result = export_controller(model, path, format=fmt, feedback=feedback)
-        ctrl = load_controller(path)
-        x1n, t1n, xbn, tbn = (a.numpy() for a in (x1, t1, xb, tb))
-        rows.append((f"{fmt}{'' if feedback else ' (plant-free)'}", result.size_bytes,
-                     measure_latency(lambda: ctrl(x1n, t1n), repeats), measure_latency(lambda: ctrl(xbn, tbn), repeats)))
-        print(f"{fmt:13s} feedback={feedback!s:5s} {result.size_bytes / 1024:7.0f} KiB, max |u_exported - u_torch| = "
-              f"{result.max_abs_error:.1e}, {rows[-1][2]:.2f} ms (batch 1), {rows[-1][3]:.1f} ms (batch 1024)")
+        name = f"{fmt}{'' if feedback else ' (plant-free)'}"
+        stem = folder / f"di_{'feedback' if feedback else 'plant_free'}"
+        if fmt == "aoti":  # one program per batch size (fixed sizes are faster)
+            paths = {b: stem.with_name(f"{stem.name}_{b}{FORMATS[fmt]}") for b in (1, 1024)}
+            results = [export_controller(model, path, format=fmt, feedback=feedback, batch=b)
+                       for b, path in paths.items()]
+        else:  # one program for every batch size
+            paths = dict.fromkeys((1, 1024), stem.with_suffix(FORMATS[fmt]))
+            results = [export_controller(model, paths[1], format=fmt, feedback=feedback)]
+        one, many = load_controller(paths[1]), load_controller(paths[1024])
+        rows.append((name, results[-1].size_bytes, measure_latency(lambda: one(x1n, t1n), repeats),
+                     measure_latency(lambda: many(xbn, tbn), repeats)))
+        error = max(r.max_abs_error for r in results)
+        print(f"{fmt:13s} feedback={feedback!s:5s} {results[-1].size_bytes / 1024:7.0f} KiB, "
+              f"max |u_exported - u_torch| = {error:.1e}, {rows[-1][2]:.3f} ms (batch 1), "
+              f"{rows[-1][3]:.1f} ms (batch 1024)")
+        if fmt == "aoti" and feedback or args.quick and fmt == "onnx":  # on both cores (quick: the ONNX program)
+            with ParallelController(paths[1024], processes=2) as planner:
+                x2, t2 = np.concatenate([xbn, xbn]), np.concatenate([tbn, tbn])
+                np.testing.assert_allclose(planner(x2, t2)[1024:], many(xbn, tbn), rtol=1e-5, atol=1e-6)
+                ms = measure_latency(lambda: planner(x2, t2), repeats) / 2
+            rows.append((f"{name}, 2 processes", None, None, ms))
+            print(f"{name}, 2 processes: {ms:.1f} ms per 1024 plans ({1024e3 / ms:.3g} plans/s)")
 
     fig, ax = plt.subplots(1, 2, figsize=(12, 3.8))
     names = [r[0] for r in rows]
     y = np.arange(len(rows))
-    ax[0].barh(y - 0.2, [r[2] for r in rows], 0.4, label="batch 1")
+    ax[0].barh(y - 0.2, [np.nan if r[2] is None else r[2] for r in rows], 0.4, label="batch 1")
     ax[0].barh(y + 0.2, [r[3] for r in rows], 0.4, label="batch 1024")
     ax[0].set(yticks=y, yticklabels=names, xscale="log", xlabel="latency [ms] (CPU, median)",
               title="latency of the exported controller")
