@@ -217,6 +217,15 @@ def test_aoti_compiles_the_nonlinear_plants(name, tmp_path):
     assert result.feedback and result.max_abs_error <= 1e-5 * scale
 
 
+def test_onnx_session_uses_the_torch_thread_count(model, tmp_path, monkeypatch):
+    """onnxruntime's default is every core; a loaded ONNX program uses as many threads as torch."""
+    path = tmp_path / "c.onnx"
+    export_controller(model, path, feedback=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    options = load_controller(path)._session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+
+
 @pytest.mark.slow
 def test_large_batch_aoti_program_vectorises_the_vector_field(tmp_path):
     """Batch 32: the cart-pole's sin and cos in the fused rollout loops are vector instructions

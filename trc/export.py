@@ -571,6 +571,9 @@ class ExportedController:
         Default from the suffix; a ``.pt2`` archive that holds an AOTInductor package loads as
         ``aoti``.
 
+    Every format runs with ``torch.get_num_threads()`` intra-op threads (for ONNX, the number
+    at load time).
+
     Raises
     ------
     ConfigError
@@ -596,6 +599,8 @@ class ExportedController:
 
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            options.intra_op_num_threads = torch.get_num_threads()  # as the torch formats; its default: every core
+            options.inter_op_num_threads = 1
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self._run = lambda x0, xt: self._session.run(None, {"current_state": x0, "target_state": xt})[0]
         elif fmt == "aoti":
