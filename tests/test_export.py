@@ -198,6 +198,11 @@ def test_command_line(model, tmp_path, capsys):
     out = capsys.readouterr().out
     assert status == 0 and (tmp_path / "exp" / "run.onnx").is_file()
     assert "pytorch (eager)" in out and "onnx" in out
+    assert main(["--checkpoint", str(path), "--format", "onnx", "--no-feedback", "--out", str(tmp_path / "exp"),
+                 "--repeats", "2", "--processes", "2"]) == 0
+    assert "onnx, 2 processes (1024 plans each)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse's usage error
+        main(["--checkpoint", str(path), "--processes", "0"])
     assert main(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path)]) == 1
 
 

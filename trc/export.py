@@ -53,6 +53,7 @@ Command line (sizes and latencies of the exported files)::
 
     python -m trc.export --checkpoint runs/double_integrator/model.pt --format all --out exported/
     python -m trc.export --checkpoint runs/van_der_pol/model.pt --format aoti --batch 1 --out exported/
+    python -m trc.export --checkpoint runs/van_der_pol/model.pt --format aoti --batch 1024 --processes 2
 """
 
 from __future__ import annotations
@@ -666,6 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the other formats always have a free one)")
     p.add_argument("--repeats", type=int, default=50, help="timed calls per latency measurement")
     p.add_argument("--threads", type=int, default=1, help="torch/onnxruntime intra-op threads (default 1)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="also time each program's large batch (the aoti program's fixed one, else 1024) in a "
+                   "trc.parallel.ParallelController of this many processes, that batch in each (default 1: not)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the example (trace), verification and latency inputs: seed, seed + 1, seed + 2")
     return p
@@ -676,7 +680,10 @@ def main(argv: list[str] | None = None) -> int:
     from .evaluation import measure_latency
     from .loading import load
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.processes < 1 or args.threads < 1:
+        parser.error("--processes and --threads must be at least 1")
     torch.set_num_threads(args.threads)
     try:
         model = load(args.checkpoint)
@@ -707,12 +714,27 @@ def main(argv: list[str] | None = None) -> int:
             x0, xt = (t.numpy() for t in _example_inputs(model, batch, seed=args.seed + 2))
             ms = measure_latency(lambda: ctrl(x0, xt), args.repeats)
             rows.append((f"{fmt} ({path})", batch, ms, result.size_bytes, result.max_abs_error))
+        if args.processes > 1:
+            rows.append(_parallel_row(model, path, fmt, ctrl.batch or 1024, args))
     print(f"{'program':<48} {'batch':>6} {'latency ms':>11} {'size KiB':>9} {'max |du|':>9}")
+
     for name, batch, ms, size, err in rows:
         size_s = "" if size is None else f"{size / 1024:.0f}"
         err_s = "" if err is None else f"{err:.1e}"
         print(f"{name:<48} {batch:>6} {ms:>11.3f} {size_s:>9} {err_s:>9}")
     return status
+
+
+def _parallel_row(model, path: Path, fmt: str, batch: int, args) -> tuple:
+    """The CLI's row of ``path`` in a :class:`~trc.parallel.ParallelController` of ``args.processes``
+    processes, ``batch`` plans in each per call."""
+    from .evaluation import measure_latency
+    from .parallel import ParallelController
+
+    x0, xt = (t.numpy() for t in _example_inputs(model, batch * args.processes, seed=args.seed + 2))
+    with ParallelController(path, args.processes, threads=args.threads) as planner:
+        ms = measure_latency(lambda: planner(x0, xt), args.repeats, warmup=3)
+    return (f"{fmt}, {args.processes} processes ({batch} plans each)", batch * args.processes, ms, None, None)
 
 
 if __name__ == "__main__":  # pragma: no cover
