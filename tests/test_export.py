@@ -65,6 +65,9 @@ def test_exported_program_gives_the_models_controls(model, tmp_path, fmt, feedba
         with torch.no_grad():
             plant_free = model(x0, xt, plant=False).numpy()
         assert np.abs(plant_free - got).max() > 1e-4
+    assert ctrl.state_dim == 2  # stored with (or, ONNX, in) the program, and checked on every call
+    with pytest.raises(DimensionError, match="plans for 2 states; got states of width 3"):
+        ctrl(np.zeros((1, 3), np.float32), np.zeros((1, 3), np.float32))
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
@@ -174,6 +177,9 @@ def test_fixed_batch_aoti_program_keeps_its_buffers_on_the_stack(model, tmp_path
     np.testing.assert_allclose(ctrl(x0, xt), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(DimensionError, match="compiled for batch 1"):
         ctrl(np.zeros((3, 2)), np.zeros((3, 2)))
+    assert ctrl.state_dim == 2  # from the package's metadata: the program itself would take any width
+    with pytest.raises(DimensionError, match="plans for 2 states; got states of width 3"):
+        ctrl(np.zeros((1, 3)), np.zeros((1, 3)))
     with zipfile.ZipFile(path) as archive:
         wrapper = next(archive.read(n).decode() for n in archive.namelist() if n.endswith(".wrapper.cpp"))
     assert "ArrayRefTensor" in wrapper, "AOTInductor did not stack-allocate the buffers"
@@ -271,9 +277,9 @@ def test_aoti_compile_retries_without_memory_planning(monkeypatch):
     export_module._aoti_compile(object(), buffer)
     assert [c["memory_planning"] for c in calls] == [True, False] and buffer.getvalue() == b"package"
     calls.clear()  # a fixed batch: stack allocation instead of the planner, and the batch in the metadata
-    export_module._aoti_compile(object(), io.BytesIO(), batch=4)
+    export_module._aoti_compile(object(), io.BytesIO(), batch=4, state_dim=2)
     assert len(calls) == 1 and calls[0]["aot_inductor.allow_stack_allocation"] and not calls[0]["memory_planning"]
-    assert calls[0]["aot_inductor.metadata"] == {"trc_batch": "4"}
+    assert calls[0]["aot_inductor.metadata"] == {"trc_batch": "4", "trc_state_dim": "2"}
     calls.clear()  # a latency program with a product that CPP cannot compile: again with ATEN's GEMMs too
 
     class NoValidChoicesError(RuntimeError):

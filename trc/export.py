@@ -143,14 +143,19 @@ AOTI_VECTOR_FIELD_OPTIONS = {"cpp.enable_tiling_heuristics": False}
 LATENCY_BATCH = 16
 
 _BATCH_KEY = "trc_batch"  # package metadata: the fixed batch size of an AOTInductor program
+#: Metadata key (AOTInductor) and extra file (TorchScript, torch.export) with the program's state
+#: dimension, which :class:`ExportedController` checks the inputs against (an AOTInductor program
+#: does not check its input shapes itself; ONNX keeps the shapes in its graph).
+_STATE_DIM_KEY = "trc_state_dim"
 
 
-def _aoti_compile(exported, buffer: io.BytesIO, batch: int | None = None, vector_field: bool = False) -> None:
+def _aoti_compile(exported, buffer: io.BytesIO, batch: int | None = None, vector_field: bool = False,
+                  state_dim: int | None = None) -> None:
     """AOTInductor package of ``exported`` into ``buffer`` with :data:`AOTI_OPTIONS` and, for a
     fixed ``batch`` up to :data:`LATENCY_BATCH`, :data:`AOTI_LATENCY_OPTIONS`, otherwise
     :data:`AOTI_DYNAMIC_OPTIONS` (and :data:`AOTI_VECTOR_FIELD_OPTIONS` if ``vector_field``, the
-    program's rollouts step a vector field). A fixed batch size is stored in the package's
-    metadata (``trc_batch``).
+    program's rollouts step a vector field). A fixed batch size and ``state_dim`` are stored in
+    the package's metadata (``trc_batch``, ``trc_state_dim``).
 
     Inductor's memory planner recurses over the buffers' live ranges and overflows Python's
     stack on the longest unrolled rollouts (the rocket's 7 states x 50 steps); the program is
@@ -161,8 +166,9 @@ def _aoti_compile(exported, buffer: io.BytesIO, batch: int | None = None, vector
     options = {**AOTI_OPTIONS, **(AOTI_LATENCY_OPTIONS if latency else AOTI_DYNAMIC_OPTIONS)}
     if vector_field and not latency:
         options.update(AOTI_VECTOR_FIELD_OPTIONS)
-    if batch is not None:
-        options["aot_inductor.metadata"] = {_BATCH_KEY: str(batch)}
+    metadata = {_BATCH_KEY: batch, _STATE_DIM_KEY: state_dim}
+    if any(v is not None for v in metadata.values()):
+        options["aot_inductor.metadata"] = {k: str(v) for k, v in metadata.items() if v is not None}
 
     def compile_with(inductor_configs):
         buffer.seek(0)
@@ -521,7 +527,7 @@ def export_controller(
         if fmt == "torchscript":
             with torch.no_grad():
                 traced = torch.jit.trace(program, example, check_trace=False)
-            torch.jit.save(traced, str(tmp))
+            torch.jit.save(traced, str(tmp), _extra_files={_STATE_DIM_KEY: str(cpu_model.state_dim)})
         elif fmt == "onnx":
             with _onnx_translations(), torch.no_grad():
                 torch.onnx.export(
@@ -537,10 +543,10 @@ def export_controller(
                 exported = torch.export.export(program, example, dynamic_shapes=dynamic, strict=False)
             buffer = io.BytesIO()  # both writers insist on a .pt2 name; the temporary file has none
             if fmt == "torch_export":
-                torch.export.save(exported, buffer)
+                torch.export.save(exported, buffer, extra_files={_STATE_DIM_KEY: str(cpu_model.state_dim)})
             else:
                 rollout = program.rollout_plant
-                _aoti_compile(exported, buffer, batch,
+                _aoti_compile(exported, buffer, batch, state_dim=cpu_model.state_dim,
                               vector_field=rollout is not None and rollout.lifted is None and not rollout.discrete)
             tmp.write_bytes(buffer.getvalue())
         got = ExportedController(tmp, fmt)(*(t.numpy() for t in fresh))
@@ -595,6 +601,9 @@ class ExportedController:
         self.path, self.format = path, fmt
         #: The program's fixed batch size (AOTInductor programs compiled with ``batch=``), else None.
         self.batch: int | None = None
+        #: The state dimension the inputs must have (None for files written before it was stored).
+        self.state_dim: int | None = None
+        extra = {_STATE_DIM_KEY: ""}  # filled in by the TorchScript and torch.export loaders
         if fmt == "onnx":
             import onnxruntime as ort
 
@@ -603,11 +612,14 @@ class ExportedController:
             options.intra_op_num_threads = torch.get_num_threads()  # as the torch formats; its default: every core
             options.inter_op_num_threads = 1
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            extra[_STATE_DIM_KEY] = self._session.get_inputs()[0].shape[1]
             self._run = lambda x0, xt: self._session.run(None, {"current_state": x0, "target_state": xt})[0]
         elif fmt == "aoti":
             module = torch._inductor.aoti_load_package(io.BytesIO(path.read_bytes()))
-            fixed = module.get_metadata().get(_BATCH_KEY)
+            metadata = module.get_metadata()
+            fixed = metadata.get(_BATCH_KEY)
             self.batch = None if fixed is None else int(fixed)
+            extra[_STATE_DIM_KEY] = metadata.get(_STATE_DIM_KEY, "")
             loader = module.loader  # called directly: the package's Python wrapper re-parses its call spec per call
             self._module = module
             self._run = lambda x0, xt: loader.run([torch.from_numpy(x0), torch.from_numpy(xt)])[0].numpy()
@@ -615,9 +627,9 @@ class ExportedController:
             if fmt == "torchscript":
                 with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
                     warnings.simplefilter("ignore", DeprecationWarning)
-                    module = torch.jit.load(str(path))
+                    module = torch.jit.load(str(path), _extra_files=extra)
             else:
-                module = torch.export.load(io.BytesIO(path.read_bytes())).module()
+                module = torch.export.load(io.BytesIO(path.read_bytes()), extra_files=extra).module()
 
             def run(x0, xt):
                 with torch.no_grad():
@@ -625,6 +637,9 @@ class ExportedController:
 
             self._module = module
             self._run = run
+        dim = extra[_STATE_DIM_KEY]
+        dim = dim.decode() if isinstance(dim, bytes) else str(dim)
+        self.state_dim = int(dim) if dim.isdigit() else None
 
     def __call__(self, current_state, target_state) -> np.ndarray:
         """Controls ``(B, horizon, control_dim)`` (float32) of ``(B, state_dim)`` states and targets.
@@ -632,13 +647,15 @@ class ExportedController:
         Raises
         ------
         DimensionError
-            If the inputs are not 2-D arrays of equal shape, or their batch size is not the
-            program's fixed one.
+            If the inputs are not 2-D arrays of equal shape, their width is not the program's
+            state dimension, or their batch size is not the program's fixed one.
         """
         x0 = np.ascontiguousarray(current_state, dtype=np.float32)
         xt = np.ascontiguousarray(target_state, dtype=np.float32)
         if x0.ndim != 2 or x0.shape != xt.shape:
             raise DimensionError(f"states {x0.shape} and targets {xt.shape} must both be (batch, state_dim)")
+        if self.state_dim is not None and x0.shape[1] != self.state_dim:
+            raise DimensionError(f"{self.path.name} plans for {self.state_dim} states; got states of width {x0.shape[1]}")
         if self.batch is not None and x0.shape[0] != self.batch:
             raise DimensionError(f"{self.path.name} was compiled for batch {self.batch}; got batch {x0.shape[0]}")
         return self._run(x0, xt)
