@@ -655,7 +655,8 @@ class ExportedController:
         if x0.ndim != 2 or x0.shape != xt.shape:
             raise DimensionError(f"states {x0.shape} and targets {xt.shape} must both be (batch, state_dim)")
         if self.state_dim is not None and x0.shape[1] != self.state_dim:
-            raise DimensionError(f"{self.path.name} plans for {self.state_dim} states; got states of width {x0.shape[1]}")
+            raise DimensionError(f"{self.path.name} plans for {self.state_dim} states; "
+                                 f"got states of width {x0.shape[1]}")
         if self.batch is not None and x0.shape[0] != self.batch:
             raise DimensionError(f"{self.path.name} was compiled for batch {self.batch}; got batch {x0.shape[0]}")
         return self._run(x0, xt)
