@@ -47,7 +47,8 @@ What works, and why:
 
 :func:`export_controller` writes the file atomically and checks that the exported program
 reproduces the PyTorch model on fresh random inputs; :func:`load_controller` reads any of the
-three formats into a NumPy-in, NumPy-out callable.
+formats into a NumPy-in, NumPy-out callable that checks the inputs' shapes (the state dimension
+is stored with every program; an AOTInductor program would take any width).
 
 Command line (sizes and latencies of the exported files)::
 
