@@ -95,6 +95,7 @@ __all__ = [
     "ExportedController",
     "export_controller",
     "load_controller",
+    "planner_inputs",
     "main",
 ]
 
@@ -602,8 +603,6 @@ class ExportedController:
         self.path, self.format = path, fmt
         #: The program's fixed batch size (AOTInductor programs compiled with ``batch=``), else None.
         self.batch: int | None = None
-        #: The state dimension the inputs must have (None for files written before it was stored).
-        self.state_dim: int | None = None
         extra = {_STATE_DIM_KEY: ""}  # filled in by the TorchScript and torch.export loaders
         if fmt == "onnx":
             import onnxruntime as ort
@@ -640,7 +639,8 @@ class ExportedController:
             self._run = run
         dim = extra[_STATE_DIM_KEY]
         dim = dim.decode() if isinstance(dim, bytes) else str(dim)
-        self.state_dim = int(dim) if dim.isdigit() else None
+        #: The state dimension the inputs must have (None for files written before it was stored).
+        self.state_dim: int | None = int(dim) if dim.isdigit() else None
 
     def __call__(self, current_state, target_state) -> np.ndarray:
         """Controls ``(B, horizon, control_dim)`` (float32) of ``(B, state_dim)`` states and targets.
@@ -651,16 +651,28 @@ class ExportedController:
             If the inputs are not 2-D arrays of equal shape, their width is not the program's
             state dimension, or their batch size is not the program's fixed one.
         """
-        x0 = np.ascontiguousarray(current_state, dtype=np.float32)
-        xt = np.ascontiguousarray(target_state, dtype=np.float32)
-        if x0.ndim != 2 or x0.shape != xt.shape:
-            raise DimensionError(f"states {x0.shape} and targets {xt.shape} must both be (batch, state_dim)")
+        x0, xt = planner_inputs(current_state, target_state)
         if self.state_dim is not None and x0.shape[1] != self.state_dim:
             raise DimensionError(f"{self.path.name} plans for {self.state_dim} states; "
                                  f"got states of width {x0.shape[1]}")
         if self.batch is not None and x0.shape[0] != self.batch:
             raise DimensionError(f"{self.path.name} was compiled for batch {self.batch}; got batch {x0.shape[0]}")
         return self._run(x0, xt)
+
+
+def planner_inputs(current_state, target_state) -> tuple[np.ndarray, np.ndarray]:
+    """States and targets as contiguous float32 arrays ``(B, state_dim)``, as exported programs take them.
+
+    Raises
+    ------
+    DimensionError
+        If they are not 2-D arrays of equal shape.
+    """
+    x0 = np.ascontiguousarray(current_state, dtype=np.float32)
+    xt = np.ascontiguousarray(target_state, dtype=np.float32)
+    if x0.ndim != 2 or x0.shape != xt.shape:
+        raise DimensionError(f"states {x0.shape} and targets {xt.shape} must both be (batch, state_dim)")
+    return x0, xt
 
 
 def load_controller(path: str | os.PathLike, format: str | None = None) -> ExportedController:
@@ -736,7 +748,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.processes > 1:
             rows.append(_parallel_row(model, path, fmt, ctrl.batch or 1024, args))
     print(f"{'program':<48} {'batch':>6} {'latency ms':>11} {'size KiB':>9} {'max |du|':>9}")
-
     for name, batch, ms, size, err in rows:
         size_s = "" if size is None else f"{size / 1024:.0f}"
         err_s = "" if err is None else f"{err:.1e}"

@@ -29,6 +29,8 @@ import torch
 
 from dynamics.errors import DimensionError
 
+from .export import load_controller, planner_inputs
+
 __all__ = ["ParallelController", "default_processes"]
 
 
@@ -109,9 +111,8 @@ class ParallelController:
         """
         if not self._conns:
             raise RuntimeError(f"ParallelController of {self.path} is closed")
-        x0 = np.ascontiguousarray(current_state, dtype=np.float32)
-        xt = np.ascontiguousarray(target_state, dtype=np.float32)
-        if x0.ndim != 2 or x0.shape != xt.shape or len(x0) == 0:
+        x0, xt = planner_inputs(current_state, target_state)
+        if len(x0) == 0:
             raise DimensionError(f"states {x0.shape} and targets {xt.shape} must both be (batch >= 1, state_dim)")
         busy = []
         for conn, worker, (start, stop) in zip(self._conns, self._workers, self._shares(len(x0))):
@@ -187,8 +188,6 @@ class ParallelController:
 def _serve(path: str, format: str | None, threads: int, conn) -> None:
     """Worker loop: load the program, reply its fixed batch size, then plan each share sent
     until ``None`` arrives; exceptions are sent back instead of plans."""
-    from .export import load_controller
-
     torch.set_num_threads(threads)
     try:
         program = load_controller(path, format)
