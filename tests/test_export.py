@@ -325,6 +325,31 @@ def test_aoti_compile_retries_without_memory_planning(monkeypatch):
         export_module._aoti_compile(object(), io.BytesIO())
 
 
+def test_large_batch_aoti_programs_compute_the_convolutions_as_shifted_sums(model, tmp_path, monkeypatch):
+    """The copy compiled for a large or free batch size, with external GEMMs, gets the
+    encoder's shifted-sum convolutions; a batch-1 program (CPP GEMMs only) and the caller's
+    model keep im2col."""
+    from trc import export as export_module
+    from trc.models import feedback
+
+    used, shifted_sum = [], feedback._conv_shifted_sum
+    monkeypatch.setattr(feedback, "_conv_shifted_sum", lambda *args: used.append(True) or shifted_sum(*args))
+
+    class Compiled(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Compiled
+
+    monkeypatch.setattr(export_module, "_aoti_compile", stop)
+    for batch, expected in ((1, False), (64, True), (None, True)):
+        used.clear()
+        with pytest.raises(Compiled):
+            export_controller(model, tmp_path / "c.aoti.pt2", batch=batch)
+        assert bool(used) == expected, batch
+    assert not model.error_encoder.shifted_sum
+
+
 @pytest.fixture
 def shifted_programs(monkeypatch):
     """Exported programs, as the export check loads them, give controls shifted by 1e-3."""

@@ -246,19 +246,39 @@ def test_error_encoder_pool_first_pools_before_the_convolutions():
 
 
 @pytest.mark.parametrize("kernel", [1, 3, 5])
-def test_error_encoder_convolutions_match_conv1d(kernel):
-    """The encoder's matrix-product convolutions are torch's Conv1d with "same" padding."""
-    from trc.models.feedback import _conv_as_matmul
+@pytest.mark.parametrize("form", ["_conv_im2col", "_conv_shifted_sum"])
+def test_error_encoder_convolutions_match_conv1d(kernel, form):
+    """Both matrix-product forms of the encoder's convolutions are torch's Conv1d with "same" padding."""
+    from trc.models import feedback
 
     torch.manual_seed(0)
     conv = torch.nn.Conv1d(3, 7, kernel, padding=kernel // 2)
     h = torch.randn(4, 11, 3, requires_grad=True)
-    got = _conv_as_matmul(h, conv, 11)
+    got = getattr(feedback, form)(h, conv, 11)
     ref = conv(h.transpose(1, 2)).transpose(1, 2)
     torch.testing.assert_close(got, ref)
     g_got, = torch.autograd.grad(got.square().sum(), h)
     g_ref, = torch.autograd.grad(ref.square().sum(), h)
     torch.testing.assert_close(g_got, g_ref)
+
+
+def test_error_encoder_shifted_sum_convolutions():
+    """``shifted_sum``: torch.export traces no im2col stack and no convolution, and the encoder
+    gives the default's numbers."""
+    torch.manual_seed(0)
+    enc = TrajectoryErrorEncoder(state_dim=3, horizon=40, latent_dim=8, channels=4, pool_first=True).eval()
+    errors = torch.randn(5, 40, 3)
+    expected = enc(errors)
+
+    def targets():
+        graph = torch.export.export(enc, (errors,), strict=False).graph
+        return {str(node.target) for node in graph.nodes if node.op == "call_function"}
+
+    assert any("stack" in t for t in targets())  # the default, im2col
+    enc.shifted_sum = True
+    assert not any("stack" in t or "conv" in t for t in targets()), targets()
+    torch.testing.assert_close(enc(errors), expected)
+    assert "shifted_sum" not in enc.state_dict() and not TrajectoryErrorEncoder(3, 40, 8).shifted_sum
 
 
 @pytest.mark.parametrize("length, positions", [(23, 16), (100, 16), (60, 16), (7, 7)])

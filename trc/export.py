@@ -516,6 +516,9 @@ def export_controller(
         example_batch = verify_batch = batch
     cpu_model = copy.deepcopy(model).cpu().float()
     program = ControllerProgram(cpu_model, feedback).eval()
+    if fmt == "aoti" and program.model.error_encoder is not None and (batch is None or batch > LATENCY_BATCH):
+        # external GEMMs (not stack-allocated): convolutions without the im2col copies
+        program.model.error_encoder.shifted_sum = True
     example = _example_inputs(cpu_model, example_batch, seed=seed)
     fresh = _example_inputs(cpu_model, verify_batch, seed=seed + 1)
     with torch.no_grad():
