@@ -161,11 +161,15 @@ def test_unexportable_models_are_refused(model, tmp_path):
         ctrl(np.zeros((2, 2)), np.zeros((3, 2)))
 
 
-def test_fixed_batch_aoti_program_keeps_its_buffers_on_the_stack(model, tmp_path):
+def test_fixed_batch_aoti_program_keeps_its_buffers_on_the_stack(tmp_path):
     """``batch=1``: the controls of the model, batch checked on load, and no tensor allocated
-    per intermediate buffer (the reason a fixed batch is faster)."""
+    per intermediate buffer (the reason a fixed batch is faster), with every part of the
+    ``fast`` preset's encoder (the error sequence pooled first: 17 steps to 16 positions)."""
+    import dataclasses
     import zipfile
 
+    model = tiny(dataclasses.replace(problem(), horizon=17), feedback_pool_first=True)
+    assert model.error_encoder.positions < model.horizon
     path = tmp_path / "b1.aoti.pt2"
     result = export_controller(model, path, batch=1)
     assert result.batch == 1 and result.max_abs_error <= 1e-4
