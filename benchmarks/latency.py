@@ -14,7 +14,10 @@ For every standard problem (``configs/*.yaml``) and every model preset
   Hessians, ``tol = 1e-8``);
 
 and prints them with the ratios solver time / TRC time, and the floating-point operations of
-one plan (matrix products and convolutions), which bound the batched throughput on a given CPU.
+one plan (matrix products and convolutions), which bound the batched throughput on a given CPU:
+the header gives the rate of a float32 matrix product of the network's sizes on this machine
+(:func:`gemm_rate`), and each problem's last line the plans per second that the matrix
+products of the first preset alone would allow at that rate (:func:`gemm_bound`).
 Latency does not depend on the weights, so the models are untrained (an untrained and a
 trained model of a preset run the same operations). Optionally the presets of
 ``--export-presets`` (default ``fast``) are also exported (:mod:`trc.export`) to ONNX
@@ -131,6 +134,26 @@ def flops_per_plan(model, problem: Problem) -> float:
     return float(counter.get_total_flops())
 
 
+def gemm_rate(rows: int = 1024, size: int = 256, seconds: float = 0.5) -> float:
+    """Float32 matrix-product rate of this process (GFLOP/s, torch's threads): the median of
+    repeated ``(rows, size) @ (size, size)`` products, the sizes of the network's layers at
+    batch ``rows`` (at 1024 x 256 x 256, 96 GFLOP/s on one core of the project's machine)."""
+    a, b = torch.randn(rows, size), torch.randn(size, size)
+    out = torch.empty(rows, size)
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 5:
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return 2.0 * rows * size * size / statistics.median(times) / 1e9
+
+
+def gemm_bound(flops: float, gflops: float, processes: int = 1) -> float:
+    """Plans per second if a plan's ``flops`` ran at ``gflops`` GFLOP/s in each of
+    ``processes`` processes and took no other time: an upper bound of the batched rate."""
+    return processes * gflops * 1e9 / flops
+
+
 def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Path, fmt: str,
                    large: bool = True, processes: int = 1) -> dict[str, float]:
     """Latency (ms) of ``model`` exported in format ``fmt`` (with feedback), at batch 1 and
@@ -192,8 +215,10 @@ def main(argv=None) -> int:
         p.error("--processes must be at least 1")
     torch.set_num_threads(args.threads)
 
+    gflops = gemm_rate()
     print(f"CPU latency, torch {torch.__version__}, {args.threads} thread(s); solver: median ms per instance "
-          f"({args.instances} instances solved alone); TRC: median ms per call")
+          f"({args.instances} instances solved alone); TRC: median ms per call; float32 matrix products "
+          f"(1024 x 256 x 256): {gflops:.0f} GFLOP/s per process")
     for name in args.problems:
         raw = load_yaml(ROOT / "configs" / f"{name}.yaml")
         problem = Problem.from_dict(raw["problem"])
@@ -226,6 +251,11 @@ def main(argv=None) -> int:
                 row(f"{preset}, {label}", exported_times(model, problem, args.repeats, args.batch, args.export_dir, fmt,
                                                          not args.exported_batch_1_only, args.processes),
                     model.get_parameter_count())
+        if first is not None:
+            bound = gemm_bound(first["flops"], gflops, args.processes)
+            print(f"  (matrix products alone, {first['flops'] / 1e6:.2f} MFLOP per plan at {gflops:.0f} GFLOP/s, "
+                  f"bound {args.presets[0]}'s batched rate to {bound:.3g} seq/s in {args.processes} process(es))",
+                  flush=True)
     return 0
 
 

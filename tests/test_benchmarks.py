@@ -32,3 +32,11 @@ def test_exported_times_in_several_processes(latency, tmp_path):
     times = latency.exported_times(model, problem, repeats=5, batch=16, folder=tmp_path, fmt="onnx", processes=2)
     assert set(times) == {"b1", "bN"} and all(0.0 < ms < 1e4 for ms in times.values())
     assert list(tmp_path.glob("*.onnx"))
+
+
+def test_gemm_rate_and_the_bound_it_gives(latency):
+    """The measured matrix-product rate is a positive GFLOP/s figure, and the bound is
+    processes x rate / FLOPs per plan."""
+    rate = latency.gemm_rate(rows=64, size=32, seconds=0.05)
+    assert 0.01 < rate < 1e5
+    assert latency.gemm_bound(1.18e6, 96.0, processes=2) == pytest.approx(2 * 96e9 / 1.18e6)
