@@ -137,7 +137,7 @@ def flops_per_plan(model, problem: Problem) -> float:
 def gemm_rate(rows: int = 1024, size: int = 256, seconds: float = 0.5) -> float:
     """Float32 matrix-product rate of this process (GFLOP/s, torch's threads): the median of
     repeated ``(rows, size) @ (size, size)`` products, the sizes of the network's layers at
-    batch ``rows`` (at 1024 x 256 x 256, 96 GFLOP/s on one core of the project's machine)."""
+    batch ``rows`` (at 1024 x 256 x 256, 96-98 GFLOP/s on one core of the project's machine)."""
     a, b = torch.randn(rows, size), torch.randn(size, size)
     out = torch.empty(rows, size)
     times, end = [], time.perf_counter() + seconds
