@@ -164,7 +164,7 @@ def _aoti_compile(exported, buffer: io.BytesIO, batch: int | None = None, vector
     then compiled without it (correct, somewhat slower at batch 1). A latency program in which
     a matrix product has no CPP kernel is compiled again with ATEN's as well.
     """
-    latency = batch is not None and batch <= LATENCY_BATCH
+    latency = _is_latency_batch(batch)
     options = {**AOTI_OPTIONS, **(AOTI_LATENCY_OPTIONS if latency else AOTI_DYNAMIC_OPTIONS)}
     if vector_field and not latency:
         options.update(AOTI_VECTOR_FIELD_OPTIONS)
@@ -188,6 +188,12 @@ def _aoti_compile(exported, buffer: io.BytesIO, batch: int | None = None, vector
             compile_with({**options, "max_autotune_gemm_backends": AOTI_OPTIONS["max_autotune_gemm_backends"]})
         else:
             raise
+
+
+def _is_latency_batch(batch: int | None) -> bool:
+    """A fixed batch size up to :data:`LATENCY_BATCH`: a controller's program, compiled with
+    :data:`AOTI_LATENCY_OPTIONS` (Inductor's own GEMMs only, buffers on the stack)."""
+    return batch is not None and batch <= LATENCY_BATCH
 
 
 def _causes(exc: BaseException) -> set[str]:
@@ -516,7 +522,7 @@ def export_controller(
         example_batch = verify_batch = batch
     cpu_model = copy.deepcopy(model).cpu().float()
     program = ControllerProgram(cpu_model, feedback).eval()
-    if fmt == "aoti" and program.model.error_encoder is not None and (batch is None or batch > LATENCY_BATCH):
+    if fmt == "aoti" and program.model.error_encoder is not None and not _is_latency_batch(batch):
         # external GEMMs (not stack-allocated): convolutions without the im2col copies
         program.model.error_encoder.shifted_sum = True
     example = _example_inputs(cpu_model, example_batch, seed=seed)
