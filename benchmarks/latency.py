@@ -58,7 +58,7 @@ from trc.evaluation import measure_latency  # noqa: E402
 from trc.generators import make_solver  # noqa: E402
 from trc.models import TinyRecursiveControl  # noqa: E402
 from trc.models.presets import preset_config, preset_names  # noqa: E402
-from trc.parallel import ParallelController  # noqa: E402
+from trc.parallel import parallel_latency  # noqa: E402
 from trc.problem import Problem  # noqa: E402
 
 PROBLEMS = ("double_integrator", "van_der_pol", "pendulum", "cartpole", "rocket")
@@ -183,8 +183,7 @@ def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Pa
         many = export(batch) if fmt == "aoti" else one
         calls = max(3, repeats // 5)
         if processes > 1:  # batch * processes plans per call, batch per process; bN: the time of batch plans
-            with ParallelController(many.path, processes, threads=torch.get_num_threads()) as planner:
-                out["bN"] = measure_latency(lambda: planner(x0, target), calls, warmup=3) / processes
+            out["bN"] = parallel_latency(many.path, x0, target, processes, calls, threads=torch.get_num_threads()) / processes
         else:
             out["bN"] = measure_latency(lambda: many(x0, target), calls, warmup=1)
     return out

@@ -110,6 +110,9 @@ def test_interval_rollout_equals_plant_rollout():
         u = torch.randn(4, 6, 1, dtype=torch.float64)
         np.testing.assert_allclose(IntervalRollout(plant).rollout(x0, u).numpy(), plant.rollout(x0, u).numpy(),
                                    rtol=1e-12, atol=1e-12)
+        assert IntervalRollout(plant).steps_vector_field
+    assert not IntervalRollout(dynamics.make("double_integrator", method="exact"), horizon=3).steps_vector_field
+    assert not IntervalRollout(dynamics.make("maze")).steps_vector_field  # a discrete plant
 
 
 @pytest.mark.slow  # torch.export alone takes ~10 s of CPU

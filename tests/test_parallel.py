@@ -12,7 +12,7 @@ import torch
 from dynamics.errors import DimensionError
 from trc.export import export_controller, load_controller
 from trc.models import TinyRecursiveControl, TRCConfig
-from trc.parallel import ParallelController, _plan, default_processes
+from trc.parallel import ParallelController, _plan, default_processes, parallel_latency
 from trc.problem import Problem
 
 
@@ -51,6 +51,23 @@ def test_two_processes_give_the_plans_of_one_program(problem, onnx_path):
     with pytest.raises(RuntimeError, match="closed"):
         planner(x0, target)
     planner.close()  # idempotent
+
+
+def test_parallel_latency_times_whole_calls(problem, onnx_path, monkeypatch):
+    x0, target = (a.astype(np.float32) for a in problem.sample(6, seed=1))
+    calls = []
+    original = ParallelController.__call__
+
+    def counted(self, *args):
+        calls.append(len(args[0]))
+        return original(self, *args)
+
+    monkeypatch.setattr(ParallelController, "__call__", counted)
+    ms = parallel_latency(onnx_path, x0, target, processes=2, repeats=4, warmup=2)
+    assert np.isfinite(ms) and ms > 0
+    assert calls == [6] * 6  # warmup + repeats, each on the whole batch
+    with pytest.raises(DimensionError):
+        parallel_latency(onnx_path, x0, target[:2], processes=2, repeats=1)
 
 
 def test_a_dead_worker_fails_the_call(problem, onnx_path):

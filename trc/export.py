@@ -287,6 +287,12 @@ class IntervalRollout(Plant):
         self.state_names, self.control_names = plant.state_names, plant.control_names
         self.dt, self.method, self.substeps = plant.dt, plant.method, plant.substeps
 
+    @property
+    def steps_vector_field(self) -> bool:
+        """Whether the rollouts integrate a vector field (not the lifted matrices of an exact
+        zero-order hold, nor a discrete plant's difference equation)."""
+        return self.lifted is None and not self.discrete
+
     def f(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return self.inner.f(x, u)
 
@@ -558,7 +564,7 @@ def export_controller(
             else:
                 rollout = program.rollout_plant
                 _aoti_compile(exported, buffer, batch, state_dim=cpu_model.state_dim,
-                              vector_field=rollout is not None and rollout.lifted is None and not rollout.discrete)
+                              vector_field=rollout is not None and rollout.steps_vector_field)
             tmp.write_bytes(buffer.getvalue())
         got = ExportedController(tmp, fmt)(*(t.numpy() for t in fresh))
         error = float(np.abs(got - expected).max())
@@ -767,12 +773,10 @@ def main(argv: list[str] | None = None) -> int:
 def _parallel_row(model, path: Path, fmt: str, batch: int, args) -> tuple:
     """The CLI's row of ``path`` in a :class:`~trc.parallel.ParallelController` of ``args.processes``
     processes, ``batch`` plans in each per call."""
-    from .evaluation import measure_latency
-    from .parallel import ParallelController
+    from .parallel import parallel_latency
 
     x0, xt = (t.numpy() for t in _example_inputs(model, batch * args.processes, seed=args.seed + 2))
-    with ParallelController(path, args.processes, threads=args.threads) as planner:
-        ms = measure_latency(lambda: planner(x0, xt), args.repeats, warmup=3)
+    ms = parallel_latency(path, x0, xt, args.processes, args.repeats, threads=args.threads)
     return (f"{fmt}, {args.processes} processes ({batch} plans each)", batch * args.processes, ms, None, None)
 
 

@@ -31,7 +31,7 @@ from dynamics.errors import DimensionError
 
 from .export import load_controller, planner_inputs
 
-__all__ = ["ParallelController", "default_processes"]
+__all__ = ["ParallelController", "default_processes", "parallel_latency"]
 
 
 def default_processes() -> int:
@@ -183,6 +183,23 @@ class ParallelController:
             self.close()
         except Exception:  # noqa: BLE001 - at interpreter exit the modules may be gone
             pass
+
+
+def parallel_latency(path: str | os.PathLike, current_state, target_state, processes: int | None = None,
+                     repeats: int = 20, threads: int = 1, warmup: int = 3) -> float:
+    """Median wall time (ms) of one call of a :class:`ParallelController` of ``path`` on the
+    whole batch ``current_state``, ``target_state`` ``(B, state_dim)``, after ``warmup`` calls.
+
+    The processes are started (and their programs loaded) before the timing and stopped after it.
+
+    Raises
+    ------
+    As :class:`ParallelController` and its calls.
+    """
+    from .evaluation import measure_latency
+
+    with ParallelController(path, processes, threads=threads) as planner:
+        return measure_latency(lambda: planner(current_state, target_state), repeats, warmup=warmup)
 
 
 def _serve(path: str, format: str | None, threads: int, conn) -> None:
