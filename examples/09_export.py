@@ -79,7 +79,7 @@ def main(argv=None):
     ax[0].set(yticks=y, yticklabels=names, xscale="log", xlabel="latency [ms] (CPU, median)",
               title="latency of the exported controller")
     ax[0].invert_yaxis()
-    ax[0].legend(fontsize=8)
+    ax[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)  # below: clear of the bars
     sizes = [(n, s / 1024) for n, s, *_ in rows if s is not None]
     ax[1].barh(np.arange(len(sizes)), [s for _, s in sizes])
     ax[1].set(yticks=np.arange(len(sizes)), yticklabels=[n for n, _ in sizes], xlabel="file size [KiB]",
