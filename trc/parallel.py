@@ -194,7 +194,10 @@ def parallel_latency(path: str | os.PathLike, current_state, target_state, proce
 
     Raises
     ------
-    As :class:`ParallelController` and its calls.
+    DimensionError
+        If the inputs are not 2-D arrays of equal shape with at least one row.
+    ValueError, FileNotFoundError, ConfigError
+        As :class:`ParallelController` (bad ``processes`` or ``threads``, an unloadable file).
     """
     from .evaluation import measure_latency
 
