@@ -183,7 +183,8 @@ def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Pa
         many = export(batch) if fmt == "aoti" else one
         calls = max(3, repeats // 5)
         if processes > 1:  # batch * processes plans per call, batch per process; bN: the time of batch plans
-            out["bN"] = parallel_latency(many.path, x0, target, processes, calls, threads=torch.get_num_threads()) / processes
+            ms = parallel_latency(many.path, x0, target, processes, calls, threads=torch.get_num_threads())
+            out["bN"] = ms / processes
         else:
             out["bN"] = measure_latency(lambda: many(x0, target), calls, warmup=1)
     return out
