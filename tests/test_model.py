@@ -243,6 +243,12 @@ def test_error_encoder_pool_first_pools_before_the_convolutions():
     after = TrajectoryErrorEncoder(state_dim=2, horizon=100, latent_dim=8, channels=4)
     after.load_state_dict(enc.state_dict())
     assert (after(errors) - enc(errors)).abs().max() > 1e-4
+    errors.requires_grad_(True)
+    h = torch.nn.functional.gelu(enc.conv2(torch.nn.functional.gelu(enc.conv1(errors.transpose(1, 2)))))  # (3, 4, 100)
+    ref = enc.proj(torch.nn.functional.adaptive_avg_pool1d(h, 16).flatten(1)) + enc.terminal(errors[:, -1])
+    got = after(errors)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(*(torch.autograd.grad(y.square().sum(), errors)[0] for y in (got, ref)))
 
 
 @pytest.mark.parametrize("kernel", [1, 3, 5])
