@@ -81,6 +81,23 @@ def test_a_dead_worker_fails_the_call(problem, onnx_path):
         planner(x0, target)
 
 
+def test_a_worker_dying_at_start_names_the_main_module_guard(tmp_path):
+    """A script that starts the workers at import time: each spawned worker imports it again and
+    dies before it replies; the script gets the RuntimeError naming the cause, not an EOFError."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(f"from trc.parallel import ParallelController\nParallelController({str(tmp_path / 'p.onnx')!r}, 2)\n")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.returncode != 0 and last.startswith("RuntimeError: a worker process"), run.stderr[-2000:]
+    assert "__main__" in last
+
+
 def test_load_errors_and_arguments(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         ParallelController(tmp_path / "missing.onnx", processes=2)

@@ -144,7 +144,12 @@ class ParallelController:
                     if worker.exitcode is not None and not any(c.poll() for c in conns if c not in replies):
                         self._died(worker)
                     continue
-                replies[ready] = ready.recv()
+                try:
+                    replies[ready] = ready.recv()
+                except EOFError:  # the worker closed its pipe without a reply: it is exiting
+                    worker = self._workers[self._conns.index(ready)]
+                    worker.join(timeout=5)
+                    self._died(worker)
         errors = [reply for reply in replies.values() if isinstance(reply, BaseException)]
         if errors:
             raise errors[0]
@@ -154,7 +159,11 @@ class ParallelController:
         """Close the pool after ``worker`` died and raise the error naming its exit code."""
         code = worker.exitcode
         self.close()
-        raise RuntimeError(f"a worker process of ParallelController({self.path}) died (exit code {code})")
+        raise RuntimeError(
+            f"a worker process of ParallelController({self.path}) died (exit code {code}); the workers are "
+            "started with 'spawn', which imports the main module again: a script must create the controller "
+            "under `if __name__ == '__main__':`"
+        )
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""
