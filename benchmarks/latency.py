@@ -54,11 +54,11 @@ import torch  # noqa: E402
 
 import trc.generators.nonlinear  # noqa: E402,F401  (registers the "nonlinear" solver)
 from trc.config import load_yaml  # noqa: E402
-from trc.evaluation import measure_latency  # noqa: E402
+from trc.evaluation import call_times, measure_latency  # noqa: E402
 from trc.generators import make_solver  # noqa: E402
 from trc.models import TinyRecursiveControl  # noqa: E402
 from trc.models.presets import preset_config, preset_names  # noqa: E402
-from trc.parallel import parallel_latency  # noqa: E402
+from trc.parallel import parallel_call_times  # noqa: E402
 from trc.problem import Problem  # noqa: E402
 
 PROBLEMS = ("double_integrator", "van_der_pol", "pendulum", "cartpole", "rocket")
@@ -155,11 +155,13 @@ def gemm_bound(flops: float, gflops: float, processes: int = 1) -> float:
 
 
 def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Path, fmt: str,
-                   large: bool = True, processes: int = 1) -> dict[str, float]:
+                   large: bool = True, processes: int = 1, seconds: float = 0.0) -> dict[str, float]:
     """Latency (ms) of ``model`` exported in format ``fmt`` (with feedback), at batch 1 and
     (``large``) ``batch``; with ``processes > 1``, ``batch * processes`` plans per call run in
     that many processes (:class:`trc.parallel.ParallelController`, ``batch`` each) and ``bN`` is
-    the call's time over ``processes`` (the time of ``batch`` plans at their joint rate).
+    the call's time over ``processes`` (the time of ``batch`` plans at their joint rate). The
+    large batch is timed over at least ``seconds`` seconds of calls; ``bN_fast`` and ``bN_slow``
+    are the 10th and 90th percentiles of its calls (same units as ``bN``).
 
     ``aoti``: one program compiled for batch 1 and one for ``batch`` (fixed batch sizes,
     :func:`trc.export.export_controller` ``batch=``), as a deployed controller and a batched
@@ -183,10 +185,11 @@ def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Pa
         many = export(batch) if fmt == "aoti" else one
         calls = max(3, repeats // 5)
         if processes > 1:  # batch * processes plans per call, batch per process; bN: the time of batch plans
-            ms = parallel_latency(many.path, x0, target, processes, calls, threads=torch.get_num_threads())
-            out["bN"] = ms / processes
+            ms = parallel_call_times(many.path, x0, target, processes, calls, threads=torch.get_num_threads(),
+                                     seconds=seconds) / processes
         else:
-            out["bN"] = measure_latency(lambda: many(x0, target), calls, warmup=1)
+            ms = call_times(lambda: many(x0, target), calls, warmup=1, seconds=seconds)
+        out["bN"], out["bN_fast"], out["bN_slow"] = np.median(ms), *np.percentile(ms, [10, 90])
     return out
 
 
@@ -209,6 +212,9 @@ def main(argv=None) -> int:
     p.add_argument("--processes", type=int, default=1,
                    help="time the exported large-batch programs in a trc.parallel.ParallelController of this many "
                    "processes (one per core), the batch in each")
+    p.add_argument("--throughput-seconds", type=float, default=5.0,
+                   help="time the exported large-batch programs over at least this many seconds of calls (the "
+                   "machine's speed swings from one second to the next; the rate's 10-90 %% range is printed too)")
     p.add_argument("--export-dir", type=Path, default=ROOT / "runs" / "benchmarks", help="folder of the exported files")
     args = p.parse_args(argv)
     if args.processes < 1:
@@ -218,7 +224,8 @@ def main(argv=None) -> int:
     gflops = gemm_rate()
     print(f"CPU latency, torch {torch.__version__}, {args.threads} thread(s); solver: median ms per instance "
           f"({args.instances} instances solved alone); TRC: median ms per call; float32 matrix products "
-          f"(1024 x 256 x 256): {gflops:.0f} GFLOP/s per process")
+          f"(1024 x 256 x 256): {gflops:.0f} GFLOP/s per process; exported batched rates: median (10-90 % range) of "
+          f"calls over at least {args.throughput_seconds:g} s")
     for name in args.problems:
         raw = load_yaml(ROOT / "configs" / f"{name}.yaml")
         problem = Problem.from_dict(raw["problem"])
@@ -235,6 +242,8 @@ def main(argv=None) -> int:
             ratios = " | ".join(f"{ms / t['b1']:.2f}" for ms in solvers.values())
             flops = f"{t['flops'] / 1e6:.2f}" if "flops" in t else ""
             rate = f"{1e3 * args.batch / t['bN']:.3g}" if "bN" in t else "–"
+            if "bN_slow" in t:  # the 10-90 % range of the calls' rates
+                rate += f" ({1e3 * args.batch / t['bN_slow']:.3g}–{1e3 * args.batch / t['bN_fast']:.3g})"
             print(f"| {label} | {params} | {flops} | {t['b1']:.3f} | {rate} | {ratios} |", flush=True)
 
         first, built = None, {}
@@ -249,7 +258,8 @@ def main(argv=None) -> int:
             for preset in args.export_presets if flag else ():
                 model = built[preset]["model"] if preset in built else build_model(problem, preset)
                 row(f"{preset}, {label}", exported_times(model, problem, args.repeats, args.batch, args.export_dir, fmt,
-                                                         not args.exported_batch_1_only, args.processes),
+                                                         not args.exported_batch_1_only, args.processes,
+                                                         args.throughput_seconds),
                     model.get_parameter_count())
         if first is not None:
             bound = gemm_bound(first["flops"], gflops, args.processes)

@@ -29,8 +29,10 @@ def test_exported_times_in_several_processes(latency, tmp_path):
     torch.manual_seed(0)
     model = TinyRecursiveControl.from_problem(problem, TRCConfig(latent_dim=8, hidden_dim=16, num_layers=1,
                                                                  H_cycles=1, L_cycles=1, feedback_channels=4)).eval()
-    times = latency.exported_times(model, problem, repeats=5, batch=16, folder=tmp_path, fmt="onnx", processes=2)
-    assert set(times) == {"b1", "bN"} and all(0.0 < ms < 1e4 for ms in times.values())
+    times = latency.exported_times(model, problem, repeats=5, batch=16, folder=tmp_path, fmt="onnx", processes=2,
+                                   seconds=0.3)
+    assert set(times) == {"b1", "bN", "bN_fast", "bN_slow"} and all(0.0 < ms < 1e4 for ms in times.values())
+    assert times["bN_fast"] <= times["bN"] <= times["bN_slow"]  # the 10th and 90th percentiles of the calls
     assert list(tmp_path.glob("*.onnx"))
 
 

@@ -193,3 +193,24 @@ def test_evaluate_cli_reports_unreadable_checkpoints(data, tmp_path, capsys):
     no_data = _model_file(tmp_path / "nodata.pt", PROBLEM)
     assert main(["--checkpoint", str(no_data)]) == 2
     assert "pass --data" in capsys.readouterr().err
+
+
+def test_call_times_take_repeats_calls_and_the_time_window(monkeypatch):
+    """``call_times``: warm-up calls untimed, then ``repeats`` calls at least, and more until
+    ``seconds`` have passed; each time is one call's, in ms (a fake clock: each call takes 2 ms)."""
+    import trc.evaluation as evaluation
+
+    clock = {"t": 0.0, "calls": 0}
+
+    def fn():
+        clock["t"] += 0.002
+        clock["calls"] += 1
+
+    monkeypatch.setattr(evaluation.time, "perf_counter", lambda: clock["t"])
+    times = evaluation.call_times(fn, repeats=3, warmup=2)
+    assert clock["calls"] == 5 and times.shape == (3,)
+    np.testing.assert_allclose(times, 2.0)
+    clock["calls"] = 0
+    times = evaluation.call_times(fn, repeats=3, warmup=0, seconds=0.099)
+    assert times.shape == (50,) and clock["calls"] == 50  # 0.1 s of 2 ms calls, the last ending after 0.099 s
+    assert evaluation.measure_latency(fn, repeats=4, warmup=1) == pytest.approx(2.0)

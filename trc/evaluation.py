@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +46,7 @@ import torch
 from dynamics.errors import DimensionError
 
 __all__ = ["REPORT_KEYS", "SplitData", "split_data", "Evaluation", "terminal_error", "target_dims",
-           "problem_violations", "rollout_metrics", "measure_latency", "evaluate_model"]
+           "problem_violations", "rollout_metrics", "call_times", "measure_latency", "evaluate_model"]
 
 #: Keys every evaluation report holds.
 REPORT_KEYS = (
@@ -233,16 +232,24 @@ def rollout_metrics(problem, plant, x0, target, controls, J_opt) -> dict[str, to
     }
 
 
-def measure_latency(fn, repeats: int, warmup: int = 5) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeats`` calls, after ``warmup`` calls."""
+def call_times(fn, repeats: int, warmup: int = 5, seconds: float = 0.0) -> np.ndarray:
+    """Wall times of ``fn()`` in milliseconds, shape ``(calls,)``, after ``warmup`` untimed calls:
+    at least ``repeats`` calls and as many more as end at least ``seconds`` seconds after the
+    first timed one (a window long enough to average a shared machine's swings of speed)."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
+    times, end = [], time.perf_counter() + seconds
+    while len(times) < repeats or time.perf_counter() < end:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
+    return 1000.0 * np.asarray(times)
+
+
+def measure_latency(fn, repeats: int, warmup: int = 5, seconds: float = 0.0) -> float:
+    """Median wall time of ``fn()`` in milliseconds over :func:`call_times`' calls (``repeats``
+    calls at least, for at least ``seconds`` seconds, after ``warmup`` calls)."""
+    return float(np.median(call_times(fn, repeats, warmup, seconds)))
 
 
 @torch.inference_mode()

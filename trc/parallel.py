@@ -31,7 +31,7 @@ from dynamics.errors import DimensionError
 
 from .export import load_controller, planner_inputs
 
-__all__ = ["ParallelController", "default_processes", "parallel_latency"]
+__all__ = ["ParallelController", "default_processes", "parallel_call_times", "parallel_latency"]
 
 
 def default_processes() -> int:
@@ -194,10 +194,12 @@ class ParallelController:
             pass
 
 
-def parallel_latency(path: str | os.PathLike, current_state, target_state, processes: int | None = None,
-                     repeats: int = 20, threads: int = 1, warmup: int = 3) -> float:
-    """Median wall time (ms) of one call of a :class:`ParallelController` of ``path`` on the
-    whole batch ``current_state``, ``target_state`` ``(B, state_dim)``, after ``warmup`` calls.
+def parallel_call_times(path: str | os.PathLike, current_state, target_state, processes: int | None = None,
+                        repeats: int = 20, threads: int = 1, warmup: int = 3, seconds: float = 0.0) -> np.ndarray:
+    """Wall times (ms), shape ``(calls,)``, of calls of a :class:`ParallelController` of ``path``
+    on the whole batch ``current_state``, ``target_state`` ``(B, state_dim)``, after ``warmup``
+    calls: at least ``repeats`` calls, for at least ``seconds`` seconds
+    (:func:`trc.evaluation.call_times`).
 
     The processes are started (and their programs loaded) before the timing and stopped after it.
 
@@ -208,10 +210,17 @@ def parallel_latency(path: str | os.PathLike, current_state, target_state, proce
     ValueError, FileNotFoundError, ConfigError
         As :class:`ParallelController` (bad ``processes`` or ``threads``, an unloadable file).
     """
-    from .evaluation import measure_latency
+    from .evaluation import call_times
 
     with ParallelController(path, processes, threads=threads) as planner:
-        return measure_latency(lambda: planner(current_state, target_state), repeats, warmup=warmup)
+        return call_times(lambda: planner(current_state, target_state), repeats, warmup=warmup, seconds=seconds)
+
+
+def parallel_latency(path: str | os.PathLike, current_state, target_state, processes: int | None = None,
+                     repeats: int = 20, threads: int = 1, warmup: int = 3, seconds: float = 0.0) -> float:
+    """Median of :func:`parallel_call_times` (ms per call of the whole batch); the same arguments and errors."""
+    return float(np.median(parallel_call_times(path, current_state, target_state, processes, repeats, threads,
+                                               warmup, seconds)))
 
 
 def _serve(path: str, format: str | None, threads: int, conn) -> None:
