@@ -27,7 +27,9 @@ feedback rollouts included; one program for batch 1 and one for the large batch)
 of P processes (one per core, each its own copy of the program, ``--threads`` threads each):
 each call plans P times the batch, one batch per process, as a data-parallel planner uses a
 multi-core CPU, and the rate is that of the whole call (the transfers to and from the
-processes included).
+processes included). The exported large-batch programs are timed over at least
+``--throughput-seconds`` of calls (this machine's speed swings from one second to the next),
+and their rate is printed with the 10-90 % range of the calls' rates.
 
 The goals of the project: TRC at batch 1 at least 100 times faster than IPOPT on the
 nonlinear problems, and at least 10^5 control sequences per second batched.
@@ -241,9 +243,9 @@ def main(argv=None) -> int:
         def row(label, t, params):
             ratios = " | ".join(f"{ms / t['b1']:.2f}" for ms in solvers.values())
             flops = f"{t['flops'] / 1e6:.2f}" if "flops" in t else ""
-            rate = f"{1e3 * args.batch / t['bN']:.3g}" if "bN" in t else "–"
+            rate = f"{1e3 * args.batch / t['bN']:#.3g}" if "bN" in t else "–"
             if "bN_slow" in t:  # the 10-90 % range of the calls' rates
-                rate += f" ({1e3 * args.batch / t['bN_slow']:.3g}–{1e3 * args.batch / t['bN_fast']:.3g})"
+                rate += f" ({1e3 * args.batch / t['bN_slow']:#.3g}–{1e3 * args.batch / t['bN_fast']:#.3g})"
             print(f"| {label} | {params} | {flops} | {t['b1']:.3f} | {rate} | {ratios} |", flush=True)
 
         first, built = None, {}
