@@ -80,6 +80,7 @@ class ParallelController:
     def __init__(self, path: str | os.PathLike, processes: int | None = None, threads: int = 1,
                  format: str | None = None):
         self._workers, self._conns = [], []
+        self._started = False  # every worker has loaded its program and replied
         processes = default_processes() if processes is None else int(processes)
         if processes < 1 or threads < 1:
             raise ValueError(f"processes ({processes}) and threads ({threads}) must be at least 1")
@@ -94,6 +95,7 @@ class ParallelController:
                 self._workers.append(worker)
                 self._conns.append(parent)
             self.batch = self._gather()[0]
+            self._started = True
         except BaseException:
             self.close()
             raise
@@ -159,11 +161,11 @@ class ParallelController:
         """Close the pool after ``worker`` died and raise the error naming its exit code."""
         code = worker.exitcode
         self.close()
-        raise RuntimeError(
-            f"a worker process of ParallelController({self.path}) died (exit code {code}); the workers are "
-            "started with 'spawn', which imports the main module again: a script must create the controller "
-            "under `if __name__ == '__main__':`"
-        )
+        message = f"a worker process of ParallelController({self.path}) died (exit code {code})"
+        if not self._started:  # the usual cause of a death before the first reply
+            message += ("; the workers are started with 'spawn', which imports the main module again: a script "
+                        "must create the controller under `if __name__ == '__main__':`")
+        raise RuntimeError(message)
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""
