@@ -122,7 +122,6 @@ class ParallelController:
                 try:
                     conn.send((x0[start:stop], xt[start:stop]))
                 except OSError:  # BrokenPipeError: the worker is gone
-                    worker.join(timeout=5)
                     self._died(worker)
                 busy.append(conn)
         return np.concatenate(self._gather(busy))
@@ -149,16 +148,16 @@ class ParallelController:
                 try:
                     replies[ready] = ready.recv()
                 except EOFError:  # the worker closed its pipe without a reply: it is exiting
-                    worker = self._workers[self._conns.index(ready)]
-                    worker.join(timeout=5)
-                    self._died(worker)
+                    self._died(self._workers[self._conns.index(ready)])
         errors = [reply for reply in replies.values() if isinstance(reply, BaseException)]
         if errors:
             raise errors[0]
         return [replies[c] for c in conns]
 
     def _died(self, worker) -> None:
-        """Close the pool after ``worker`` died and raise the error naming its exit code."""
+        """Close the pool after ``worker`` died (or is exiting: waited for up to 5 s) and raise the
+        error naming its exit code."""
+        worker.join(timeout=5)
         code = worker.exitcode
         self.close()
         message = f"a worker process of ParallelController({self.path}) died (exit code {code})"
