@@ -27,11 +27,25 @@ from torchdiffeq._impl.odeint import SOLVERS
 
 from .errors import ConfigError
 
-__all__ = ["ONE_STEP_METHODS", "zoh_rollout"]
+__all__ = ["ONE_STEP_METHODS", "TABLEAUS", "zoh_rollout"]
 
 #: torchdiffeq fixed-grid methods whose step depends on the current state only (not on a
 #: history of steps, as the Adams methods do): the methods :func:`zoh_rollout` accepts.
 ONE_STEP_METHODS = ("euler", "midpoint", "heun3", "rk4")
+
+#: Butcher tableau ``(c, a, b)`` of each of :data:`ONE_STEP_METHODS` as torchdiffeq steps it
+#: (``torchdiffeq._impl.fixed_grid``; its ``rk4`` is Kutta's 3/8 rule, ``rk4_alt_step_func``):
+#: stage ``i`` evaluates ``f`` at ``y + h sum_j a[i][j] k_j``, at time ``t + c[i] h``, and the
+#: step is ``h sum_i b[i] k_i`` (Hairer, Norsett & Wanner, *Solving Ordinary Differential
+#: Equations I*, Sec. II.1). For plants whose steps have a closed form in these coefficients
+#: (:meth:`dynamics.Rocket.fixed_step_rollout`); ``tests/test_plants.py`` checks them against
+#: torchdiffeq's steps.
+TABLEAUS = {
+    "euler": ((0.0,), ((),), (1.0,)),
+    "midpoint": ((0.0, 0.5), ((), (0.5,)), (0.0, 1.0)),
+    "heun3": ((0.0, 1 / 3, 2 / 3), ((), (1 / 3,), (0.0, 2 / 3)), (0.25, 0.0, 0.75)),
+    "rk4": ((0.0, 1 / 3, 2 / 3, 1.0), ((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)), (0.125, 0.375, 0.375, 0.125)),
+}
 
 
 def zoh_rollout(f, x0: torch.Tensor, controls: torch.Tensor, dt: float, method: str = "rk4",

@@ -272,6 +272,28 @@ class Plant(nn.Module):
             hit = self._lifted[key] = lifted_zoh(A, B, dt, horizon)
         return hit
 
+    def fixed_step_rollout(self, x0: torch.Tensor, controls: torch.Tensor, dt: float) -> torch.Tensor:
+        """Zero-order-hold rollout with a one-step fixed-grid method (``self.method`` one of
+        :data:`dynamics.fixed_step.ONE_STEP_METHODS`, ``self.substeps`` steps per interval).
+
+        :func:`dynamics.fixed_step.zoh_rollout` of :meth:`f`; a plant whose steps have a closed
+        form overrides it with the same states to rounding (:class:`dynamics.Rocket`). Unchecked
+        inputs: :meth:`rollout` checks them.
+
+        Parameters
+        ----------
+        x0 : Tensor, shape ``(batch, state_dim)``
+        controls : Tensor, shape ``(batch, horizon, control_dim)``
+        dt : float
+            Control interval in seconds.
+
+        Returns
+        -------
+        Tensor, shape ``(horizon + 1, batch, state_dim)``
+            States at the switching times, ``x0`` first (time-major).
+        """
+        return zoh_rollout(self.f, x0, controls, dt, self.method, self.substeps)
+
     def _integrate(self, x0: torch.Tensor, controls: torch.Tensor, dt: float) -> torch.Tensor:
         """Integrate ``f`` under zero-order hold; returns ``(horizon + 1, batch, state_dim)``."""
         horizon = controls.shape[1]
@@ -279,7 +301,7 @@ class Plant(nn.Module):
             Phi, Gamma = self.lifted_matrices(horizon, dt)
             return lifted_rollout(Phi.to(x0.dtype), Gamma.to(x0.dtype), x0, controls).transpose(0, 1)
         if self.method in ONE_STEP_METHODS:
-            return zoh_rollout(self.f, x0, controls, dt, self.method, self.substeps)
+            return self.fixed_step_rollout(x0, controls, dt)
         fixed = self.method in FIXED_STEP_METHODS
         per_interval = self.substeps if fixed else 1
         grid = torch.arange(horizon * per_interval + 1, dtype=x0.dtype, device=x0.device) * (dt / per_interval)

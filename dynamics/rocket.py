@@ -21,6 +21,7 @@ import numbers
 import torch
 
 from .errors import ConfigError, NonFiniteError
+from .fixed_step import TABLEAUS
 from .plant import Plant
 from .registry import register
 
@@ -201,3 +202,61 @@ class Rocket(Plant):
         acc = u / m + self.gravity.to(x)
         mdot = -self.thrust_magnitude(u) / (self.isp * STANDARD_G0)
         return torch.cat((v, acc, mdot.unsqueeze(-1)), dim=-1)
+
+    def fixed_step_rollout(self, x0: torch.Tensor, controls: torch.Tensor, dt: float) -> torch.Tensor:
+        """The fixed steps of ``self.method`` in closed form, all steps at once.
+
+        Under a held thrust ``T`` the mass falls at the constant rate ``w = alpha ||T||_eps``, so
+        an explicit Runge-Kutta step of size ``h`` with tableau ``(c, a, b)``
+        (:data:`dynamics.fixed_step.TABLEAUS`, torchdiffeq's) evaluates stage ``i`` at the mass
+        ``m - c_i h w`` whatever the position and velocity, and the step is::
+
+            m' = m - h w,
+            v' = v + h g + h T sum_i b_i / (m - c_i h w),
+            r' = r + h v + h^2 (g sum_j beta_j + T sum_j beta_j / (m - c_j h w)),
+            beta_j = sum_i b_i a_ij
+
+        (``sum_j a_ij = c_i`` and ``sum_i b_i = 1``). The masses at the steps are prefix sums of
+        ``h w``, the velocities prefix sums of the velocity steps, the positions of the position
+        steps: three matrix products with a triangular matrix of ones instead of ``horizon x
+        substeps`` sequential steps of ``f`` (vectorised over the horizon; compiled programs
+        keep no per-step buffers). The states equal those of
+        :func:`dynamics.fixed_step.zoh_rollout` of :meth:`f` to rounding (``tests/test_plants.py``).
+
+        Parameters
+        ----------
+        x0 : Tensor, shape ``(batch, 7)``
+            Initial states (m, m/s, kg).
+        controls : Tensor, shape ``(batch, horizon, 3)``
+            Thrust in N, ``controls[:, k]`` held on interval ``k``.
+        dt : float
+            Control interval in seconds.
+
+        Returns
+        -------
+        Tensor, shape ``(horizon + 1, batch, 7)``
+            States at the switching times, ``x0`` first (time-major).
+        """
+        c, a, b = TABLEAUS[self.method]
+        beta = [sum(b[i] * a[i][j] for i in range(j + 1, len(b))) for j in range(len(b))]
+        steps = int(self.substeps)
+        h = float(dt) / steps
+        thrust = controls.transpose(0, 1)  # (K, B, 3), time-major like the result
+        if steps > 1:
+            thrust = thrust.repeat_interleave(steps, dim=0)
+        K, B = thrust.shape[:2]
+        burn = h * self.thrust_magnitude(thrust) / (self.isp * STANDARD_G0)  # (K, B) kg per step
+        prefix = torch.ones(K + 1, K, dtype=x0.dtype, device=x0.device).tril(-1)  # row k: steps j < k
+        mass = x0[:, 6] - prefix @ burn  # (K + 1, B)
+        start = mass[:-1]
+        g = self.gravity.to(x0)
+
+        def weighted_inverse(weights):
+            terms = [wi / (start - ci * burn) for ci, wi in zip(c, weights) if wi != 0.0]
+            return sum(terms[1:], terms[0]) if terms else torch.zeros_like(start)
+
+        dv = h * g + h * thrust * weighted_inverse(b).unsqueeze(-1)
+        velocity = x0[:, 3:6] + (prefix @ dv.reshape(K, B * 3)).reshape(K + 1, B, 3)
+        dr = h * velocity[:-1] + h * h * (sum(beta) * g + thrust * weighted_inverse(beta).unsqueeze(-1))
+        position = x0[:, :3] + (prefix @ dr.reshape(K, B * 3)).reshape(K + 1, B, 3)
+        return torch.cat((position, velocity, mass.unsqueeze(-1)), dim=-1)[::steps]

@@ -76,6 +76,50 @@ def test_free_fall_and_constant_thrust_match_closed_form():
     np.testing.assert_allclose(states[1, -1, 3:6].numpy(), v_t, rtol=1e-9)
 
 
+@pytest.mark.parametrize("method, substeps", [("rk4", 1), ("rk4", 3), ("euler", 2), ("midpoint", 1), ("heun3", 2)])
+def test_closed_form_steps_equal_torchdiffeq_steps(method, substeps):
+    """The rocket's closed-form rollout gives the states and gradients of torchdiffeq's steps of f."""
+    from dynamics.fixed_step import zoh_rollout
+
+    plant = dynamics.make("rocket", dt=1.44, method=method, substeps=substeps).double()
+    gen = torch.Generator().manual_seed(0)
+    x0 = (torch.tensor([X0], dtype=F64) + 10 * torch.randn(3, 7, dtype=F64, generator=gen)).requires_grad_()
+    u = (torch.randn(3, 20, 3, dtype=F64, generator=gen) * 4000 + torch.tensor([0.0, 0.0, 8000.0], dtype=F64))
+    u.requires_grad_()
+    plant.isp.requires_grad_()  # a physical parameter (buffer): the rollout is differentiable in it
+    got = plant.rollout(x0, u)  # (batch, N + 1, 7), through fixed_step_rollout
+    ref = zoh_rollout(plant.f, x0, u, 1.44, method, substeps).transpose(0, 1)
+    np.testing.assert_allclose(got.detach().numpy(), ref.detach().numpy(), rtol=1e-12, atol=1e-9)
+    weights = torch.randn(got.shape, dtype=F64, generator=gen)
+    g_got = torch.autograd.grad((weights * got).sum(), (x0, u, plant.isp))
+    g_ref = torch.autograd.grad((weights * ref).sum(), (x0, u, plant.isp))
+    for a, b in zip(g_got, g_ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun3", "rk4"])
+def test_tableaus_are_torchdiffeqs_steps(method):
+    """dynamics.fixed_step.TABLEAUS reproduces torchdiffeq's step of each one-step method on a
+    nonlinear vector field (the coefficients the rocket's closed form uses)."""
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    from dynamics.fixed_step import TABLEAUS
+
+    def field(t, y, perturb=None):
+        return torch.stack((torch.sin(y[1]) * y[0], y[0] ** 2 - y[1]))
+
+    y, h = torch.tensor([0.7, -0.3], dtype=F64), 0.37
+    step = SOLVERS[method](func=None, y0=y, rtol=0.0, atol=0.0, perturb=False)._step_func
+    ref, _ = step(field, 0.0, h, h, y)
+    c, a, b = TABLEAUS[method]
+    k = []
+    for i in range(len(b)):
+        assert sum(a[i]) == pytest.approx(c[i])
+        k.append(field(c[i] * h, y + h * sum((aij * kj for aij, kj in zip(a[i], k)), torch.zeros_like(y))))
+    got = h * sum(bi * ki for bi, ki in zip(b, k))
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-14, atol=1e-15)
+
+
 def test_gradcheck_including_zero_thrust():
     plant = dynamics.make("rocket", dt=0.5).double()
     x = torch.tensor([X0, [1.0, 2.0, 300.0, 0.5, -0.5, -3.0, 1600.0]], dtype=F64, requires_grad=True)

@@ -15,6 +15,7 @@ from .presets import (
     PRESETS,
     create,
     create_fast,
+    create_fast_tiny,
     create_large,
     create_medium,
     create_small,
@@ -60,4 +61,5 @@ __all__ = [
     "create_two_level_medium",
     "create_two_level_large",
     "create_fast",
+    "create_fast_tiny",
 ]

@@ -23,7 +23,8 @@ __all__ = ["trajectory_error", "TrajectoryErrorEncoder", "FeedbackGain"]
 _LARGE = 1e6
 
 
-def trajectory_error(states: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def trajectory_error(states: torch.Tensor, target: torch.Tensor, scale: torch.Tensor,
+                     inverse_scale_rows: torch.Tensor | None = None) -> torch.Tensor:
     """Normalised, compressed error sequence of a rollout.
 
     Parameters
@@ -34,6 +35,13 @@ def trajectory_error(states: torch.Tensor, target: torch.Tensor, scale: torch.Te
         Target state ``x*``.
     scale : Tensor, shape ``(state_dim,)``
         Positive state scale ``s`` (state units).
+    inverse_scale_rows : Tensor, shape ``(horizon * state_dim,)``, optional
+        ``1 / s`` repeated ``horizon`` times, precomputed: the errors are then multiplied by it
+        instead of divided by the repeated ``s`` (the same numbers to rounding). A compiled
+        program loads it as one vector, where it computed the repeated scale of every entry from
+        the ``state_dim`` constants (with an integer remainder per entry); with it, the error
+        sequence of the rocket's batch-1024 program took 0.7 instead of 1.6 ms on one core
+        (:func:`trc.export.export_controller` sets it in the model it compiles).
 
     Returns
     -------
@@ -54,9 +62,14 @@ def trajectory_error(states: torch.Tensor, target: torch.Tensor, scale: torch.Te
     # On the flattened (batch, N * n) rows: compiled kernels then vectorise along N * n instead
     # of along the few state components (Van der Pol at batch 1024: 10 ms -> 5 ms with the rollout).
     B, length, n = states.shape
-    rows = states.reshape(B, length * n)[:, n:]
-    err = (rows - target.repeat(1, length - 1)) / scale.repeat(length - 1)
-    return _asinh(torch.nan_to_num(err, nan=_LARGE).clamp(-_LARGE, _LARGE)).view(B, length - 1, n)
+    rows = states.reshape(B, length * n)[:, n:] - target.repeat(1, length - 1)
+    if inverse_scale_rows is None:
+        err = rows / scale.repeat(length - 1)
+    else:
+        err = rows * inverse_scale_rows
+    # NaN to +_LARGE with a comparison (vectorised when compiled; nan_to_num was not)
+    err = torch.where(err != err, _LARGE, err).clamp(-_LARGE, _LARGE)
+    return _asinh(err).view(B, length - 1, n)
 
 
 def _asinh(x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Named model sizes: ``small``, ``medium``, ``large``, in single-latent and two-level mode, and
-``fast``, the single-latent preset with the fewest operations per plan (for compiled controllers).
+``fast``, the single-latent preset with the fewest operations per plan (for compiled controllers),
+and ``fast_tiny``, ``fast`` at half its widths.
 
 Each preset is a partial :class:`~trc.models.TRCConfig`; :func:`create` builds a model from one
 with the problem sizes and any overrides. :func:`preset_table` measures the parameter counts
@@ -31,6 +32,7 @@ __all__ = [
     "create_two_level_medium",
     "create_two_level_large",
     "create_fast",
+    "create_fast_tiny",
     "preset_table",
 ]
 
@@ -51,6 +53,10 @@ PRESETS: dict[str, dict] = {
     # convolutions, for compiled controllers (AOTInductor at batch 1 and for throughput).
     "fast": dict(mode="single_latent", latent_dim=64, hidden_dim=256, num_layers=1, H_cycles=2, L_cycles=2,
                  feedback_channels=16, feedback_pool_first=True),
+    # ``fast`` at half its widths, for problems with long control and state sequences (the
+    # rocket's N m = 150 outputs and N n = 350 errors), where the matrix products dominate.
+    "fast_tiny": dict(mode="single_latent", latent_dim=32, hidden_dim=128, num_layers=1, H_cycles=2, L_cycles=2,
+                      feedback_channels=16, feedback_pool_first=True),
 }
 
 # Keyword arguments of the model constructor (everything else in overrides is a config field).
@@ -133,6 +139,11 @@ def create_two_level_large(state_dim: int, control_dim: int, horizon: int, **ove
 def create_fast(state_dim: int, control_dim: int, horizon: int, **overrides) -> TinyRecursiveControl:
     """Single-latent preset ``fast`` (fewest operations per plan); see :func:`create`."""
     return create("fast", state_dim, control_dim, horizon, **overrides)
+
+
+def create_fast_tiny(state_dim: int, control_dim: int, horizon: int, **overrides) -> TinyRecursiveControl:
+    """Single-latent preset ``fast_tiny`` (``fast`` at half its widths); see :func:`create`."""
+    return create("fast_tiny", state_dim, control_dim, horizon, **overrides)
 
 
 def preset_table(state_dim: int = 2, control_dim: int = 1, horizon: int = 15) -> list[dict]:

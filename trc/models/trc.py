@@ -260,6 +260,10 @@ class TinyRecursiveControl(nn.Module):
         self.register_buffer("control_scale", u_scale.float())
         self.register_buffer("state_center", center.float())
         self.register_buffer("state_scale", scale.float())
+        #: ``1 / state_scale`` repeated ``N`` times for :func:`trajectory_error`, or None (divide by
+        #: the repeated scale); not checkpointed: :func:`trc.export.export_controller` sets it in
+        #: the copy it compiles.
+        self.register_buffer("inverse_scale_rows", None, persistent=False)
         for name, value, dim in (("Q", Q, n), ("R", R, m), ("Qf", Qf, n)):
             w = _weight(value, dim, name)
             self.register_buffer(name, None if w is None else w.float())
@@ -555,7 +559,7 @@ class TinyRecursiveControl(nn.Module):
                 fb = correction = None
                 if use_feedback:
                     traj = plant.rollout(x0, u.detach() if cfg.detach_feedback else u)
-                    errors = trajectory_error(traj, xt, s)
+                    errors = trajectory_error(traj, xt, s, self.inverse_scale_rows)
                     fb = self.error_encoder(errors)
                     if self.feedback_gain is not None:
                         correction = self.feedback_gain(errors)
