@@ -157,13 +157,14 @@ def gemm_bound(flops: float, gflops: float, processes: int = 1) -> float:
 
 
 def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Path, fmt: str,
-                   large: bool = True, processes: int = 1, seconds: float = 0.0) -> dict[str, float]:
+                   large: bool = True, processes: int = 1, seconds: float = 0.0, name: str = "") -> dict[str, float]:
     """Latency (ms) of ``model`` exported in format ``fmt`` (with feedback), at batch 1 and
     (``large``) ``batch``; with ``processes > 1``, ``batch * processes`` plans per call run in
     that many processes (:class:`trc.parallel.ParallelController`, ``batch`` each) and ``bN`` is
     the call's time over ``processes`` (the time of ``batch`` plans at their joint rate). The
     large batch is timed over at least ``seconds`` seconds of calls; ``bN_fast`` and ``bN_slow``
-    are the 10th and 90th percentiles of its calls (same units as ``bN``).
+    are the 10th and 90th percentiles of its calls (same units as ``bN``). ``name`` (the preset)
+    starts the file names, so the programs of two presets do not overwrite each other.
 
     ``aoti``: one program compiled for batch 1 and one for ``batch`` (fixed batch sizes,
     :func:`trc.export.export_controller` ``batch=``), as a deployed controller and a batched
@@ -172,7 +173,7 @@ def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Pa
     from trc.export import FORMATS, export_controller, load_controller
 
     def export(size):
-        path = folder / f"{problem.name}_{model.config.mode}_{model.config.H_cycles}x{model.config.L_cycles}" \
+        path = folder / f"{problem.name}_{name or model.config.mode}_{model.config.H_cycles}x{model.config.L_cycles}" \
                         f"_{size or 'any'}{FORMATS[fmt]}"
         start = time.perf_counter()
         export_controller(model, path, format=fmt, batch=size)
@@ -261,7 +262,7 @@ def main(argv=None) -> int:
                 model = built[preset]["model"] if preset in built else build_model(problem, preset)
                 row(f"{preset}, {label}", exported_times(model, problem, args.repeats, args.batch, args.export_dir, fmt,
                                                          not args.exported_batch_1_only, args.processes,
-                                                         args.throughput_seconds),
+                                                         args.throughput_seconds, name=preset),
                     model.get_parameter_count())
         if first is not None:
             bound = gemm_bound(first["flops"], gflops, args.processes)

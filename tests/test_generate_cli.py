@@ -206,3 +206,16 @@ def test_fast_van_der_pol_config_is_the_fast_preset():
     base = load_experiment(REPO / "configs" / "van_der_pol.yaml")
     assert fast.problem.to_dict() == base.problem.to_dict() and fast.generator.out == base.generator.out
     assert TRCConfig.from_dict(fast.sections["model"]) == preset_config("fast")
+
+
+def test_fast_rocket_config_is_the_fast_tiny_preset():
+    """configs/rocket_fast.yaml: the rocket problem and data set, the `fast_tiny` preset's model with
+    the inference-time correction of rocket.yaml."""
+    from trc.models import TRCConfig
+    from trc.models.presets import preset_config
+
+    fast = load_experiment(REPO / "configs" / "rocket_fast.yaml")
+    base = load_experiment(REPO / "configs" / "rocket.yaml")
+    assert fast.problem.to_dict() == base.problem.to_dict() and fast.generator.out == base.generator.out
+    inference = {k: base.sections["model"][k] for k in ("detach_feedback", "correction_steps", "correction_tol")}
+    assert TRCConfig.from_dict(fast.sections["model"]) == preset_config("fast_tiny", **inference)

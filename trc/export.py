@@ -81,7 +81,7 @@ from torch import nn
 from torchdiffeq import odeint
 
 from dynamics.errors import ConfigError, DimensionError, TRCError
-from dynamics.fixed_step import ONE_STEP_METHODS
+from dynamics.fixed_step import ONE_STEP_METHODS, zoh_rollout
 from dynamics.plant import EXACT, FIXED_STEP_METHODS, Plant
 from dynamics.zoh import lifted_rollout
 
@@ -250,9 +250,11 @@ class IntervalRollout(Plant):
     """A fixed-step plant whose rollout records only tensor operations (for traces and exports).
 
     ``rollout`` takes the same fixed steps as :meth:`dynamics.Plant.rollout` without its input
-    checks: the plant's :meth:`~dynamics.Plant.fixed_step_rollout` for the one-step methods
-    (torchdiffeq's step function interval by interval, :func:`dynamics.fixed_step.zoh_rollout`,
-    or the plant's closed form of those steps); for the Adams methods, one
+    checks: torchdiffeq's step function of the plant's method, interval by interval
+    (:func:`dynamics.fixed_step.zoh_rollout`, also where the plant's own rollout computes those
+    steps in closed form, :meth:`dynamics.Rocket.fixed_step_rollout`: its prefix sums are
+    products with a constant left factor, which Inductor's own GEMM kernels do not take, so a
+    batch-1 program would lose its stack-allocated buffers); for the Adams methods, one
     :func:`torchdiffeq.odeint` call per control interval on the grid
     ``[0, dt / substeps, ..., dt]`` with ``u_k`` held (the vector fields are autonomous between
     switches). Discrete-time plants step their difference equation. A linear plant with the
@@ -309,7 +311,7 @@ class IntervalRollout(Plant):
             return lifted_rollout(Phi.to(x0), Gamma.to(x0), x0, controls)
         h = self.dt if dt is None else float(dt)
         if not self.discrete and self.method in ONE_STEP_METHODS:
-            return self.inner.fixed_step_rollout(x0, controls, h).transpose(0, 1)
+            return zoh_rollout(self.inner.f, x0, controls, h, self.method, self.substeps).transpose(0, 1)
         states = [x0]
         x = x0
         if not self.discrete:
