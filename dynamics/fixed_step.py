@@ -38,7 +38,7 @@ ONE_STEP_METHODS = ("euler", "midpoint", "heun3", "rk4")
 #: stage ``i`` evaluates ``f`` at ``y + h sum_j a[i][j] k_j``, at time ``t + c[i] h``, and the
 #: step is ``h sum_i b[i] k_i`` (Hairer, Norsett & Wanner, *Solving Ordinary Differential
 #: Equations I*, Sec. II.1). For plants whose steps have a closed form in these coefficients
-#: (:meth:`dynamics.Rocket.fixed_step_rollout`); ``tests/test_plants.py`` checks them against
+#: (:meth:`dynamics.Rocket.fixed_step_rollout`); ``tests/test_rocket.py`` checks them against
 #: torchdiffeq's steps.
 TABLEAUS = {
     "euler": ((0.0,), ((),), (1.0,)),
