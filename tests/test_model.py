@@ -25,6 +25,7 @@ from trc.models import (
     create_small,
     create_two_level_large,
     create_fast,
+    create_fast_tiny,
     create_two_level_medium,
     create_two_level_small,
     halting_loss,
