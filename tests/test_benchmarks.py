@@ -40,5 +40,5 @@ def test_gemm_rate_and_the_bound_it_gives(latency):
     """The measured matrix-product rate is a positive GFLOP/s figure, and the bound is
     processes x rate / FLOPs per plan."""
     rate = latency.gemm_rate(rows=64, size=32, seconds=0.05)
-    assert 0.01 < rate < 1e5
+    assert 0.0 < rate < 1e5  # GFLOP/s (not FLOP/s); no lower bound: a loaded machine stalls such small products
     assert latency.gemm_bound(1.18e6, 96.0, processes=2) == pytest.approx(2 * 96e9 / 1.18e6)
