@@ -346,8 +346,8 @@ class ControllerProgram(nn.Module):
         # Tracking and the terminal correction differentiate the plant (autograd), which an
         # exported program cannot hold: the program is the network with its feedback only.
         self.model.config = self.model.config.replace(tracking=False, correction_steps=0)
-        if hasattr(self.model, "inverse_scale_rows"):  # the error sequence's scale as one vector
-            self.model.inverse_scale_rows = (1.0 / self.model.state_scale).repeat(self.model.horizon)
+        # the error sequence's scale as one vector (trc.models.feedback.trajectory_error)
+        self.model.inverse_scale_rows = (1.0 / self.model.state_scale).repeat(self.model.horizon)
         self.feedback = bool(feedback)
         self.rollout_plant = IntervalRollout(self.model.plant, self.model.horizon) if self.feedback else None
 
