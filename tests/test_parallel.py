@@ -53,6 +53,27 @@ def test_two_processes_give_the_plans_of_one_program(problem, onnx_path):
     planner.close()  # idempotent
 
 
+def test_plans_come_back_through_shared_memory_that_close_releases(problem, onnx_path):
+    from multiprocessing import shared_memory
+
+    x0, target = (a.astype(np.float32) for a in problem.sample(11, seed=2))
+    expected = load_controller(onnx_path)(x0, target)
+    with ParallelController(onnx_path, processes=2) as planner:
+        first = planner(x0[:5], target[:5])  # through the pipes: the plans' shape is learned
+        assert planner._plan_shape == expected.shape[1:] and "plans" not in planner._blocks
+        second = planner(x0[:5], target[:5])  # through shared memory
+        grown = planner(x0, target)  # more rows: larger blocks replace the first ones
+        small = planner(x0[5:8], target[5:8])  # fewer rows: the large blocks serve
+        for got, rows in ((first, slice(0, 5)), (second, slice(0, 5)), (grown, slice(None)), (small, slice(5, 8))):
+            np.testing.assert_allclose(got, expected[rows], rtol=1e-6, atol=1e-6)
+        assert planner._blocks["plans"].array.shape[0] == 11 and planner._blocks["inputs"].array.shape[1] == 11
+        assert not np.shares_memory(small, planner._blocks["plans"].array)  # a copy: the next call keeps it
+        names = [block.memory.name for block in planner._blocks.values()]
+    for name in names:
+        with pytest.raises(FileNotFoundError):
+            shared_memory.SharedMemory(name=name)
+
+
 def test_parallel_latency_times_whole_calls(problem, onnx_path, monkeypatch):
     x0, target = (a.astype(np.float32) for a in problem.sample(6, seed=1))
     calls = []
@@ -127,6 +148,9 @@ def test_fixed_batch_programs_get_whole_chunks(onnx_path):
     program = FixedBatchProgram()
     np.testing.assert_array_equal(_plan(program, x0, target), (x0 + target)[:, None, :])
     assert program.calls == 3  # 4 + 4 + 1 filled up to 4, the filling dropped
+    out = np.full((9, 1, 2), np.nan, np.float32)
+    assert _plan(program, x0, target, out=out) is out  # as a worker writes into shared memory
+    np.testing.assert_array_equal(out, (x0 + target)[:, None, :])
     with ParallelController(onnx_path, processes=3) as planner:
         planner.batch = 4  # how the shares of a fixed-batch program are cut: whole chunks per worker
         assert planner._shares(9) == [(0, 4), (4, 8), (8, 9)]
