@@ -66,7 +66,7 @@ def test_plans_come_back_through_shared_memory_that_close_releases(problem, onnx
         small = planner(x0[5:8], target[5:8])  # fewer rows: the large blocks serve
         for got, rows in ((first, slice(0, 5)), (second, slice(0, 5)), (grown, slice(None)), (small, slice(5, 8))):
             np.testing.assert_allclose(got, expected[rows], rtol=1e-6, atol=1e-6)
-        assert planner._blocks["plans"].array.shape[0] == 11 and planner._blocks["inputs"].array.shape[1] == 11
+        assert {role: block.array.shape[0] for role, block in planner._blocks.items()} == {"x0": 11, "target": 11, "plans": 11}
         assert not np.shares_memory(small, planner._blocks["plans"].array)  # a copy: the next call keeps it
         names = [block.memory.name for block in planner._blocks.values()]
     for name in names:

@@ -14,9 +14,9 @@ multi-core CPU::
 Programs compiled for a fixed batch size (AOTInductor ``batch=``) take the batch in chunks of
 that size; the last chunk is filled up with copies of its last row, whose plans are dropped.
 The states go to the processes and the plans come back through shared memory
-(:mod:`multiprocessing.shared_memory`, one block for the inputs and one for the plans, grown
-when a call needs more rows); the pipes carry only the row ranges and the replies. Pickled
-through the pipes instead (about 1 MB per call for 2 x 1024 rocket plans), the same calls
+(:mod:`multiprocessing.shared_memory`, one block each for the states, the targets and the
+plans, grown when a call needs more rows); the pipes carry only the row ranges and the
+replies. Pickled through the pipes instead (about 1 MB per call for 2 x 1024 rocket plans), the same calls
 took 3 % longer (the rocket's ``fast_tiny`` batch-1024 program in two processes, calls of the
 two kinds interleaved for 15 s: 18.2 against 17.6 ms per 2048 plans, 2026-12-02). The plans of
 the first call go through the pipes, which tells the controller their shape.
@@ -87,7 +87,7 @@ class ParallelController:
                  format: str | None = None):
         self._workers, self._conns = [], []
         self._started = False  # every worker has loaded its program and replied
-        self._blocks: dict[str, _SharedArray] = {}  # "inputs" (2, rows, n) and "plans" (rows, N, m)
+        self._blocks: dict[str, _SharedArray] = {}  # "x0", "target" (rows, n) and "plans" (rows, N, m)
         self._plan_shape: tuple[int, ...] | None = None  # (N, m), from the first call's plans
         processes = default_processes() if processes is None else int(processes)
         if processes < 1 or threads < 1:
@@ -124,14 +124,16 @@ class ParallelController:
         x0, xt = planner_inputs(current_state, target_state)
         if len(x0) == 0:
             raise DimensionError(f"states {x0.shape} and targets {xt.shape} must both be (batch >= 1, state_dim)")
-        inputs = self._block("inputs", (2, *x0.shape), x0.shape[0])
-        inputs.array[0, :len(x0)], inputs.array[1, :len(x0)] = x0, xt
-        plans = None if self._plan_shape is None else self._block("plans", (len(x0), *self._plan_shape), len(x0))
+        rows = len(x0)
+        for role, values in (("x0", x0), ("target", xt)):
+            self._block(role, values.shape).array[:rows] = values
+        plans = None if self._plan_shape is None else self._block("plans", (rows, *self._plan_shape))
+        specs = {role: block.spec for role, block in self._blocks.items() if role != "plans" or plans is not None}
         busy = []
-        for conn, worker, (start, stop) in zip(self._conns, self._workers, self._shares(len(x0))):
+        for conn, worker, (start, stop) in zip(self._conns, self._workers, self._shares(rows)):
             if stop > start:
                 try:
-                    conn.send((inputs.spec, None if plans is None else plans.spec, start, stop))
+                    conn.send((specs, start, stop))
                 except OSError:  # BrokenPipeError: the worker is gone
                     self._died(worker)
                 busy.append(conn)
@@ -140,22 +142,20 @@ class ParallelController:
             joined = np.concatenate(replies)
             self._plan_shape = joined.shape[1:]
             return joined
-        return plans.array[:len(x0)].copy()
+        return plans.array[:rows].copy()
 
-    def _block(self, role: str, shape: tuple[int, ...], rows: int) -> "_SharedArray":
-        """The shared block of ``role`` with at least ``rows`` rows (on axis ``role == "inputs"``)
-        and the other sizes of ``shape``; a new, larger block replaces a too small one."""
-        axis = 1 if role == "inputs" else 0
-        size = list(shape)
+    def _block(self, role: str, shape: tuple[int, ...]) -> "_SharedArray":
+        """The shared block of ``role`` with at least ``shape[0]`` rows of ``shape[1:]``; a new,
+        larger block replaces a too small one."""
         block = self._blocks.pop(role, None)
+        rows = shape[0]
         if block is not None:
-            have = block.array.shape
-            if have[:axis] + have[axis + 1:] == shape[:axis] + shape[axis + 1:] and have[axis] >= rows:
+            if block.array.shape[1:] == shape[1:] and block.array.shape[0] >= rows:
                 self._blocks[role] = block
                 return block
-            size[axis] = max(rows, have[axis])
+            rows = max(rows, block.array.shape[0])
             block.release()
-        self._blocks[role] = block = _SharedArray.create(tuple(size))
+        self._blocks[role] = block = _SharedArray.create((rows, *shape[1:]))
         return block
 
     def _shares(self, batch: int) -> list[tuple[int, int]]:
@@ -263,9 +263,9 @@ def _serve(path: str, format: str | None, threads: int, conn) -> None:
     """Worker loop: load the program, reply its fixed batch size, then plan each share sent
     until ``None`` arrives; exceptions are sent back instead of plans.
 
-    A share is ``(inputs, plans, start, stop)``: the specs of the shared input and plan blocks
-    (:attr:`_SharedArray.spec`; ``plans`` None on the first call, whose plans are sent back
-    through the pipe) and the rows to plan."""
+    A share is ``(specs, start, stop)``: the specs (:attr:`_SharedArray.spec`) of the shared
+    blocks by role, ``"x0"``, ``"target"`` and ``"plans"`` (no ``"plans"`` on the first call,
+    whose plans are sent back through the pipe), and the rows to plan."""
     torch.set_num_threads(threads)
     try:
         program = load_controller(path, format)
@@ -273,7 +273,7 @@ def _serve(path: str, format: str | None, threads: int, conn) -> None:
         conn.send(exc)
         return
     conn.send(program.batch)
-    attached: dict[str, _SharedArray] = {}  # "inputs", "plans"
+    attached: dict[str, _SharedArray] = {}  # by role, as the controller's blocks
     try:
         while (message := conn.recv()) is not None:
             try:
@@ -285,19 +285,20 @@ def _serve(path: str, format: str | None, threads: int, conn) -> None:
             block.release()
 
 
-def _plan_share(program, attached: dict, inputs: tuple, plans: tuple | None, start: int, stop: int):
-    """Plan rows ``start:stop`` of the shared inputs into the shared plans (returns None), or,
-    without shared plans, return them. ``attached`` holds the blocks by role; a block that the
-    controller replaced is closed here."""
-    for role, spec in (("inputs", inputs), ("plans", plans)):
-        if spec is not None and (role not in attached or attached[role].spec != spec):
+def _plan_share(program, attached: dict, specs: dict, start: int, stop: int):
+    """Plan rows ``start:stop`` of the shared states and targets into the shared plans
+    (returns None), or, without shared plans, return them. ``attached`` holds the blocks by
+    role; a block that the controller replaced is closed here."""
+    for role, spec in specs.items():
+        if role not in attached or attached[role].spec != spec:
             if role in attached:
                 attached.pop(role).release()
             attached[role] = _SharedArray.attach(spec)
-    x = attached["inputs"].array
-    if plans is None:
-        return _plan(program, x[0, start:stop], x[1, start:stop])
-    _plan(program, x[0, start:stop], x[1, start:stop], out=attached["plans"].array[start:stop])
+    rows = slice(start, stop)
+    x0, target = attached["x0"].array[rows], attached["target"].array[rows]
+    if "plans" not in specs:
+        return _plan(program, x0, target)
+    _plan(program, x0, target, out=attached["plans"].array[rows])
     return None
 
 
