@@ -9,16 +9,18 @@ import torch
 import yaml
 
 import dynamics
+import trc
 from dynamics.errors import CheckpointError, ConfigError, DatasetError, DimensionError
-from trc.discrete import problem_from_dict, wants_discrete
+from trc.discrete import problem_from_dict
+from trc.evaluate import main as evaluate_main
 from trc.generate import main as generate_main
 from trc.train import main as train_main
 from trc.generators.discrete import generate_discrete, read_discrete_dataset, write_discrete_dataset
 from trc.models.discrete import (DiscretePolicyConfig, MLPPolicy, RecursivePolicy, count_parameters,
                                  make_discrete_policy)
 from trc.models.recursion import RecursionCore
-from trc.training.discrete import (DiscreteTrainConfig, _augment, evaluate_policy, instances_from_problem, load_policy,
-                                   optimal_action_mask, optimal_value, rollout, save_policy, set_loss, train_reinforce,
+from trc.training.discrete import (DiscreteTrainConfig, _augment, evaluate_policy, instances_from_problem,
+                                   optimal_action_mask, optimal_value, rollout, set_loss, train_reinforce,
                                    train_supervised)
 
 MAZE = dict(kind="maze", name="maze5", height=5, width=5, loop_probability=0.3, max_steps=30)
@@ -200,13 +202,18 @@ def test_dataset_round_trip_and_corruption(tmp_path):
 def test_policy_file_round_trip(tmp_path, maze):
     problem, inst = maze
     policy = make_discrete_policy(problem.make_plant(), dict(latent_dim=8, hidden_dim=16))
-    save_policy(tmp_path / "p.pt", policy, problem)
-    loaded, prob = load_policy(tmp_path / "p.pt")
-    assert prob.to_dict() == problem.to_dict()
+    with pytest.raises(ConfigError, match="no problem"):
+        trc.save(policy, tmp_path / "p.pt")
+    policy.problem = problem
+    trc.save(policy, tmp_path / "p.pt", metadata={"note": 1})
+    loaded = trc.load(tmp_path / "p.pt")
+    assert type(loaded) is type(policy) and loaded.problem.to_dict() == problem.to_dict()
+    assert loaded.metadata == {"note": 1} and not loaded.training
+    policy.eval()
     assert torch.equal(loaded(inst.x0).logits[-1], policy(inst.x0).logits[-1])
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be read"):
-        load_policy(tmp_path / "bad.pt")
+        trc.load(tmp_path / "bad.pt")
 
 
 def test_command_lines(tmp_path, capsys):
@@ -218,13 +225,19 @@ def test_command_lines(tmp_path, capsys):
     }
     path = tmp_path / "maze.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert wants_discrete(["--config", str(path)])
     assert generate_main(["--config", str(path), "--quiet"]) == 0
     assert read_discrete_dataset(tmp_path / "m.h5").num_samples == 60
     assert train_main(["--config", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0 <= metrics["success_rate"] <= 1 and metrics["episodes"] == 6
     assert train_main(["--config", str(path), "--out", str(tmp_path / "run"), "--stage", "rl", "--quiet"]) == 0
+    assert evaluate_main(["--checkpoint", str(tmp_path / "run" / "model.pt"), "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["split"] == "test" and report["episodes"] == read_discrete_dataset(tmp_path / "m.h5").split(
+        "test")["initial_states"].shape[0] and 0 <= report["success_rate"] <= 1
+    assert train_main(["--config", str(path), "--chunk-size", "3"]) == 2  # not an option of train
+    assert generate_main(["--config", str(path), "--chunk-size", "3"]) == 2 and "not used for discrete" in (
+        capsys.readouterr().err)
     cfg["problem"]["height"] = 1
     path.write_text(yaml.safe_dump(cfg))
     assert generate_main(["--config", str(path)]) == 2 and "height" in capsys.readouterr().err
@@ -260,14 +273,11 @@ def test_continuous_rewards_sum_to_the_cost_and_reinforce_improves_it():
 def test_continuous_stage_rl_command_line(tmp_path):
     from trc.experiment import load_experiment
     from trc.models import TinyRecursiveControl, preset_config
-    from trc.training.checkpoint import save_model_file
-
     problem = load_experiment("configs/double_integrator.yaml").problem
     config = preset_config("two_level_small", state_dim=problem.state_dim, control_dim=problem.control_dim,
                            horizon=problem.horizon)
     model = TinyRecursiveControl.from_problem(problem, config.to_dict())
-    save_model_file(tmp_path / "model.pt", state_dict=model.state_dict(), model_config=model.config.to_dict(),
-                    problem=problem.to_dict())
+    trc.save(model, tmp_path / "model.pt")
     argv = ["--config", "configs/double_integrator.yaml", "--stage", "rl", "--out", str(tmp_path),
             "--rl-iterations", "2", "--rl-batch", "8", "--quiet"]
     assert train_main(argv) == 0

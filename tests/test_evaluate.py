@@ -9,16 +9,18 @@ import pytest
 import torch
 from torch import nn
 
+import trc
+
 from dynamics.errors import CheckpointError
 from trc.data import load_dataset
-from trc.evaluate import evaluate_checkpoint, main
+from trc.evaluate import main
+from trc.kinds.continuous import evaluate_checkpoint
 from trc.evaluation import REPORT_KEYS, evaluate_model, split_data
 from trc.experiment import experiment_from_dict
 from trc.generators import make_solver
 from trc.generators.pipeline import generate
 from trc.models import TinyRecursiveControl, TRCConfig, TRCOutput
 from trc.report import summary_text, write_report
-from trc.training import save_model_file
 
 PROBLEM = {
     "name": "di_eval",
@@ -146,9 +148,8 @@ def _model_file(path, problem_dict, data_path=None):
     torch.manual_seed(0)
     problem = Problem.from_dict(problem_dict)
     model = TinyRecursiveControl.from_problem(problem, TRCConfig(latent_dim=16, hidden_dim=32, H_cycles=2, L_cycles=1))
-    save_model_file(path, state_dict=model.state_dict(), model_config=model.config.to_dict(), problem=problem.to_dict(),
-                    metadata={"config": {"evaluation": FAST_EVAL},
-                              **({} if data_path is None else {"dataset": str(data_path)})})
+    trc.save(model, path, metadata={"config": {"evaluation": FAST_EVAL},
+                                    **({} if data_path is None else {"dataset": str(data_path)})})
     return path
 
 
@@ -180,7 +181,7 @@ def test_evaluate_cli_writes_report_with_all_keys(data, tmp_path, capsys):
 def test_evaluate_refuses_a_model_for_another_problem(data, tmp_path, capsys, change, match):
     ckpt = _model_file(tmp_path / "other.pt", {**PROBLEM, **change})
     with pytest.raises(CheckpointError, match=match):
-        evaluate_checkpoint(ckpt, data=data.path, out=tmp_path / "x", verbose=False)
+        evaluate_checkpoint(trc.load(ckpt), ckpt, data=data.path, out=tmp_path / "x")
     assert main(["--checkpoint", str(ckpt), "--data", str(data.path), "--out", str(tmp_path / "x")]) == 1
     assert "does not match data set" in capsys.readouterr().err
 

@@ -553,28 +553,32 @@ def test_batch_independence(di_problem, mode):
 
 
 # ---------------------------------------------------------------------------- save and rebuild
-def test_checkpoint_round_trip(di_problem, tmp_path):
+def test_model_file_round_trip(di_problem, tmp_path):
+    import trc
+    from trc.model_file import read_model_file
+
     model = tiny_model(di_problem, act=True).eval()
     x0, xt = states(3)
-    ckpt = model.checkpoint_dict()
-    assert set(ckpt) == {"model_config", "problem", "state_dict"}
-    assert ckpt["model_config"]["horizon"] == 15 and ckpt["problem"]["name"] == "double_integrator"
     path = tmp_path / "model.pt"
-    atomic_torch_save(ckpt, path)
-    for source in (ckpt, path):
-        rebuilt = TinyRecursiveControl.from_checkpoint(source).eval()
-        with torch.no_grad():
-            torch.testing.assert_close(rebuilt(x0, xt), model(x0, xt))
-        assert rebuilt.plant is not None and rebuilt.dt == di_problem.dt
+    trc.save(model, path, metadata={"note": "round trip"})
+    payload = read_model_file(path)
+    assert payload["kind"] == "continuous" and payload["model_class"] == "TinyRecursiveControl"
+    assert payload["model_config"]["horizon"] == 15 and payload["problem"]["name"] == "double_integrator"
+    rebuilt = trc.load(path)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x0, xt), model(x0, xt))
+    assert rebuilt.plant is not None and rebuilt.dt == di_problem.dt
+    assert rebuilt.problem.to_dict() == di_problem.to_dict() and rebuilt.metadata == {"note": "round trip"}
     bare = TinyRecursiveControl.from_config(model.export_config())
     assert bare.plant is None and bare.get_parameter_count() == model.get_parameter_count()
-    with pytest.raises(CheckpointError):
-        TinyRecursiveControl.from_checkpoint({"state_dict": {}})
-    with pytest.raises(CheckpointError):
-        TinyRecursiveControl.from_checkpoint(tmp_path / "missing.pt")
-    other = dict(ckpt, model_config={**ckpt["model_config"], "latent_dim": 8})
-    with pytest.raises(CheckpointError):
-        TinyRecursiveControl.from_checkpoint(other)
+    with pytest.raises(ConfigError, match="not built for a problem"):
+        trc.save(bare, tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        trc.load(tmp_path / "missing.pt")
+    other = {**payload, "model_config": {**payload["model_config"], "latent_dim": 8}}
+    atomic_torch_save(other, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        trc.load(tmp_path / "other.pt")
 
 
 # ---------------------------------------------------------------------------- the recursion core alone

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import trc
 from dynamics.errors import CheckpointError, ConfigError
 from trc.config import from_dict
 from trc.data import load_dataset
@@ -16,8 +17,8 @@ from trc.generators.pipeline import generate
 from trc.evaluation import split_data
 from trc.experiment import experiment_from_dict
 from trc.models import TinyRecursiveControl, TRCConfig
+from trc.model_file import MODEL_FORMAT, read_model_file, weights_digest
 from trc.training import (
-    MODEL_FORMAT,
     EvaluationConfig,
     LossConfig,
     TrainConfig,
@@ -25,8 +26,6 @@ from trc.training import (
     TRCLoss,
     control_scale,
     cycle_weights,
-    read_model_file,
-    save_model_file,
 )
 from trc.training.trainer import build_optimizer, build_scheduler, ema_multi_avg_fn
 
@@ -387,8 +386,7 @@ def model_file(tiny_data, tmp_path):
     _, data = tiny_data
     model = make_model(data)
     path = tmp_path / "model.pt"
-    save_model_file(path, state_dict=model.state_dict(), model_config=model.config.to_dict(),
-                    problem=data.problem.to_dict())
+    trc.save(model, path)
     return path, model
 
 
@@ -420,9 +418,9 @@ def test_load_rejects_bad_files(model_file, tmp_path):
     with pytest.raises(CheckpointError, match="cannot be read"):
         trc.load(text)
 
-    def variant(name, **changes):
+    def variant(name, **changes):  # a consistent file (its digest recomputed) with other contents
         p = tmp_path / f"{name}.pt"
-        torch.save({**good, **changes}, p)
+        torch.save({**good, **changes, "sha256": weights_digest(changes.get("state_dict", good["state_dict"]))}, p)
         return p
 
     with pytest.raises(CheckpointError, match=f"expected {MODEL_FORMAT!r}"):
@@ -443,6 +441,24 @@ def test_load_rejects_bad_files(model_file, tmp_path):
     torch.save(bad, p)
     with pytest.raises(CheckpointError, match="problem"):
         trc.load(p)
+
+
+def test_load_detects_a_corrupted_weight_file(model_file, tmp_path):
+    """A byte flipped inside the stored weights is caught by the SHA-256 recorded in the file."""
+    path, model = model_file
+    raw = bytearray(path.read_bytes())
+    weight = next(v for v in model.state_dict().values() if v.numel() > 64).detach().cpu().contiguous()
+    needle = weight.view(-1).view(torch.uint8).numpy().tobytes()[:32]
+    at = raw.find(needle)
+    assert at > 0, "the weights are stored uncompressed in the zip archive"
+    raw[at + 5] ^= 0xFF
+    corrupted = tmp_path / "corrupted.pt"
+    corrupted.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        trc.load(corrupted)
+    with pytest.raises(CheckpointError, match="cannot be read|corrupted"):  # not the weights: the archive's own checks
+        corrupted.write_bytes(path.read_bytes()[:-30] + bytes(30))
+        trc.load(corrupted)
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from dynamics.errors import *  # noqa: F401,F403
 from .problem import Box, Problem
-from .loading import load
+from .kinds import load, save
 from .models import TinyRecursiveControl, TRCConfig  # noqa: F401
 
-__all__ = ["Box", "Problem", "TRCConfig", "TinyRecursiveControl", "load", "__version__"]
+__all__ = ["Box", "Problem", "TRCConfig", "TinyRecursiveControl", "load", "save", "__version__"]

@@ -21,35 +21,32 @@ Discrete configuration files share the layout of the continuous ones (``problem`
       givens: [5, 10]          # inclusive range (or one number)
       on_mistake: terminate    # or reject
 
-``python -m trc.generate`` hands such files to :func:`trc.generators.discrete.generate_discrete`
-and ``python -m trc.train`` to :func:`train_main` (:mod:`trc.training.discrete`).
+The problem kind ``discrete`` (:mod:`trc.kinds.discrete`) takes such files to its generator,
+trainer and evaluator.
 """
 
 from __future__ import annotations
 
-import copy
 import numbers
-import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 import dynamics
-from dynamics.errors import PuzzleError
-from dynamics.discrete_env import Rewards
-from dynamics.errors import ConfigError
+from dynamics.discrete_env import MazeEnv, Rewards, SudokuEnv
+from dynamics.errors import ConfigError, PuzzleError
+from dynamics.maze import random_instances
+from dynamics.sudoku import random_puzzles
 
-from .config import from_dict, load_yaml
+from .config import from_dict
+from .generators.config import DEFAULT_DATASET_DIR
 
-__all__ = [
-    "KINDS", "MazeProblem", "SudokuProblem", "DiscreteGeneratorConfig", "DiscreteExperiment",
-    "is_discrete_config", "load_discrete_experiment", "discrete_experiment_from_dict", "problem_from_dict",
-    "wants_discrete", "train_main", "dispatch_train",
-]
+__all__ = ["KINDS", "MazeProblem", "SudokuProblem", "DiscreteGeneratorConfig", "problem_from_dict"]
 
+#: Values of ``problem.kind`` of discrete configurations.
 KINDS = ("maze", "sudoku")
-SECTIONS = ("problem", "generator", "model", "training", "evaluation")
 
 
 def _int(value, what, low=None, high=None):
@@ -121,15 +118,11 @@ class MazeProblem:
 
     def make_env(self, **kwargs):
         """A ``trc/Maze-v0`` environment drawing mazes from this distribution."""
-        from dynamics.discrete_env import MazeEnv
-
         return MazeEnv(self.height, self.width, max_steps=self.max_steps, rewards=self.rewards,
                        **self.generator_options, **kwargs)
 
     def sample(self, num: int, seed):
         """``num`` mazes: walls ``(num, H, W)`` bool, starts and goals ``(num, 2)`` int64."""
-        from dynamics.maze import random_instances
-
         return random_instances(num, self.height, self.width, seed, **self.generator_options)
 
     def to_dict(self) -> dict:
@@ -186,15 +179,11 @@ class SudokuProblem:
 
     def make_env(self, **kwargs):
         """A ``trc/Sudoku-v0`` environment drawing puzzles from this distribution."""
-        from dynamics.discrete_env import SudokuEnv
-
         return SudokuEnv(self.size, givens=tuple(self.givens), max_steps=self.max_steps, on_mistake=self.on_mistake,
                          rewards=self.rewards, **kwargs)
 
     def sample(self, num: int, seed):
         """``num`` puzzles and their solutions, each ``(num, n, n)`` int64."""
-        from dynamics.sudoku import random_puzzles
-
         return random_puzzles(num, self.size, tuple(self.givens), seed)
 
     def to_dict(self) -> dict:
@@ -259,203 +248,6 @@ class DiscreteGeneratorConfig:
             raise ConfigError(f"generator.splits must be 3 non-negative fractions summing to 1, got {s!r}")
         self.splits = [float(v) for v in s]
 
-    def output_path(self, problem):
-        from pathlib import Path
-
-        from .generators.config import DEFAULT_DATASET_DIR
-
+    def output_path(self, problem) -> Path:
+        """``out``, or ``datasets/<problem name>.h5``."""
         return Path(self.out) if self.out is not None else Path(DEFAULT_DATASET_DIR) / f"{problem.name}.h5"
-
-
-@dataclass
-class DiscreteExperiment:
-    """A parsed discrete configuration file (see the module notes)."""
-
-    problem: object
-    generator: DiscreteGeneratorConfig
-    sections: dict
-    source: str = "<dict>"
-
-    def section(self, name: str) -> dict:
-        if name not in SECTIONS:
-            raise ConfigError(f"unknown section {name!r}; a configuration has the sections {list(SECTIONS)}")
-        return copy.deepcopy(self.sections.get(name) or {})
-
-    def parse(self, name: str, cls):
-        return from_dict(cls, self.section(name), name)
-
-    def dataset_path(self):
-        return self.generator.output_path(self.problem)
-
-
-def is_discrete_config(data) -> bool:
-    """Whether a configuration (a mapping, or a YAML file path) describes a discrete problem.
-
-    True when its ``problem`` section has ``kind: maze`` or ``kind: sudoku``; the CLIs use it
-    to dispatch to the discrete pipeline.
-    """
-    if isinstance(data, (str, os.PathLike)):
-        try:
-            data = load_yaml(data)
-        except ConfigError:
-            return False
-    problem = data.get("problem") if isinstance(data, Mapping) else None
-    return isinstance(problem, Mapping) and problem.get("kind") in KINDS
-
-
-def discrete_experiment_from_dict(data: Mapping, source: str = "<dict>") -> DiscreteExperiment:
-    """Parse a discrete configuration mapping.
-
-    Raises
-    ------
-    ConfigError
-        On unknown sections, a missing or invalid ``problem``, or an invalid ``generator``.
-    """
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: a configuration is a mapping of sections, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {unknown}; allowed sections: {list(SECTIONS)}")
-    sections = {k: copy.deepcopy(dict(v)) for k, v in data.items() if v is not None}
-    try:
-        problem = problem_from_dict(sections.get("problem"), "problem")
-        generator = from_dict(DiscreteGeneratorConfig, sections.get("generator", {}), "generator")
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
-    return DiscreteExperiment(problem=problem, generator=generator, sections=sections, source=source)
-
-
-def load_discrete_experiment(path) -> DiscreteExperiment:
-    """Read and validate a discrete configuration file (see :func:`discrete_experiment_from_dict`)."""
-    return discrete_experiment_from_dict(load_yaml(path), source=str(path))
-
-
-# ---------------------------------------------------------------------------- command lines
-def wants_discrete(argv=None) -> bool:
-    """Whether a ``trc.generate`` / ``trc.train`` command line names a discrete configuration.
-
-    :func:`dispatch_train` uses it to hand the whole command line to :func:`train_main`.
-    """
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--config")
-    known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    return known.config is not None and is_discrete_config(known.config)
-
-
-def dispatch_train(argv=None):
-    """Run ``python -m trc.train`` here when it concerns this module, else return None.
-
-    Handles discrete configurations (:func:`wants_discrete`) and the REINFORCE fine-tuning
-    stage ``--stage rl`` of continuous ones; ``trc.train.main`` calls it first.
-
-    Returns
-    -------
-    int or None
-        The exit status, or None when the command line is for the continuous trainer.
-    """
-    import sys
-
-    args = sys.argv[1:] if argv is None else list(argv)
-    if wants_discrete(args) or any(a == "--stage" or a.startswith("--stage=") for a in args):
-        return train_main(args)
-    return None
-
-
-def train_main(argv=None) -> int:
-    """``python -m trc.train --config <yaml> [--stage all|supervised|rl]``.
-
-    Discrete configurations: supervised pre-training on the optimal solutions, REINFORCE
-    fine-tuning, evaluation on the test split; writes ``model.pt``, ``metrics.json`` and
-    ``history.json`` to the run folder. Continuous configurations with ``--stage rl``:
-    REINFORCE fine-tuning (:func:`trc.training.rl.reinforce_continuous`) of the trained model
-    ``--init`` (default ``<out>/model.pt``), written to ``<out>/model_rl.pt`` with
-    ``rl_metrics.json`` (greedy cost on fresh instances before and after).
-    """
-    import argparse
-    import json
-    import logging
-    import sys
-
-    from dynamics.errors import TRCError
-
-    p = argparse.ArgumentParser(prog="python -m trc.train",
-                                description="Train a discrete policy, or RL-fine-tune a model.")
-    p.add_argument("--config", required=True, metavar="YAML")
-    p.add_argument("--out", metavar="DIR")
-    p.add_argument("--seed", type=int, metavar="S")
-    p.add_argument("--stage", choices=("all", "supervised", "rl"), default="all",
-                   help="all: supervised then RL (discrete); rl: REINFORCE fine-tuning of --init (or <out>/model.pt)")
-    p.add_argument("--init", metavar="MODEL", help="model file to start from")
-    p.add_argument("--rl-iterations", type=int, default=100, help="continuous --stage rl: policy-gradient steps")
-    p.add_argument("--rl-lr", type=float, default=1e-4, help="continuous --stage rl: learning rate")
-    p.add_argument("--rl-sigma", type=float, default=0.05,
-                   help="continuous --stage rl: exploration std (fraction of the control range)")
-    p.add_argument("--rl-batch", type=int, default=64, help="continuous --stage rl: episodes per step")
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(name)s: %(message)s")
-    try:
-        if is_discrete_config(args.config):
-            from .training.discrete import run_discrete_training
-
-            exp = load_discrete_experiment(args.config)
-            metrics = run_discrete_training(exp, stage=args.stage, seed=args.seed, out=args.out, init=args.init,
-                                            progress=not args.quiet)
-            print(json.dumps({k: v for k, v in metrics.items() if k != "after_supervised"}, indent=2))
-            return 0
-        if args.stage != "rl":
-            raise ConfigError(f"--stage {args.stage} applies to discrete configurations; continuous models are trained "
-                              f"by `python -m trc.train --config {args.config}` and fine-tuned with --stage rl")
-        metrics = _continuous_rl(args)
-    except ConfigError as exc:
-        print(f"{p.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except TRCError as exc:
-        print(f"{p.prog}: error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(metrics, indent=2))
-    return 0
-
-
-def _continuous_rl(args) -> dict:
-    """The continuous ``--stage rl``: fine-tune, compare greedy costs, save ``model_rl.pt``."""
-    import dataclasses
-    import json
-    from pathlib import Path
-
-    import torch
-
-    from .experiment import load_experiment
-    from .io import atomic_write_text
-    from .loading import load
-    from .training.checkpoint import save_model_file
-    from .training.rl import ContinuousRLConfig, reinforce_continuous, stage_rewards
-
-    exp = load_experiment(args.config)
-    problem = exp.problem
-    run = Path(args.out or f"runs/{problem.name}")
-    model = load(args.init or run / "model.pt")
-    seed = 0 if args.seed is None else args.seed
-    x0, target = (torch.as_tensor(a, dtype=torch.float32) for a in problem.sample(256, [seed, 99]))
-    plant = problem.make_plant()
-
-    def greedy_cost() -> float:
-        with torch.no_grad():
-            u = model(x0, target)
-            return float(-stage_rewards(problem, plant.rollout(x0, u), u, target).sum(1).mean())
-
-    before = greedy_cost()
-    cfg = ContinuousRLConfig(iterations=args.rl_iterations, lr=args.rl_lr, sigma=args.rl_sigma,
-                             batch_size=args.rl_batch, seed=seed)
-    history = reinforce_continuous(model, problem, cfg)
-    after = greedy_cost()
-    config = model.config.to_dict() if hasattr(model.config, "to_dict") else dataclasses.asdict(model.config)
-    metrics = {"problem": problem.name, "stage": "rl", "greedy_cost_before": before, "greedy_cost_after": after,
-               "iterations": len(history), "eval_instances": 256}
-    save_model_file(run / "model_rl.pt", state_dict=model.state_dict(), model_config=config, problem=problem.to_dict(),
-                    metadata={**getattr(model, "metadata", {}), "rl": metrics})
-    atomic_write_text(run / "rl_metrics.json", json.dumps({**metrics, "history": history}, indent=2))
-    return metrics

@@ -1,16 +1,17 @@
-"""A whole configuration file: one problem and the settings of every stage that uses it.
+"""A whole configuration file, of any problem kind: one problem and the settings of every stage.
 
 ::
 
-    problem:     # trc.problem.Problem               (required)
-    generator:   # trc.generators.GeneratorConfig    (python -m trc.generate)
+    problem:     # the problem; its ``kind`` key picks the problem kind (trc.kinds; absent:
+                 # continuous, trc.problem.Problem; maze | sudoku: discrete; libero)
+    generator:   # the kind's generator configuration (python -m trc.generate)
     model:       # the TRC network                   (parsed by its stage)
     training:    # the training run                  (parsed by its stage)
     evaluation:  # the evaluation run                (parsed by its stage)
 
 Any other top-level section is an error, as is any unknown key inside a section, so a typo
 never silently falls back to a default. ``problem`` and ``generator`` are parsed and
-validated on loading; the other stages get their section with :meth:`Experiment.section` or
+validated on loading by the problem kind (:mod:`trc.kinds`); the other stages get their section with :meth:`Experiment.section` or
 parse it into their own dataclass with :meth:`Experiment.parse`::
 
     >>> exp = load_experiment("configs/double_integrator.yaml")      # doctest: +SKIP
@@ -31,8 +32,8 @@ from typing import Any, Mapping
 import dynamics
 from dynamics.errors import ConfigError
 
-from .config import from_dict, load_yaml
-from .problem import Problem
+from . import kinds
+from .config import from_dict, load_yaml, to_dict
 
 __all__ = [
     "SECTIONS",
@@ -57,19 +58,22 @@ class Experiment:
 
     Attributes
     ----------
-    problem : trc.problem.Problem
-    generator : trc.generators.GeneratorConfig or None
-        None when the file has no ``generator`` section.
+    problem : dataclass
+        The kind's problem (:class:`trc.problem.Problem` for continuous problems).
+    generator : dataclass or None
+        The kind's generator configuration; None when a continuous file has no
+        ``generator`` section.
     sections : dict of str to dict
         The raw mapping of every section present (a deep copy of the file's content).
     source : str
         Where the configuration came from (a file path, or ``"<dict>"``).
     """
 
-    problem: Problem
+    problem: Any
     generator: Any = None
     sections: dict = field(default_factory=dict)
     source: str = "<dict>"
+    kind: str = "continuous"
 
     def section(self, name: str) -> dict:
         """The raw mapping of section ``name`` (an empty dict if the file lacks it).
@@ -93,20 +97,19 @@ class Experiment:
         """
         return from_dict(cls, self.section(name), name)
 
-    def dataset_path(self) -> Path:
-        """The data set file of this configuration: ``generator.out`` or ``datasets/<name>.h5``."""
-        from .generators.config import DEFAULT_DATASET_DIR
+    @property
+    def problem_kind(self) -> "kinds.ProblemKind":
+        """The registered kind of this configuration (:mod:`trc.kinds`)."""
+        return kinds.get(self.kind)
 
-        if self.generator is not None:
-            return self.generator.output_path(self.problem)
-        return Path(DEFAULT_DATASET_DIR) / f"{self.problem.name}.h5"
+    def dataset_path(self) -> Path:
+        """The configuration's data set: a file (``generator.out`` or ``datasets/<name>.h5``) or a folder."""
+        return Path(self.problem_kind.dataset_path(self))
 
     def to_dict(self) -> dict:
         """The configuration as plain data, with ``problem`` and ``generator`` as parsed."""
-        from .config import to_dict
-
         out = copy.deepcopy(self.sections)
-        out["problem"] = self.problem.to_dict()
+        out["problem"] = self.problem_kind.problem_dict(self.problem)
         if self.generator is not None:
             out["generator"] = to_dict(self.generator)
         return out
@@ -115,15 +118,17 @@ class Experiment:
 def experiment_from_dict(data: Mapping, source: str = "<dict>") -> Experiment:
     """Parse a configuration mapping (the content of a YAML file).
 
+    The ``kind`` key of the ``problem`` section picks the problem kind
+    (:func:`trc.kinds.for_problem_kind`), which parses ``problem`` and ``generator``.
+
     Raises
     ------
     ConfigError
-        On an unknown top-level section, a missing ``problem`` section, an unknown key or an
-        invalid value in ``problem`` or ``generator`` (including an unknown plant or solver,
-        whose :class:`~dynamics.errors.UnknownNameError` is the ``__cause__``).
+        On an unknown top-level section, a missing ``problem`` section, an unknown
+        ``problem.kind``, an unknown key or an invalid value in ``problem`` or ``generator``
+        (including an unknown plant or solver, whose :class:`~dynamics.errors.UnknownNameError`
+        is the ``__cause__``).
     """
-    from .generators.config import GeneratorConfig
-
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: a configuration is a mapping of sections, got {type(data).__name__}")
     unknown = sorted(set(data) - set(SECTIONS))
@@ -136,11 +141,14 @@ def experiment_from_dict(data: Mapping, source: str = "<dict>") -> Experiment:
         raise ConfigError(f"{source}: the section 'problem' is required")
     sections = {k: copy.deepcopy(dict(v)) for k, v in data.items() if v is not None}
     try:
-        problem = from_dict(Problem, sections["problem"], "problem")
-        generator = from_dict(GeneratorConfig, sections["generator"], "generator") if "generator" in sections else None
+        kind = kinds.for_problem_kind(sections["problem"].get("kind"))
+        problem = kind.parse_problem(sections["problem"])
+        generator = kind.parse_generator(sections.get("generator"), problem)
+    except dynamics.UnknownNameError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
     except ConfigError as exc:  # name the file; keep the root cause (e.g. UnknownNameError)
         raise ConfigError(f"{source}: {exc}") from (exc.__cause__ or exc)
-    return Experiment(problem=problem, generator=generator, sections=sections, source=source)
+    return Experiment(problem=problem, generator=generator, sections=sections, source=source, kind=kind.name)
 
 
 def load_experiment(path: str | os.PathLike) -> Experiment:

@@ -301,6 +301,8 @@ class RecursivePolicy(nn.Module):
         super().__init__()
         config = config or DiscretePolicyConfig()
         self.plant, self.config, self.kind = plant, config, _kind(plant)
+        #: The problem the policy is trained for, and the plain data of its model file (:func:`trc.load`).
+        self.problem, self.metadata = None, {}
         self.tokens, features, self.per_token = _token_layout(plant)
         self.num_actions = plant.num_actions
         D = config.latent_dim
@@ -405,6 +407,8 @@ class MLPPolicy(nn.Module):
         super().__init__()
         config = config or DiscretePolicyConfig(architecture="mlp")
         self.plant, self.config, self.kind = plant, config, _kind(plant)
+        #: The problem the policy is trained for, and the plain data of its model file (:func:`trc.load`).
+        self.problem, self.metadata = None, {}
         tokens, features, _ = _token_layout(plant)
         self.num_actions = plant.num_actions
         self.in_dim = tokens * features + (self.num_actions + 1 if config.condition_on_previous_action else 0)

@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from dynamics.errors import CheckpointError, ConfigError, DimensionError, NonFiniteError
+from dynamics.errors import ConfigError, DimensionError, NonFiniteError
 from dynamics.plant import Plant
 
 from .config import TRCConfig
@@ -293,6 +292,10 @@ class TinyRecursiveControl(nn.Module):
             self.refine_head[-1].weight.mul_(0.1)
             self.refine_head[-1].bias.zero_()
         self.problem_dict: dict | None = None
+        #: The problem the model was built for (:meth:`from_problem`), else None.
+        self.problem = None
+        #: Plain data recorded with the model file (training summary, data set); set by :func:`trc.load`.
+        self.metadata: dict = {}
         #: State entries the target constrains (``None``: all); set by :meth:`from_problem`.
         self.terminal_dims: list[int] | None = None
 
@@ -341,6 +344,7 @@ class TinyRecursiveControl(nn.Module):
             cost=problem.cost, plant=plant,
         )
         model.problem_dict = problem.to_dict()
+        model.problem = problem
         from ..evaluation import target_dims
 
         model.terminal_dims = target_dims(problem)
@@ -354,42 +358,11 @@ class TinyRecursiveControl(nn.Module):
     def from_config(cls, model_config: dict | TRCConfig, problem=None) -> "TinyRecursiveControl":
         """Rebuild an (untrained) model from :meth:`export_config` output and the problem, if any.
 
-        Load the weights afterwards with ``load_state_dict``; see also :meth:`from_checkpoint`.
+        Load the weights afterwards with ``load_state_dict``; model files are read by :func:`trc.load`.
         """
         if problem is not None:
             return cls.from_problem(problem, model_config)
         return cls(model_config)
-
-    def checkpoint_dict(self) -> dict:
-        """``{"model_config", "problem", "state_dict"}``, the checkpoint layout of TRC."""
-        return {"model_config": self.export_config(), "problem": self.problem_dict, "state_dict": self.state_dict()}
-
-    @classmethod
-    def from_checkpoint(cls, source, map_location="cpu") -> "TinyRecursiveControl":
-        """Rebuild a trained model from a checkpoint dict or file (see :meth:`checkpoint_dict`).
-
-        Raises
-        ------
-        CheckpointError
-            If the file is missing or unreadable, keys are missing, or the weights do not fit.
-        """
-        if isinstance(source, (str, os.PathLike)):
-            try:
-                source = torch.load(source, map_location=map_location, weights_only=True)
-            except (OSError, RuntimeError, EOFError) as exc:
-                raise CheckpointError(f"cannot read checkpoint {str(source)!r}: {exc}") from exc
-        if not isinstance(source, dict) or not {"model_config", "state_dict"} <= set(source):
-            keys = sorted(source) if isinstance(source, dict) else type(source).__name__
-            raise CheckpointError(f"checkpoint needs keys 'model_config' and 'state_dict' (and 'problem'); got {keys}")
-        try:
-            model = cls.from_config(source["model_config"], source.get("problem"))
-        except ConfigError as exc:
-            raise CheckpointError(f"checkpoint has an invalid model config or problem: {exc}") from exc
-        try:
-            model.load_state_dict(source["state_dict"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"checkpoint weights do not fit the model: {exc}") from exc
-        return model
 
     def to_iosys(self, **kwargs):
         """This controller as a discrete-time python-control system (receding horizon).

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynamics.errors import ConfigError, DimensionError
+from dynamics.errors import CheckpointError, ConfigError, DimensionError
+from dynamics.learned_arm import LearnedArmDynamics
 
 from .feedback import TrajectoryErrorEncoder, trajectory_error
 from .halting import HaltingHead
@@ -46,6 +47,8 @@ from .recursion import MODES, RecursionCore
 __all__ = [
     "VisuomotorConfig",
     "VisuomotorPolicy",
+    "policy_fields",
+    "policy_from_payload",
     "VisuomotorOutput",
     "SpatialSoftmax",
     "SmallCNN",
@@ -316,6 +319,9 @@ class VisuomotorPolicy(nn.Module):
     def __init__(self, config: VisuomotorConfig, arm=None):
         super().__init__()
         self.config = config
+        #: The LIBERO problem the policy is trained for, and the plain data of its model file
+        #: (instruction embeddings, training metrics; :func:`trc.load`).
+        self.problem, self.metadata = None, {}
         c = config
         if c.feedback and arm is None:
             raise ConfigError("model.feedback needs the learned arm dynamics (arm=...)")
@@ -456,3 +462,64 @@ class VisuomotorPolicy(nn.Module):
     def num_parameters(self, trainable: bool = True) -> int:
         """Number of (trainable) parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable)
+
+
+# ---------------------------------------------------------------------- model files
+def policy_fields(policy: VisuomotorPolicy) -> dict:
+    """``model_class``, ``model_config`` and ``problem`` of a policy, for its model file (:mod:`trc.model_file`).
+
+    ``model_config`` holds the policy's configuration (``policy``) and the size of its learned
+    arm dynamics (``arm``: ``hidden_dim``, ``num_layers``, ``dt``; None without feedback); the
+    arm's weights are part of the policy's state dict.
+
+    Raises
+    ------
+    ConfigError
+        If the policy has no problem.
+    """
+    if policy.problem is None:
+        raise ConfigError("the policy has no problem (set policy.problem); a model file needs it")
+    arm = policy.arm
+    return {
+        "model_class": type(policy).__name__,
+        "model_config": {
+            "policy": dataclasses.asdict(policy.config),
+            "arm": None if arm is None else {"hidden_dim": arm.hidden_dim, "num_layers": arm.num_layers, "dt": arm.dt},
+        },
+        "problem": dataclasses.asdict(policy.problem),
+    }
+
+
+def policy_from_payload(payload: dict, source: str, problem) -> VisuomotorPolicy:
+    """The policy of a model-file payload (:func:`trc.model_file.read_model_file`), weights loaded, eval mode.
+
+    Parameters
+    ----------
+    payload : dict
+        A model file's content.
+    source : str
+        Names the file in error messages.
+    problem : trc.generators.libero_storage.LiberoProblem
+        The parsed ``payload["problem"]``.
+
+    Raises
+    ------
+    CheckpointError
+        If the configuration is invalid or the weights do not fit.
+    """
+    cfg = payload["model_config"]
+    try:
+        arm = None
+        if cfg.get("arm") is not None:
+            arm = LearnedArmDynamics(hidden_dim=cfg["arm"]["hidden_dim"], num_layers=cfg["arm"]["num_layers"],
+                                     dt=cfg["arm"]["dt"])
+        policy = VisuomotorPolicy(VisuomotorConfig(**cfg["policy"]), arm)
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{source}: its policy configuration is invalid: {exc!r}") from exc
+    try:
+        policy.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: the weights do not fit the policy it describes: {exc}") from exc
+    policy.problem = problem
+    policy.metadata = dict(payload.get("metadata") or {})
+    return policy.eval()

@@ -3,17 +3,11 @@
 >>> from trc.training import Trainer, TrainConfig                       # doctest: +SKIP
 >>> result = Trainer(model, load_dataset(path), TrainConfig(epochs=50), out_dir="runs/x").fit()  # doctest: +SKIP
 
-The command line is ``python -m trc.train`` (:mod:`trc.train`).
+The command line is ``python -m trc.train`` (:mod:`trc.train`); model files are
+:mod:`trc.model_file`.
 """
 
-from .checkpoint import (
-    MODEL_FORMAT,
-    TRAINING_STATE_FORMAT,
-    read_model_file,
-    read_training_state,
-    save_model_file,
-    save_training_state,
-)
+from .checkpoint import TRAINING_STATE_FORMAT, read_training_state, save_training_state
 from .config import EvaluationConfig, LossConfig, TrainConfig, cycle_weights
 from .distributed import DistributedContext, init_distributed, shutdown_distributed
 from .losses import TRCLoss, control_scale, cost_ratio_loss, imitation_loss, state_scale, terminal_loss
@@ -36,10 +30,7 @@ __all__ = [
     "DistributedContext",
     "init_distributed",
     "shutdown_distributed",
-    "MODEL_FORMAT",
     "TRAINING_STATE_FORMAT",
-    "save_model_file",
-    "read_model_file",
     "save_training_state",
     "read_training_state",
 ]

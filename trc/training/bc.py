@@ -18,9 +18,10 @@ Recipe (``training:`` section, :class:`BCConfig`):
 A grid sweep over learning rate, width and recursion count (:func:`sweep`) writes a ranked
 table (``sweep.md``, ``sweep.csv``).
 
-Checkpoints (:func:`save_policy`, :func:`load_policy`) hold the model configuration and
-weights, the normalisation, the learned arm dynamics, the instruction embeddings and the
-problem section, so evaluation needs nothing else.
+The model file (written by the ``libero`` problem kind, :mod:`trc.kinds.libero`, in the format
+of :mod:`trc.model_file`) holds the model configuration and weights, the normalisation, the
+learned arm dynamics, the instruction embeddings and the problem section, so evaluation needs
+nothing else.
 """
 
 from __future__ import annotations
@@ -35,13 +36,21 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dynamics.errors import CheckpointError, ConfigError, DatasetError
+from tqdm import tqdm
+
+from dynamics.errors import ConfigError, DatasetError
+from dynamics.learned_arm import arm_states, fit
+
+from ..generators.libero_storage import load_demos
+from ..io import atomic_write_text
+from ..models.halting import halting_loss
+from ..models.visuomotor import CAMERAS, SentenceEncoder, VisuomotorPolicy
 
 __all__ = [
     "BCConfig",
@@ -53,8 +62,6 @@ __all__ = [
     "train_bc",
     "train_libero",
     "sweep",
-    "save_policy",
-    "load_policy",
 ]
 
 
@@ -200,8 +207,6 @@ def build_data(demos: Sequence, image_size: int, chunk: int, text_embeddings: di
     DatasetError
         If ``demos`` is empty or an instruction has no embedding.
     """
-    from dynamics.learned_arm import arm_states
-    from trc.models.visuomotor import CAMERAS
 
     if not demos:
         raise DatasetError("no demonstrations to train on")
@@ -310,7 +315,6 @@ def bc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, mse_we
 
 # ---------------------------------------------------------------------- training
 def _batch(data: BCData, idx: torch.Tensor, policy, cfg: BCConfig | None, gen: torch.Generator | None):
-    from trc.models.visuomotor import CAMERAS
 
     imgs = {}
     for cam in CAMERAS:
@@ -323,7 +327,6 @@ def _batch(data: BCData, idx: torch.Tensor, policy, cfg: BCConfig | None, gen: t
 
 
 def _loss(policy, out, target, mask, cfg: BCConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    from trc.models.halting import halting_loss
 
     n = len(out.all_actions) - 1
     weights = _cycle_weights(cfg.cycle_weights, n)
@@ -358,7 +361,6 @@ def train_bc(policy, train: BCData, val: BCData | None, cfg: BCConfig, *, seed: 
         ``history`` (per epoch: ``train_loss``, ``val_loss``, ``lr``, ``seconds``),
         ``best_val_loss``, ``best_epoch``, ``cpu_seconds``, ``stopped_early``.
     """
-    from tqdm import tqdm
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -413,90 +415,8 @@ def train_bc(policy, train: BCData, val: BCData | None, cfg: BCConfig, *, seed: 
             "cpu_seconds": time.process_time() - cpu0, "stopped_early": len(history) < epochs}
 
 
-# ---------------------------------------------------------------------- checkpoints
-def save_policy(path: str | os.PathLike, policy, *, problem: dict, text_embeddings: dict, metrics: dict) -> None:
-    """Save a policy checkpoint atomically (see the module notes)."""
-    from trc.io import atomic_torch_save
-
-    arm = policy.arm
-    atomic_torch_save(
-        {
-            "kind": "trc_visuomotor",
-            "version": 1,
-            "model": dataclasses.asdict(policy.config),
-            "state_dict": {k: v for k, v in policy.state_dict().items() if not k.startswith("arm.")},
-            "arm": None if arm is None else {"hidden_dim": arm.hidden_dim, "num_layers": arm.num_layers, "dt": arm.dt,
-                                             "state_dict": arm.state_dict()},
-            "problem": problem,
-            "text_embeddings": {k: np.asarray(v, dtype=np.float32).tolist() for k, v in text_embeddings.items()},
-            "metrics": json.loads(json.dumps(metrics, default=float)),
-        },
-        path,
-    )
-
-
-def load_policy(path: str | os.PathLike):
-    """Load a checkpoint written by :func:`save_policy`.
-
-    Returns
-    -------
-    policy : VisuomotorPolicy
-        In eval mode.
-    meta : dict
-        ``problem``, ``text_embeddings`` (str -> ndarray), ``metrics``.
-
-    Raises
-    ------
-    CheckpointError
-        If the file is missing, unreadable, not a visuomotor checkpoint, or does not match.
-    """
-    from dynamics.learned_arm import LearnedArmDynamics
-    from trc.models.visuomotor import VisuomotorConfig, VisuomotorPolicy
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {exc}") from exc
-    if not isinstance(ck, dict) or ck.get("kind") != "trc_visuomotor":
-        raise CheckpointError(f"{str(path)!r} is not a visuomotor policy checkpoint")
-    arm = None
-    if ck["arm"] is not None:
-        arm = LearnedArmDynamics(hidden_dim=ck["arm"]["hidden_dim"], num_layers=ck["arm"]["num_layers"], dt=ck["arm"]["dt"])
-        arm.load_state_dict(ck["arm"]["state_dict"])
-        arm.eval()
-    try:
-        policy = VisuomotorPolicy(VisuomotorConfig(**ck["model"]), arm)
-        missing, unexpected = policy.load_state_dict(ck["state_dict"], strict=False)
-    except (TypeError, ConfigError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not match the model: {exc}") from exc
-    missing = [k for k in missing if not k.startswith("arm.")]
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not match the model: missing {missing}, unexpected {unexpected}")
-    policy.eval()
-    meta = {"problem": ck["problem"], "metrics": ck["metrics"],
-            "text_embeddings": {k: np.asarray(v, dtype=np.float32) for k, v in ck["text_embeddings"].items()}}
-    return policy, meta
-
-
 # ---------------------------------------------------------------------- the whole pipeline
-def _sections(config: dict):
-    from trc.config import from_dict
-    from trc.generators.libero_storage import LiberoProblem
-    from trc.models.visuomotor import VisuomotorConfig
-
-    problem = from_dict(LiberoProblem, config.get("problem"), "problem")
-    model = from_dict(VisuomotorConfig, config.get("model"), "model")
-    training = from_dict(BCConfig, config.get("training"), "training")
-    return problem, model, training
-
-
 def _prepare(problem, model_cfg, cfg: BCConfig, seed: int, data_dir: str | None, log):
-    from dynamics.learned_arm import fit
-    from trc.generators.libero_storage import load_demos
-    from trc.models.visuomotor import CAMERAS, SentenceEncoder
 
     folder = Path(data_dir or cfg.data)
     demos = load_demos(folder, obs_keys=("ee_pos", "ee_ori", "gripper_states", *CAMERAS))
@@ -529,21 +449,21 @@ def _prepare(problem, model_cfg, cfg: BCConfig, seed: int, data_dir: str | None,
 
 
 def _make_policy(model_cfg, arm, train: BCData):
-    from trc.models.visuomotor import VisuomotorPolicy
 
     policy = VisuomotorPolicy(model_cfg, copy.deepcopy(arm) if model_cfg.feedback else None)
     policy.set_normalization(train.actions[:, 0], train.arm_state)
     return policy
 
 
-def train_libero(config: dict, out_dir: str | os.PathLike, *, seed: int = 0, epochs: int | None = None,
-                 data_dir: str | None = None, progress: bool = True, log=print) -> dict:
-    """Train the visuomotor policy of a LIBERO configuration; write ``policy.pt`` and ``metrics.json``.
+def train_libero(problem, model_cfg, cfg: BCConfig, out_dir: str | os.PathLike, *, seed: int = 0,
+                 epochs: int | None = None, data_dir: str | None = None, progress: bool = True, log=print):
+    """Train the visuomotor policy of a LIBERO configuration; write ``metrics.json`` and ``metrics.jsonl``.
 
     Parameters
     ----------
-    config : dict
-        The configuration (sections ``problem``, ``model``, ``training``).
+    problem : trc.generators.libero_storage.LiberoProblem
+    model_cfg : trc.models.visuomotor.VisuomotorConfig
+    cfg : BCConfig
     out_dir : path
         Run folder.
     seed : int
@@ -554,10 +474,12 @@ def train_libero(config: dict, out_dir: str | os.PathLike, *, seed: int = 0, epo
 
     Returns
     -------
-    dict
-        Training metrics (also in ``metrics.json``), with ``checkpoint`` the policy file.
+    policy : VisuomotorPolicy
+        The trained policy (best weights, eval mode) with its ``problem`` and ``metadata``
+        (``text_embeddings``: instruction to embedding, ``metrics``), ready for :func:`trc.save`.
+    metrics : dict
+        Training metrics (also in ``metrics.json``).
     """
-    problem, model_cfg, cfg = _sections(config)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out = Path(out_dir)
@@ -580,24 +502,20 @@ def train_libero(config: dict, out_dir: str | os.PathLike, *, seed: int = 0, epo
         "stopped_early": result["stopped_early"], "history": result["history"],
         "train_cpu_seconds": result["cpu_seconds"], "total_cpu_seconds": time.process_time() - cpu0,
     }
-    ck = out / "policy.pt"
-    save_policy(ck, policy, problem=dataclasses.asdict(problem), text_embeddings=text_embeddings, metrics=metrics)
-    from trc.io import atomic_write_text
-
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
     atomic_write_text(out / "metrics.jsonl", "\n".join(lines) + "\n")
-    metrics["checkpoint"] = str(ck)
-    return metrics
+    policy.problem = problem
+    policy.metadata = {"text_embeddings": text_embeddings, "metrics": json.loads(json.dumps(metrics, default=float))}
+    return policy, metrics
 
 
-def sweep(config: dict, out_dir: str | os.PathLike, *, seed: int = 0, data_dir: str | None = None,
-          progress: bool = False, log=print) -> list[dict]:
+def sweep(problem, model_cfg, cfg: BCConfig, out_dir: str | os.PathLike, *, seed: int = 0,
+          data_dir: str | None = None, progress: bool = False, log=print) -> list[dict]:
     """Grid search over ``training.sweep`` (lr x latent_dim x H_cycles), ranked by validation loss.
 
     Data and learned dynamics are prepared once. Writes ``sweep.csv`` and ``sweep.md`` in
-    ``out_dir`` and returns the rows, best first.
+    ``out_dir`` and returns the rows, best first. The arguments are those of :func:`train_libero`.
     """
-    problem, model_cfg, cfg = _sections(config)
     grid = cfg.sweep
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -615,7 +533,6 @@ def sweep(config: dict, out_dir: str | os.PathLike, *, seed: int = 0, data_dir: 
                      "cpu_seconds": round(time.process_time() - t0, 1)})
         log(f"sweep lr={lr} latent_dim={width} H_cycles={H}: val {res['best_val_loss']:.4f}")
     rows.sort(key=lambda r: r["best_val_loss"])
-    from trc.io import atomic_write_text
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -629,47 +546,3 @@ def sweep(config: dict, out_dir: str | os.PathLike, *, seed: int = 0, data_dir: 
                   f"{r['best_val_loss']:.4f} | {r['best_epoch']} | {r['cpu_seconds']} |")
     atomic_write_text(out / "sweep.md", "\n".join(md) + "\n")
     return rows
-
-
-def main(argv=None) -> int:
-    """``python -m trc.training.bc --config configs/libero_spatial.yaml [--out DIR] [--sweep]``."""
-    import argparse
-    import sys
-
-    from trc.config import load_yaml
-    from dynamics.errors import TRCError
-
-    p = argparse.ArgumentParser(prog="python -m trc.training.bc", description=main.__doc__)
-    p.add_argument("--config", required=True)
-    p.add_argument("--out", default=None)
-    p.add_argument("--data", default=None, help="folder of *_demo.hdf5 files (overrides training.data)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--sweep", action="store_true", help="grid sweep over training.sweep; writes a ranked table")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--overwrite", action="store_true", help="accepted for trc.train compatibility (runs always start afresh)")
-    p.add_argument("--workers", type=int, default=None, help="accepted for trc.train compatibility (unused)")
-    args, unknown = p.parse_known_args(argv)
-    if unknown:
-        print(f"error: options not supported for LIBERO training: {unknown}", file=sys.stderr)
-        return 2
-    try:
-        config = load_yaml(args.config)
-        out = args.out or os.path.join("runs", config.get("problem", {}).get("name", "libero"))
-        if args.sweep:
-            rows = sweep(config, os.path.join(out, "sweep"), seed=args.seed, data_dir=args.data)
-            print(f"best: {rows[0]}")
-        else:
-            m = train_libero(config, out, seed=args.seed, epochs=args.epochs, data_dir=args.data, progress=not args.quiet)
-            print(f"checkpoint: {m['checkpoint']}  best validation loss {m['best_val_loss']:.4f}")
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TRCError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

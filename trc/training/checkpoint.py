@@ -32,25 +32,18 @@ import torch
 from dynamics.errors import CheckpointError
 
 from ..io import atomic_torch_save
+from ..model_file import read_torch_file
 
 __all__ = [
-    "MODEL_FORMAT",
     "TRAINING_STATE_FORMAT",
-    "MODEL_KEYS",
     "rng_state",
     "set_rng_state",
-    "save_model_file",
-    "read_model_file",
     "save_training_state",
     "read_training_state",
 ]
 
-#: Format tag of exported model files (``model.pt``).
-MODEL_FORMAT = "trc-model/1"
 #: Format tag of resumable training states (``checkpoint.pt``).
 TRAINING_STATE_FORMAT = "trc-training-state/1"
-#: Keys every model file holds.
-MODEL_KEYS = ("format", "trc_version", "model_class", "model_config", "problem", "state_dict")
 _STATE_KEYS = ("format", "epoch", "step", "model", "ema", "optimizer", "scheduler", "rng", "history", "config")
 
 
@@ -89,22 +82,6 @@ def set_rng_state(state: Mapping, loader_generator: torch.Generator | None = Non
 
 
 # --------------------------------------------------------------------------- reading helpers
-def _load(path: str | os.PathLike, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} {str(path)!r} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, foreign pickle, ... : all mean "not a valid file"
-        raise CheckpointError(
-            f"{what} {str(path)!r} cannot be read (truncated, corrupt or not a TRC file): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{what} {str(path)!r} holds a {type(data).__name__}; expected a dict")
-    return data
-
-
 def _check_format(data: dict, path, expected: str, keys, what: str) -> None:
     fmt = data.get("format")
     if fmt != expected:
@@ -112,72 +89,6 @@ def _check_format(data: dict, path, expected: str, keys, what: str) -> None:
     missing = [k for k in keys if k not in data]
     if missing:
         raise CheckpointError(f"{what} {str(path)!r} lacks the key(s) {missing}; expected all of {list(keys)}")
-
-
-# --------------------------------------------------------------------------- model files
-def save_model_file(
-    path: str | os.PathLike,
-    *,
-    state_dict: Mapping[str, torch.Tensor],
-    model_config: Mapping[str, Any],
-    problem: Mapping[str, Any],
-    model_class: str = "TinyRecursiveControl",
-    metadata: Mapping[str, Any] | None = None,
-) -> None:
-    """Write an exported model atomically (see the module documentation).
-
-    Parameters
-    ----------
-    path : path-like
-        Output file, conventionally ``<run>/model.pt``.
-    state_dict : mapping of str to Tensor
-        Model weights (moved to CPU).
-    model_config : mapping
-        ``TRCConfig.to_dict()`` of the model.
-    problem : mapping
-        ``Problem.to_dict()`` of the problem it was trained on.
-    model_class : str
-        Class name of the model.
-    metadata : mapping, optional
-        Plain data stored alongside (training summary, data set path, ...).
-    """
-    from .. import __version__
-
-    payload = {
-        "format": MODEL_FORMAT,
-        "trc_version": __version__,
-        "model_class": model_class,
-        "model_config": dict(model_config),
-        "problem": dict(problem),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
-        "metadata": dict(metadata or {}),
-    }
-    atomic_torch_save(payload, path)
-
-
-def read_model_file(path: str | os.PathLike) -> dict:
-    """Read and check a model file written by :func:`save_model_file`.
-
-    Returns
-    -------
-    dict
-        With the keys of :data:`MODEL_KEYS` and ``metadata``.
-
-    Raises
-    ------
-    CheckpointError
-        If the file is missing, cannot be read (truncated, corrupt, not a torch file), has
-        another format tag, or lacks a key.
-    """
-    data = _load(path, "model file")
-    _check_format(data, path, MODEL_FORMAT, MODEL_KEYS, "model file")
-    for key in ("model_config", "problem", "state_dict"):
-        if not isinstance(data[key], dict):
-            raise CheckpointError(
-                f"model file {str(path)!r}: {key!r} is a {type(data[key]).__name__}; expected a dict"
-            )
-    data.setdefault("metadata", {})
-    return data
 
 
 # --------------------------------------------------------------------------- training states
@@ -197,6 +108,6 @@ def read_training_state(path: str | os.PathLike) -> dict:
     CheckpointError
         If the file is missing, unreadable, of another format or incomplete.
     """
-    data = _load(path, "training checkpoint")
+    data = read_torch_file(path, "training checkpoint")
     _check_format(data, path, TRAINING_STATE_FORMAT, _STATE_KEYS, "training checkpoint")
     return data

@@ -32,12 +32,10 @@ Evaluation (:func:`evaluate_policy`)
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -45,19 +43,17 @@ import torch
 from torch import nn
 
 from dynamics.discrete_env import Rewards, maze_transition, sudoku_transition
-from dynamics.errors import CheckpointError, ConfigError
+from dynamics.errors import ConfigError
 
-from ..models.discrete import DiscretePolicyConfig, PolicyOutput, count_parameters, make_discrete_policy
+from ..models.discrete import PolicyOutput, count_parameters
 from ..models.recursion import LatentState
 
 __all__ = [
     "DiscreteTrainConfig", "Instances", "instances_from_dataset", "instances_from_problem", "optimal_action_mask",
     "dense_targets", "set_loss", "train_supervised", "train_reinforce", "evaluate_policy", "rollout",
-    "save_policy", "load_policy", "run_discrete_training",
 ]
 
 log = logging.getLogger("trc.training.discrete")
-MODEL_FORMAT = "trc-discrete-policy/1"
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -715,129 +711,3 @@ def evaluate_policy(policy, problem, inst: Instances, *, batch_size: int = 256) 
         "mean_return": float(ret.mean()),
         "parameters": count_parameters(policy),
     }
-
-
-# ---------------------------------------------------------------------------- checkpoints
-def save_policy(path, policy, problem, extra: dict | None = None) -> Path:
-    """Save a discrete policy atomically: format tag, problem, model config and weights."""
-    from ..io import atomic_torch_save
-
-    import trc
-
-    data = {"format": MODEL_FORMAT, "trc_version": trc.__version__, "problem": problem.to_dict(),
-            "model_config": policy.config.to_dict(), "state_dict": policy.state_dict(), **(extra or {})}
-    atomic_torch_save(data, path)
-    return Path(path)
-
-
-def load_policy(path):
-    """Load a policy saved by :func:`save_policy`; returns ``(policy, problem)``.
-
-    Raises
-    ------
-    CheckpointError
-        If the file is missing, unreadable or not a discrete policy.
-    """
-    from ..discrete import problem_from_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"policy file {str(path)!r} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"policy file {str(path)!r} cannot be read: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a discrete policy file (format {MODEL_FORMAT!r})")
-    problem = problem_from_dict(data["problem"])
-    policy = make_discrete_policy(problem.make_plant(), DiscretePolicyConfig(**data["model_config"]))
-    try:
-        policy.load_state_dict(data["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"policy file {str(path)!r} does not match its model configuration: {exc}") from exc
-    return policy, problem
-
-
-# ---------------------------------------------------------------------------- a whole run
-def run_discrete_training(exp, *, stage: str = "all", seed: int | None = None, out: str | None = None,
-                          model_overrides: dict | None = None, train_overrides: dict | None = None,
-                          init: str | None = None, progress: bool = True) -> dict:
-    """Supervised pre-training, RL fine-tuning and evaluation of one discrete configuration.
-
-    Parameters
-    ----------
-    exp : trc.discrete.DiscreteExperiment
-    stage : {"all", "supervised", "rl"}
-        ``"rl"`` fine-tunes the policy in ``init`` (or ``<out>/model.pt``) with REINFORCE only.
-    seed : int, optional
-        Overrides ``training.seed``.
-    out : str, optional
-        Run folder (``model.pt``, ``metrics.json``, ``history.json``).
-    model_overrides, train_overrides : dict, optional
-        Keys replaced in the ``model`` / ``training`` sections (benchmarks).
-    init : str, optional
-        Policy file to start from.
-
-    Returns
-    -------
-    dict
-        The metrics written to ``metrics.json``.
-    """
-    from ..config import from_dict
-    from ..generators.discrete import generate_discrete, read_discrete_dataset, write_discrete_dataset
-
-    if stage not in ("all", "supervised", "rl"):
-        raise ConfigError(f"stage must be 'all', 'supervised' or 'rl', got {stage!r}")
-    problem = exp.problem
-    tcfg = from_dict(DiscreteTrainConfig, {**exp.section("training"), **(train_overrides or {})}, "training")
-    if seed is not None:
-        tcfg.seed = int(seed)
-    mcfg = from_dict(DiscretePolicyConfig, {**exp.section("model"), **(model_overrides or {})}, "model")
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
-    torch.manual_seed(tcfg.seed)
-    run_dir = Path(out or tcfg.out or f"runs/{problem.name}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    deadline = start + 60 * tcfg.max_minutes
-
-    path = exp.dataset_path()
-    if path.is_file():
-        data = read_discrete_dataset(path)
-        if data.problem.to_dict() != problem.to_dict():
-            raise ConfigError(f"data set {str(path)!r} was generated for another problem; regenerate it "
-                              f"(python -m trc.generate --config {exp.source} --force)")
-    else:
-        log.info("data set %s missing: generating %d instances", path, exp.generator.num_samples)
-        data = generate_discrete(problem, exp.generator.num_samples, exp.generator.seed, exp.generator.splits, progress)
-        write_discrete_dataset(path, data)
-    train = instances_from_dataset(data, "train")
-    test = instances_from_dataset(data, "test")
-    if len(test) > tcfg.eval_episodes:
-        test = test.subset(torch.arange(tcfg.eval_episodes))
-
-    plant = problem.make_plant()
-    if init is not None or stage == "rl":
-        policy, _ = load_policy(init or run_dir / "model.pt")
-    else:
-        policy = make_discrete_policy(plant, mcfg)
-    history: list = []
-    if stage in ("all", "supervised"):
-        train_supervised(policy, train, tcfg, deadline, history)
-    after_supervised = evaluate_policy(policy, problem, test)
-    log.info("after supervised: %s", after_supervised)
-    if stage in ("all", "rl") and tcfg.rl_iterations > 0:
-        pool = train if problem.kind == "sudoku" else None
-        train_reinforce(policy, problem, tcfg, deadline, history, instance_pool=pool)
-    metrics = evaluate_policy(policy, problem, test)
-    metrics.update({
-        "problem": problem.name, "kind": problem.kind, "architecture": policy.config.architecture,
-        "H_cycles": policy.config.H_cycles, "stage": stage, "train_seconds": time.monotonic() - start,
-        "after_supervised": after_supervised, "test_instances": len(test), "seed": tcfg.seed,
-    })
-    save_policy(run_dir / "model.pt", policy, problem, {"metrics": metrics})
-    from ..io import atomic_write_text
-
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    atomic_write_text(run_dir / "history.json", json.dumps(history))
-    return metrics

@@ -302,8 +302,23 @@ class Trainer:
             "world_size": self.ctx.world_size,
         }
 
-    def _load_state(self, path: Path) -> None:
-        state = read_training_state(path)
+    def check_resume(self) -> None:
+        """Check, without changing anything, that this run can resume from its checkpoint.
+
+        Called before a run writes any file, so that a refused ``--resume`` leaves the run
+        folder as it was. Does nothing when not resuming or when there is no checkpoint.
+
+        Raises
+        ------
+        CheckpointError
+            If the checkpoint is unreadable or belongs to another run (problem, model or
+            training settings differ).
+        """
+        path = self.checkpoint_path
+        if self.resume and path is not None and path.exists():
+            self._check_state(read_training_state(path), path)
+
+    def _check_state(self, state: dict, path: Path) -> None:
         saved = state.get("config") or {}
         for section in ("problem", "model"):
             if section in saved and section in self.run_config and saved[section] != _plain(self.run_config[section]):
@@ -322,6 +337,10 @@ class Trainer:
                 f"({ {k: old.get(k) for k in changed} } vs now { {k: new.get(k) for k in changed} }); a resumed run "
                 f"must repeat the interrupted one (only {sorted(free)} may change)"
             )
+
+    def _load_state(self, path: Path) -> None:
+        state = read_training_state(path)
+        self._check_state(state, path)
         try:
             self.model.load_state_dict(state["model"])
             if self.ema is not None and state["ema"] is not None:
