@@ -29,19 +29,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+import trc
+from trc.certified import CertifiedSolver, PlanChecks
+from trc.config import load_yaml
+from trc.generators import make_solver
+from trc.generators.checks import failure_counts
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import trc  # noqa: E402
-import trc.generators.nonlinear  # noqa: E402,F401  (registers the "nonlinear" solver)
-from trc.certified import CertifiedSolver, PlanChecks  # noqa: E402
-from trc.config import load_yaml  # noqa: E402
-from trc.generators import make_solver  # noqa: E402
-from trc.generators.checks import failure_counts  # noqa: E402
 
 PROBLEMS = ("double_integrator", "van_der_pol", "pendulum", "cartpole", "rocket")
 

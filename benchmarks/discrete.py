@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from trc.discrete import load_discrete_experiment  # noqa: E402
-from trc.io import atomic_path, atomic_write_text  # noqa: E402
-from trc.training.discrete import instances_from_dataset, load_policy, rollout, run_discrete_training  # noqa: E402
+import trc
+from trc.experiment import load_experiment
+from trc.generators.discrete import read_discrete_dataset
+from trc.io import atomic_path, atomic_write_text
+from trc.kinds.discrete import run_discrete_training
+from trc.training.discrete import instances_from_dataset, rollout
 
 VARIANTS = {
     "trc-K1": {"architecture": "trc", "H_cycles": 1},
@@ -78,9 +79,8 @@ def figure(exp, rows, runs: dict, path: Path, n_mazes: int = 4) -> None:
         ax.legend(fontsize=7)
     if maze:
         best = max(rows, key=lambda r: (r["success_rate"], -r["mean_steps"]))
-        policy, problem = load_policy(runs[best["variant"]] / "model.pt")
-        from trc.generators.discrete import read_discrete_dataset
-
+        policy = trc.load(runs[best["variant"]] / "model.pt")
+        problem = policy.problem
         test = instances_from_dataset(read_discrete_dataset(exp.dataset_path()), "test")
         test = test.subset(torch.argsort(test.lengths, descending=True)[:n_mazes])  # the longest test mazes
         plant = problem.make_plant()
@@ -119,7 +119,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    exp = load_discrete_experiment(args.config)
+    exp = load_experiment(args.config)
+    if exp.kind != "discrete":
+        raise SystemExit(f"{args.config} is a {exp.kind} configuration; this benchmark takes maze and sudoku ones")
     out = Path(args.out)
     base = exp.section("model")
     rows, runs = [], {}

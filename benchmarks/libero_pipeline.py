@@ -14,8 +14,8 @@ Stages (each can be run alone; every README number about LIBERO comes from here)
 
 Usage::
 
-    python benchmarks/libero.py --config configs/libero_spatial.yaml --stages expert --episodes 5
-    python benchmarks/libero.py --config configs/libero_spatial.yaml --stages generate,train,evaluate \\
+    python benchmarks/libero_pipeline.py --config configs/libero_spatial.yaml --stages expert --episodes 5
+    python benchmarks/libero_pipeline.py --config configs/libero_spatial.yaml --stages generate,train,evaluate \\
         --demos 20 --episodes 20 [--tasks 0 1 2] [--workers 2]
 
 Writes ``<out>/libero.json`` and ``<out>/libero.md`` (default ``benchmarks/results``), merging
@@ -33,20 +33,19 @@ from pathlib import Path
 
 import numpy as np
 
-# This file is named like the ``libero`` package: drop its folder from the import path.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-from trc.config import from_dict, load_yaml  # noqa: E402
-from trc.io import atomic_write_text  # noqa: E402
+import trc
+from dynamics.libero import LiberoSimulator
+from trc.config import load_yaml
+from trc.evaluation_libero import evaluate
+from trc.experiment import experiment_from_dict
+from trc.generators.libero_expert import generate, run_episode
+from trc.io import atomic_write_text
+from trc.models.visuomotor import VisuomotorConfig
+from trc.training.bc import BCConfig, train_libero
 
 
 def expert_stage(problem, episodes: int, log=print) -> dict:
     """Expert success per task (no cameras, no noise), init states ``0 .. episodes - 1``."""
-    from dynamics.libero import LiberoSimulator
-    from trc.generators.libero_expert import run_episode
-
     per_task = {}
     for t in problem.task_list():
         sim = LiberoSimulator(problem.suite, t, cameras=False, assets=problem.assets)
@@ -78,14 +77,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from trc.generators.libero_expert import LiberoGeneratorConfig, generate
-    from trc.generators.libero_storage import LiberoProblem
-
     config = load_yaml(args.config)
     if args.tasks is not None:
         config["problem"]["tasks"] = list(args.tasks)
-    problem = from_dict(LiberoProblem, config["problem"], "problem")
-    gen = from_dict(LiberoGeneratorConfig, config.get("generator"), "generator")
+    experiment = experiment_from_dict(config, source=args.config)
+    problem, gen = experiment.problem, experiment.generator
     data = args.data or gen.output
     out = Path(args.out)
     path = out / "libero.json"
@@ -103,17 +99,16 @@ def main(argv=None) -> int:
             res = {"demos_per_task": g.demos_per_task, "per_task": rep,
                    "cpu_seconds": float(sum(r.get("cpu_seconds", 0.0) for r in rep.values()))}
         elif stage == "train":
-            from trc.training.bc import train_libero
-
-            config.setdefault("training", {})["data"] = data
-            m = train_libero(config, args.run, seed=args.seed, epochs=args.epochs, progress=False)
+            policy, m = train_libero(problem, experiment.parse("model", VisuomotorConfig),
+                                     experiment.parse("training", BCConfig), args.run, seed=args.seed,
+                                     epochs=args.epochs, data_dir=data, progress=False)
+            trc.save(policy, Path(args.run) / "model.pt", metadata=policy.metadata)
             res = {k: m[k] for k in ("train_frames", "val_frames", "parameters", "best_val_loss", "best_epoch",
-                                     "train_cpu_seconds", "total_cpu_seconds", "checkpoint")}
+                                     "train_cpu_seconds", "total_cpu_seconds")}
+            res["checkpoint"] = str(Path(args.run) / "model.pt")
             res["arm_dynamics"] = m["arm_dynamics"].get("validation")
         elif stage == "evaluate":
-            from trc.evaluation_libero import evaluate
-
-            rep = evaluate(Path(args.run) / "policy.pt", episodes=args.episodes, tasks=problem.task_list(),
+            rep = evaluate(Path(args.run) / "model.pt", episodes=args.episodes, tasks=problem.task_list(),
                            workers=args.workers, progress=False)
             res = {k: rep[k] for k in ("success_rate", "average_task_success", "wilson95", "mean_length",
                                        "cpu_seconds", "per_task", "out_dir")}

@@ -10,18 +10,93 @@ True
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+import difflib
+from typing import Callable, Generic, TypeVar
+
+import torch
 
 from .errors import UnknownNameError
 
-__all__ = ["register", "make", "names", "get"]
+__all__ = ["Registry", "register", "make", "names", "get"]
 
-_PLANTS: dict[str, type] = {}
-
-T = TypeVar("T", bound=type)
+T = TypeVar("T")
 
 
-def register(name: str) -> Callable[[T], T]:
+class Registry(Generic[T]):
+    """Names to objects of one kind (plants, solvers, problem kinds), as ``gymnasium.register``/``make``.
+
+    Parameters
+    ----------
+    what : str
+        What the registry holds, for messages (``"plant"``, ``"solver"``).
+
+    Examples
+    --------
+    >>> solvers = Registry("solver")
+    >>> @solvers.register("lqr")
+    ... class LQR: ...
+    >>> solvers.get("lqr").name
+    'lqr'
+    """
+
+    def __init__(self, what: str):
+        self.what = what
+        self._items: dict[str, T] = {}
+
+    def add(self, name: str, item: T) -> T:
+        """Register ``item`` under ``name``; returns it.
+
+        Raises
+        ------
+        ValueError
+            If ``name`` is already registered to another object.
+        """
+        if name in self._items and self._items[name] is not item:
+            raise ValueError(f"{self.what} name {name!r} is already registered to {self._items[name]!r}")
+        self._items[name] = item
+        return item
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Class decorator: register the class under ``name`` and set its ``name`` attribute."""
+
+        def decorator(cls: T) -> T:
+            self.add(name, cls)
+            cls.name = name
+            return cls
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        """The object registered under ``name``.
+
+        Raises
+        ------
+        UnknownNameError
+            If ``name`` is not registered; the message lists the close names and all names.
+        """
+        try:
+            return self._items[name]
+        except (KeyError, TypeError):
+            close = difflib.get_close_matches(str(name), list(self._items), n=3)
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            raise UnknownNameError(f"unknown {self.what} {name!r}{hint}; choose one of {self.names()}") from None
+
+    def names(self) -> list[str]:
+        """Sorted registered names."""
+        return sorted(self._items)
+
+    def values(self) -> list[T]:
+        """The registered objects, in registration order."""
+        return list(self._items.values())
+
+    def __contains__(self, name) -> bool:
+        return name in self._items
+
+
+PLANTS: Registry[type] = Registry("plant")
+
+
+def register(name: str) -> Callable[[type], type]:
     """Class decorator that registers a :class:`~dynamics.Plant` subclass under ``name``.
 
     Raises
@@ -29,20 +104,12 @@ def register(name: str) -> Callable[[T], T]:
     ValueError
         If ``name`` is already registered to another class.
     """
-
-    def decorator(cls: T) -> T:
-        if name in _PLANTS and _PLANTS[name] is not cls:
-            raise ValueError(f"plant name {name!r} is already registered to {_PLANTS[name].__name__}")
-        _PLANTS[name] = cls
-        cls.name = name
-        return cls
-
-    return decorator
+    return PLANTS.register(name)
 
 
 def names() -> list[str]:
     """Sorted names of all registered plants."""
-    return sorted(_PLANTS)
+    return PLANTS.names()
 
 
 def get(name: str) -> type:
@@ -53,10 +120,7 @@ def get(name: str) -> type:
     UnknownNameError
         If ``name`` is not registered; the message lists the registered names.
     """
-    try:
-        return _PLANTS[name]
-    except KeyError:
-        raise UnknownNameError(f"unknown plant {name!r}; choose one of {names()}") from None
+    return PLANTS.get(name)
 
 
 def make(name: str, dtype=None, **params):
@@ -83,8 +147,6 @@ def make(name: str, dtype=None, **params):
     cls = get(name)
     if dtype is None:
         return cls(**params)
-    import torch
-
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:

@@ -61,7 +61,7 @@ class FallingMass(dynamics.Plant):
 @pytest.fixture
 def falling_mass(monkeypatch):
     """Register :class:`FallingMass` for one test only (the registry is restored after)."""
-    monkeypatch.setitem(dynamics.registry._PLANTS, FallingMass.name, FallingMass)
+    monkeypatch.setitem(dynamics.registry.PLANTS._items, FallingMass.name, FallingMass)
     return Problem(
         name="falling", plant={"name": FallingMass.name}, dt=0.2, horizon=12,
         initial_state={"low": [5, -1], "high": [10, 1]}, target_state={"low": [0, -0.5], "high": [1, 0.5]},

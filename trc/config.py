@@ -15,6 +15,8 @@ silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 import typing
 from pathlib import Path
@@ -24,9 +26,83 @@ import yaml
 
 from dynamics.errors import ConfigError
 
-__all__ = ["load_yaml", "from_dict", "to_dict", "dump_yaml"]
+__all__ = ["load_yaml", "from_dict", "to_dict", "dump_yaml", "is_int", "is_real", "check_int", "check_real",
+           "check_bool", "check_choice"]
 
 
+# ---------------------------------------------------------------------------- value checks
+def is_int(value) -> bool:
+    """Whether ``value`` is an integer (``bool`` is not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """Whether ``value`` is a finite real number (``bool`` is not)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_int(value, where: str, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an ``int`` in ``[low, high]`` (either bound optional).
+
+    Raises
+    ------
+    ConfigError
+        Naming ``where``, the accepted range and the value received.
+    """
+    if not is_int(value) or (low is not None and value < low) or (high is not None and value > high):
+        if low == 1 and high is None:
+            rng = "a positive integer (an integer >= 1)"
+        elif low is not None and high is not None:
+            rng = f"an integer in [{low}, {high}]"
+        else:
+            rng = "an integer" + (f" >= {low}" if low is not None else "") + (f" <= {high}" if high is not None else "")
+        raise ConfigError(f"{where} must be {rng}, got {value!r}")
+    return int(value)
+
+
+def check_real(value, where: str, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,
+               high_open: bool = False) -> float:
+    """``value`` as a finite ``float`` in the interval from ``low`` to ``high`` (open or closed ends).
+
+    Raises
+    ------
+    ConfigError
+        Naming ``where``, the interval and the value received.
+    """
+    ok = is_real(value) and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ConfigError(f"{where} must be a finite number in {lo}{low}, {high}{hi}, got {value!r}")
+    return float(value)
+
+
+def check_bool(value, where: str) -> bool:
+    """``value`` if it is ``True`` or ``False``.
+
+    Raises
+    ------
+    ConfigError
+        For anything else (``1``, ``"yes"``, ...).
+    """
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    return value
+
+
+def check_choice(value, where: str, choices) -> object:
+    """``value`` if it is one of ``choices``.
+
+    Raises
+    ------
+    ConfigError
+        Listing the choices.
+    """
+    if value not in tuple(choices):
+        raise ConfigError(f"{where} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------- files and sections
 def load_yaml(path: str | os.PathLike) -> dict:
     """Read a YAML mapping from ``path``.
 

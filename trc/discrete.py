@@ -40,22 +40,13 @@ from dynamics.errors import ConfigError, PuzzleError
 from dynamics.maze import random_instances
 from dynamics.sudoku import random_puzzles
 
-from .config import from_dict
+from .config import check_int, from_dict
 from .generators.config import DEFAULT_DATASET_DIR
 
 __all__ = ["KINDS", "MazeProblem", "SudokuProblem", "DiscreteGeneratorConfig", "problem_from_dict"]
 
 #: Values of ``problem.kind`` of discrete configurations.
 KINDS = ("maze", "sudoku")
-
-
-def _int(value, what, low=None, high=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low) or (
-        high is not None and value > high
-    ):
-        rng = f" in [{low}, {high}]" if high is not None else (f" >= {low}" if low is not None else "")
-        raise ConfigError(f"{what} must be an integer{rng}, got {value!r}")
-    return int(value)
 
 
 def _rewards(value, where) -> dict:
@@ -97,11 +88,11 @@ class MazeProblem:
     def __post_init__(self):
         if self.kind != "maze":
             raise ConfigError(f"MazeProblem.kind must be 'maze', got {self.kind!r}")
-        self.height = _int(self.height, "problem.height", 3, 64)
-        self.width = _int(self.width, "problem.width", 3, 64)
+        self.height = check_int(self.height, "problem.height", 3, 64)
+        self.width = check_int(self.width, "problem.width", 3, 64)
         if self.max_steps is None:
             self.max_steps = 4 * self.height * self.width
-        self.max_steps = _int(self.max_steps, "problem.max_steps", 1)
+        self.max_steps = check_int(self.max_steps, "problem.max_steps", 1)
         self.rewards = _rewards(self.rewards, "problem")
         try:
             self.sample(1, 0)
@@ -163,14 +154,14 @@ class SudokuProblem:
         g = [self.givens, self.givens] if isinstance(self.givens, numbers.Integral) else self.givens
         if not isinstance(g, (list, tuple)) or len(g) != 2:
             raise ConfigError(f"problem.givens must be an integer or [low, high], got {self.givens!r}")
-        low = _int(g[0], "problem.givens", 1, self.size ** 2)
-        high = _int(g[1], "problem.givens", low, self.size ** 2)
+        low = check_int(g[0], "problem.givens", 1, self.size ** 2)
+        high = check_int(g[1], "problem.givens", low, self.size ** 2)
         self.givens = [low, high]
         if self.on_mistake not in ("terminate", "reject"):
             raise ConfigError(f"problem.on_mistake must be 'terminate' or 'reject', got {self.on_mistake!r}")
         if self.max_steps is None:
             self.max_steps = 2 * self.size ** 2
-        self.max_steps = _int(self.max_steps, "problem.max_steps", 1)
+        self.max_steps = check_int(self.max_steps, "problem.max_steps", 1)
         self.rewards = _rewards(self.rewards, "problem")
 
     def make_plant(self) -> dynamics.Plant:
@@ -239,8 +230,8 @@ class DiscreteGeneratorConfig:
             raise ConfigError(
                 f"generator.solver of a discrete problem must be 'bfs' (maze) or 'sudoku', got {self.solver!r}"
             )
-        self.num_samples = _int(self.num_samples, "generator.num_samples", 1)
-        self.seed = _int(self.seed, "generator.seed", 0)
+        self.num_samples = check_int(self.num_samples, "generator.num_samples", 1)
+        self.seed = check_int(self.seed, "generator.seed", 0)
         s = self.splits
         if not isinstance(s, (list, tuple)) or len(s) != 3 or any(
             not isinstance(v, numbers.Real) or v < 0 for v in s

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dynamics.errors import UnknownNameError
+from dynamics.registry import Registry
 
 __all__ = ["Solution", "Solver", "register_solver", "make_solver", "solver_names"]
 
@@ -77,23 +77,18 @@ class Solver:
         raise NotImplementedError
 
 
-_SOLVERS: dict[str, type] = {}
+#: The registry of solvers (:class:`dynamics.registry.Registry`).
+SOLVERS: Registry[type] = Registry("solver")
 
 
 def register_solver(name: str):
     """Class decorator registering a :class:`Solver` subclass under ``name``."""
-
-    def decorator(cls):
-        _SOLVERS[name] = cls
-        cls.name = name
-        return cls
-
-    return decorator
+    return SOLVERS.register(name)
 
 
 def solver_names() -> list[str]:
     """Sorted names of the registered solvers."""
-    return sorted(_SOLVERS)
+    return SOLVERS.names()
 
 
 def make_solver(name: str, problem, **options) -> Solver:
@@ -104,6 +99,4 @@ def make_solver(name: str, problem, **options) -> Solver:
     UnknownNameError
         If ``name`` is not registered; the message lists the choices.
     """
-    if name not in _SOLVERS:
-        raise UnknownNameError(f"unknown solver {name!r}; choose one of {solver_names()}")
-    return _SOLVERS[name](problem, **options)
+    return SOLVERS.get(name)(problem, **options)

@@ -20,19 +20,19 @@ filled in from the problem by :meth:`~trc.models.TinyRecursiveControl.from_probl
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Optional
 
 from dynamics.errors import ConfigError
 
-from .recursion import MODES
+from ..config import check_bool, check_int, check_real
+from .recursion import RecursionConfig
 
 __all__ = ["TRCConfig"]
 
 
 @dataclass
-class TRCConfig:
+class TRCConfig(RecursionConfig):
     """Hyper-parameters of :class:`~trc.models.TinyRecursiveControl`.
 
     Attributes
@@ -108,11 +108,6 @@ class TRCConfig:
         On any invalid value (the message names it and the accepted range).
     """
 
-    mode: str = "two_level"
-    latent_dim: int = 64
-    hidden_dim: int = 256
-    num_layers: int = 2
-    H_cycles: int = 3
     L_cycles: int = 4
     feedback: bool = True
     feedback_channels: int = 32
@@ -134,31 +129,24 @@ class TRCConfig:
     horizon: Optional[int] = None
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ConfigError(f"model.mode must be one of {MODES}, got {self.mode!r}")
-        for name in ("latent_dim", "hidden_dim", "num_layers", "H_cycles", "L_cycles", "feedback_channels"):
-            _check_int(getattr(self, name), name)
+        super().__post_init__()
+        for name in ("feedback_channels", "feedback_kernel"):
+            check_int(getattr(self, name), f"model.{name}", 1)
         for name in ("state_dim", "control_dim", "horizon"):
             if getattr(self, name) is not None:
-                _check_int(getattr(self, name), name)
-        _check_int(self.feedback_kernel, "feedback_kernel")
+                check_int(getattr(self, name), f"model.{name}", 1)
         if self.feedback_kernel % 2 == 0:
             raise ConfigError(f"model.feedback_kernel must be odd, got {self.feedback_kernel}")
         for name in ("feedback", "feedback_pool_first", "feedback_gain", "detach_feedback", "gradient_last_cycle_only",
                      "act", "state_head", "tracking"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"model.{name} must be true or false, got {getattr(self, name)!r}")
-        if not _real(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+            check_bool(getattr(self, name), f"model.{name}")
+        check_real(self.dropout, "model.dropout", 0.0, 1.0, high_open=True)
         if self.tracking and not self.state_head:
             raise ConfigError("model.tracking needs model.state_head: true (the trajectory it tracks)")
-        if isinstance(self.correction_steps, bool) or not isinstance(self.correction_steps, int) or self.correction_steps < 0:
-            raise ConfigError(f"model.correction_steps must be an integer >= 0, got {self.correction_steps!r}")
+        check_int(self.correction_steps, "model.correction_steps", 0)
         for name in ("correction_damping", "correction_tol"):
-            if not _real(getattr(self, name)) or getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be a positive number, got {getattr(self, name)!r}")
-        if not _real(self.halt_threshold) or not 0.0 <= self.halt_threshold < 1.0:
-            raise ConfigError(f"model.halt_threshold must be in [0, 1), got {self.halt_threshold!r}")
+            check_real(getattr(self, name), f"model.{name} (a positive number)", 0.0, low_open=True)
+        check_real(self.halt_threshold, "model.halt_threshold", 0.0, 1.0, high_open=True)
 
     # ---------------------------------------------------------------- helpers
     def replace(self, **changes) -> "TRCConfig":
@@ -179,12 +167,3 @@ class TRCConfig:
         from ..config import from_dict
 
         return from_dict(cls, data, "model")
-
-
-def _real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")

@@ -38,7 +38,8 @@ from torch import nn
 
 from dynamics.errors import ConfigError, DimensionError
 
-from .recursion import LatentState, RecursionCore
+from ..config import check_bool, check_choice, check_int, from_dict
+from .recursion import LatentState, RecursionConfig, RecursionCore
 
 __all__ = [
     "GridNeighbours", "SudokuPeers", "RelationalBlock", "RelationalNet", "RelationalRecursionCore",
@@ -187,7 +188,7 @@ def _token_layout(plant):
 
 # ---------------------------------------------------------------------------- config
 @dataclass
-class DiscretePolicyConfig:
+class DiscretePolicyConfig(RecursionConfig):
     """The ``model:`` section of a discrete configuration.
 
     Attributes
@@ -217,13 +218,9 @@ class DiscretePolicyConfig:
         Hidden layers of the MLP baseline.
     """
 
-    architecture: str = "trc"
     latent_dim: int = 32
     hidden_dim: int = 64
-    num_layers: int = 2
-    mode: str = "two_level"
-    H_cycles: int = 3
-    L_cycles: int = 2
+    architecture: str = "trc"
     carry_latent: bool = False
     condition_on_previous_action: bool = False
     mask_illegal: bool = True
@@ -231,17 +228,13 @@ class DiscretePolicyConfig:
     mlp_layers: int = 2
 
     def __post_init__(self):
-        if self.architecture not in ARCHITECTURES:
-            raise ConfigError(f"model.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
-        for key in ("latent_dim", "hidden_dim", "num_layers", "H_cycles", "L_cycles", "mlp_layers"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"model.{key} must be a positive integer, got {v!r}")
-        if self.mlp_width is not None and (not isinstance(self.mlp_width, int) or self.mlp_width < 1):
-            raise ConfigError(f"model.mlp_width must be a positive integer or null, got {self.mlp_width!r}")
+        super().__post_init__()
+        check_choice(self.architecture, "model.architecture", ARCHITECTURES)
+        check_int(self.mlp_layers, "model.mlp_layers", 1)
+        if self.mlp_width is not None:
+            check_int(self.mlp_width, "model.mlp_width (or null)", 1)
         for key in ("carry_latent", "condition_on_previous_action", "mask_illegal"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
+            check_bool(getattr(self, key), f"model.{key}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -455,7 +448,5 @@ def matched_mlp_width(plant, config: DiscretePolicyConfig) -> int:
 def make_discrete_policy(plant, config: DiscretePolicyConfig | dict | None = None) -> nn.Module:
     """The policy of ``config.architecture`` for ``plant`` (a dict is parsed strictly)."""
     if isinstance(config, dict) or config is None:
-        from trc.config import from_dict
-
         config = from_dict(DiscretePolicyConfig, config or {}, "model")
     return RecursivePolicy(plant, config) if config.architecture == "trc" else MLPPolicy(plant, config)

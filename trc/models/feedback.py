@@ -103,7 +103,7 @@ class TrajectoryErrorEncoder(nn.Module):
     :func:`_conv_shifted_sum`, :func:`_average_bins`; the same numbers as ``nn.Conv1d`` and
     ``adaptive_avg_pool1d``, to rounding): TorchInductor then compiles the whole encoder with
     its own kernels, which lets AOTInductor keep a batch-1 program's buffers on the stack
-    (:mod:`trc.export`), and the ONNX exporter needs no pooling translation.
+    (:mod:`trc.export.inductor`), and the ONNX exporter needs no pooling translation.
 
     Parameters
     ----------
@@ -203,7 +203,7 @@ def _conv_im2col(h: torch.Tensor, conv: nn.Conv1d, length: int) -> torch.Tensor:
 
     Written as a matrix product so that TorchInductor compiles it with its own GEMM kernels
     instead of an external oneDNN convolution, which would keep AOTInductor from
-    stack-allocating the small buffers of a batch-1 program (:mod:`trc.export`); in eager mode
+    stack-allocating the small buffers of a batch-1 program (:mod:`trc.export.inductor`); in eager mode
     it costs about the same, and its backward pass is two to three times cheaper than
     :func:`_conv_shifted_sum`'s.
     """
@@ -223,7 +223,7 @@ def _conv_shifted_sum(h: torch.Tensor, conv: nn.Conv1d, length: int) -> torch.Te
     copy (Van der Pol's ``fast`` batch-1024 AOTInductor program: 21.1 instead of 22.2 ms per call
     on one thread, timed interleaved). The taps are strided views of the weight, which
     Inductor's own (``CPP``) GEMM kernels do not take: for programs with external GEMMs, i.e.
-    large batch sizes (:mod:`trc.export`).
+    large batch sizes (:mod:`trc.export.inductor`).
     """
     k, N = conv.kernel_size[0], length
     padded = F.pad(h, (0, 0, k // 2, k // 2))  # (B, N + k - 1, C)

@@ -40,6 +40,7 @@ or, without per-cycle feedback, ``outputs, state = core(x, H_cycles=3)``.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -47,16 +48,55 @@ from torch import nn
 
 from dynamics.errors import ConfigError, DimensionError
 
-__all__ = ["MODES", "MLPBlock", "SharedNet", "LatentState", "RecursionCore"]
+from ..config import check_choice, check_int
+
+__all__ = ["MODES", "RecursionConfig", "MLPBlock", "SharedNet", "LatentState", "RecursionCore"]
 
 #: The two recursion schemes of the core.
 MODES = ("single_latent", "two_level")
 
 
-def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
-    return value
+@dataclass
+class RecursionConfig:
+    """The recursion fields every policy configuration shares (TRM, arXiv 2510.04871).
+
+    Policies' configurations (:class:`~trc.models.TRCConfig`,
+    :class:`~trc.models.discrete.DiscretePolicyConfig`,
+    :class:`~trc.models.visuomotor.VisuomotorConfig`) derive from it, changing defaults
+    where they need to, and call ``super().__post_init__()``.
+
+    Attributes
+    ----------
+    mode : {"two_level", "single_latent"}
+        Recursion scheme: ``z_H`` and ``z_L``, or one latent.
+    latent_dim : int
+        Width ``D`` of the latent state(s).
+    hidden_dim : int
+        Hidden width of the shared network.
+    num_layers : int
+        Blocks of the shared network.
+    H_cycles : int
+        ``K``, outer refinement cycles.
+    L_cycles : int
+        ``z_L`` updates per H-cycle.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown mode or a size that is not a positive integer.
+    """
+
+    mode: str = "two_level"
+    latent_dim: int = 64
+    hidden_dim: int = 256
+    num_layers: int = 2
+    H_cycles: int = 3
+    L_cycles: int = 2
+
+    def __post_init__(self):
+        check_choice(self.mode, "model.mode", MODES)
+        for name in ("latent_dim", "hidden_dim", "num_layers", "H_cycles", "L_cycles"):
+            setattr(self, name, check_int(getattr(self, name), f"model.{name}", 1))
 
 
 class MLPBlock(nn.Module):
@@ -90,7 +130,7 @@ class MLPBlock(nn.Module):
         self.norm = nn.RMSNorm(latent_dim)
         self.token_mixing = token_mixing
         if token_mixing is not None:
-            t = _positive_int(token_mixing, "token_mixing")
+            t = check_int(token_mixing, "token_mixing", 1)
             self.token_mlp = nn.Sequential(nn.Linear(t, 2 * t), nn.GELU(), nn.Linear(2 * t, t))
             self.token_norm = nn.RMSNorm(latent_dim)
 
@@ -132,7 +172,7 @@ class SharedNet(nn.Module):
         token_mixing: int | None = None,
     ):
         super().__init__()
-        num_layers = _positive_int(num_layers, "num_layers")
+        num_layers = check_int(num_layers, "num_layers", 1)
         self.blocks = nn.ModuleList(MLPBlock(latent_dim, hidden_dim, dropout, token_mixing) for _ in range(num_layers))
 
     def forward(self, h: torch.Tensor, injection: torch.Tensor | None = None) -> torch.Tensor:
@@ -217,10 +257,10 @@ class RecursionCore(nn.Module):
         if mode not in MODES:
             raise ConfigError(f"recursion mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
-        self.latent_dim = _positive_int(latent_dim, "latent_dim")
-        self.L_cycles = _positive_int(L_cycles, "L_cycles")
+        self.latent_dim = check_int(latent_dim, "latent_dim", 1)
+        self.L_cycles = check_int(L_cycles, "L_cycles", 1)
         if net is None:
-            net = SharedNet(latent_dim, _positive_int(hidden_dim, "hidden_dim"), num_layers, dropout, token_mixing)
+            net = SharedNet(latent_dim, check_int(hidden_dim, "hidden_dim", 1), num_layers, dropout, token_mixing)
         self.net = net
         if mode == "two_level":
             # A fixed random start (a buffer, as in TRM): it would receive no gradient under the
@@ -314,7 +354,7 @@ class RecursionCore(nn.Module):
         state : LatentState
             The final state.
         """
-        H_cycles = _positive_int(H_cycles, "H_cycles")
+        H_cycles = check_int(H_cycles, "H_cycles", 1)
         state = self.init_state(x) if state is None else state
         outputs = []
         for k in range(H_cycles):

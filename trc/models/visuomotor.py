@@ -42,7 +42,8 @@ from dynamics.learned_arm import LearnedArmDynamics
 
 from .feedback import TrajectoryErrorEncoder, trajectory_error
 from .halting import HaltingHead
-from .recursion import MODES, RecursionCore
+from ..config import check_choice, check_int
+from .recursion import RecursionConfig, RecursionCore
 
 __all__ = [
     "VisuomotorConfig",
@@ -67,7 +68,7 @@ ENCODERS = ("cnn", "resnet18")
 
 
 @dataclasses.dataclass
-class VisuomotorConfig:
+class VisuomotorConfig(RecursionConfig):
     """The ``model:`` section of a LIBERO configuration.
 
     Attributes
@@ -96,33 +97,23 @@ class VisuomotorConfig:
         Dropout in the shared network.
     """
 
+    latent_dim: int = 192
+    hidden_dim: int = 384
     encoder: str = "cnn"
     image_size: int = 64
     channels: int = 32
     keypoints: int = 32
-    latent_dim: int = 192
-    hidden_dim: int = 384
-    num_layers: int = 2
-    mode: str = "two_level"
-    H_cycles: int = 3
-    L_cycles: int = 2
     chunk: int = 8
     feedback: bool = True
     halting: bool = False
     dropout: float = 0.0
 
     def __post_init__(self):
-        if self.encoder not in ENCODERS:
-            raise ConfigError(f"model.encoder must be one of {list(ENCODERS)}, got {self.encoder!r}")
-        if self.mode not in MODES:
-            raise ConfigError(f"model.mode must be one of {list(MODES)}, got {self.mode!r}")
-        for key in ("image_size", "channels", "keypoints", "latent_dim", "hidden_dim", "num_layers", "H_cycles",
-                    "L_cycles", "chunk"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"model.{key} must be a positive integer, got {v!r}")
-        if self.image_size < 32:
-            raise ConfigError(f"model.image_size must be at least 32, got {self.image_size}")
+        super().__post_init__()
+        check_choice(self.encoder, "model.encoder", ENCODERS)
+        for key in ("channels", "keypoints", "chunk"):
+            check_int(getattr(self, key), f"model.{key}", 1)
+        check_int(self.image_size, "model.image_size", 32)
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
 

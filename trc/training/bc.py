@@ -47,6 +47,7 @@ from tqdm import tqdm
 from dynamics.errors import ConfigError, DatasetError
 from dynamics.learned_arm import arm_states, fit
 
+from ..config import check_choice, check_int, check_real
 from ..generators.libero_storage import load_demos
 from ..io import atomic_write_text
 from ..models.halting import halting_loss
@@ -126,20 +127,14 @@ class BCConfig:
 
     def __post_init__(self):
         for key in ("epochs", "batch_size", "patience", "arm_epochs", "arm_hidden_dim"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"training.{key} must be a positive integer, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ConfigError(f"training.lr must be positive, got {self.lr!r}")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"training.val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if self.cycle_weights not in ("last", "uniform", "linear"):
-            raise ConfigError(f"training.cycle_weights must be 'last', 'uniform' or 'linear', got {self.cycle_weights!r}")
+            check_int(getattr(self, key), f"training.{key}", 1)
+        check_real(self.lr, "training.lr (positive)", 0.0, low_open=True)
+        check_real(self.val_fraction, "training.val_fraction", 0.0, 1.0, high_open=True)
+        check_choice(self.cycle_weights, "training.cycle_weights", ("last", "uniform", "linear"))
         if self.mse_weight < 0 or self.l1_weight < 0 or self.mse_weight + self.l1_weight <= 0:
             raise ConfigError(f"training.mse_weight and l1_weight must be >= 0 and not both 0, got "
                               f"{self.mse_weight!r}, {self.l1_weight!r}")
-        if isinstance(self.crop_pad, bool) or not isinstance(self.crop_pad, int) or self.crop_pad < 0:
-            raise ConfigError(f"training.crop_pad must be a non-negative integer, got {self.crop_pad!r}")
+        check_int(self.crop_pad, "training.crop_pad", 0)
         unknown = set(self.sweep) - {"lr", "latent_dim", "H_cycles", "epochs"}
         if unknown:
             raise ConfigError(f"training.sweep has unknown keys {sorted(unknown)}; allowed: lr, latent_dim, H_cycles, epochs")

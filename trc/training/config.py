@@ -32,12 +32,12 @@ Both are parsed with :func:`trc.config.from_dict`: unknown keys and invalid valu
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from dynamics.errors import ConfigError
+
+from ..config import check_int, check_real, is_real
 
 __all__ = ["LossConfig", "TrainConfig", "EvaluationConfig", "CYCLE_WEIGHT_SCHEMES", "MONITORS", "cycle_weights"]
 
@@ -46,30 +46,6 @@ MONITORS = ("cost_gap_median", "cost_gap_p95", "cost_gap_mean", "failure_rate", 
 
 #: Named deep-supervision schemes over the ``K`` refinement cycles (see :func:`cycle_weights`).
 CYCLE_WEIGHT_SCHEMES = ("uniform", "linear", "last")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_int(value, where: str, minimum: int) -> int:
-    if not _is_int(value) or value < minimum:
-        raise ConfigError(f"{where} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_real(value, where: str, low: float, high: float = math.inf, *, low_open=False, high_open=False) -> float:
-    ok = _is_real(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ConfigError(f"{where} must be a finite number in {lo}{low}, {high}{hi}, got {value!r}")
-    return float(value)
 
 
 def cycle_weights(spec, num_cycles: int) -> list[float]:
@@ -176,12 +152,12 @@ class LossConfig:
 
     def __post_init__(self):
         for name in ("imitation", "cost", "terminal", "halting", "states"):
-            setattr(self, name, _check_real(getattr(self, name), f"training.loss.{name}", 0.0))
+            setattr(self, name, check_real(getattr(self, name), f"training.loss.{name}", 0.0))
         if self.imitation + self.cost + self.terminal + self.states == 0:
             raise ConfigError(
                 "training.loss: imitation, cost, terminal and states weights are all 0; at least one must be positive"
             )
-        self.cost_floor = _check_real(self.cost_floor, "training.loss.cost_floor", 0.0, 1.0, low_open=True)
+        self.cost_floor = check_real(self.cost_floor, "training.loss.cost_floor", 0.0, 1.0, low_open=True)
         if self.rollout_cycles not in ("all", "last"):
             raise ConfigError(f"training.loss.rollout_cycles must be 'all' or 'last', got {self.rollout_cycles!r}")
         spec = self.cycle_weights
@@ -191,7 +167,7 @@ class LossConfig:
                     f"training.loss.cycle_weights must be one of {CYCLE_WEIGHT_SCHEMES} or a list of "
                     f"non-negative numbers, got {spec!r}"
                 )
-        elif isinstance(spec, (list, tuple)) and spec and all(_is_real(v) and v >= 0 for v in spec):
+        elif isinstance(spec, (list, tuple)) and spec and all(is_real(v) and v >= 0 for v in spec):
             if sum(spec) <= 0:
                 raise ConfigError(f"training.loss.cycle_weights must not all be zero, got {list(spec)}")
             self.cycle_weights = [float(v) for v in spec]
@@ -286,37 +262,37 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self):
-        self.epochs = _check_int(self.epochs, "training.epochs", 1)
-        self.batch_size = _check_int(self.batch_size, "training.batch_size", 1)
-        self.lr = _check_real(self.lr, "training.lr", 0.0, low_open=True)
-        self.weight_decay = _check_real(self.weight_decay, "training.weight_decay", 0.0)
+        self.epochs = check_int(self.epochs, "training.epochs", 1)
+        self.batch_size = check_int(self.batch_size, "training.batch_size", 1)
+        self.lr = check_real(self.lr, "training.lr", 0.0, low_open=True)
+        self.weight_decay = check_real(self.weight_decay, "training.weight_decay", 0.0)
         if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2):
             raise ConfigError(f"training.betas must be a list of 2 numbers in [0, 1), got {self.betas!r}")
-        self.betas = [_check_real(b, "training.betas[i]", 0.0, 1.0, high_open=True) for b in self.betas]
-        self.warmup_fraction = _check_real(self.warmup_fraction, "training.warmup_fraction", 0.0, 1.0, high_open=True)
-        self.min_lr_ratio = _check_real(self.min_lr_ratio, "training.min_lr_ratio", 0.0, 1.0)
+        self.betas = [check_real(b, "training.betas[i]", 0.0, 1.0, high_open=True) for b in self.betas]
+        self.warmup_fraction = check_real(self.warmup_fraction, "training.warmup_fraction", 0.0, 1.0, high_open=True)
+        self.min_lr_ratio = check_real(self.min_lr_ratio, "training.min_lr_ratio", 0.0, 1.0)
         if self.grad_clip is not None:
-            self.grad_clip = _check_real(self.grad_clip, "training.grad_clip", 0.0, low_open=True)
+            self.grad_clip = check_real(self.grad_clip, "training.grad_clip", 0.0, low_open=True)
         if self.ema_decay is not None:
-            self.ema_decay = _check_real(self.ema_decay, "training.ema_decay", 0.0, 1.0, high_open=True)
+            self.ema_decay = check_real(self.ema_decay, "training.ema_decay", 0.0, 1.0, high_open=True)
         if self.early_stopping_patience is not None:
-            self.early_stopping_patience = _check_int(
+            self.early_stopping_patience = check_int(
                 self.early_stopping_patience, "training.early_stopping_patience", 1
             )
-        self.early_stopping_min_delta = _check_real(
+        self.early_stopping_min_delta = check_real(
             self.early_stopping_min_delta, "training.early_stopping_min_delta", 0.0
         )
         if self.monitor not in MONITORS:
             raise ConfigError(f"training.monitor must be one of {MONITORS}, got {self.monitor!r}")
-        self.val_every = _check_int(self.val_every, "training.val_every", 1)
-        self.eval_batch_size = _check_int(self.eval_batch_size, "training.eval_batch_size", 1)
+        self.val_every = check_int(self.val_every, "training.val_every", 1)
+        self.eval_batch_size = check_int(self.eval_batch_size, "training.eval_batch_size", 1)
         if self.max_minutes is not None:
-            self.max_minutes = _check_real(self.max_minutes, "training.max_minutes", 0.0, low_open=True)
+            self.max_minutes = check_real(self.max_minutes, "training.max_minutes", 0.0, low_open=True)
         if self.num_threads is not None:
-            self.num_threads = _check_int(self.num_threads, "training.num_threads", 1)
+            self.num_threads = check_int(self.num_threads, "training.num_threads", 1)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"training.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        self.seed = _check_int(self.seed, "training.seed", 0)
+        self.seed = check_int(self.seed, "training.seed", 0)
         if not isinstance(self.tensorboard, bool):
             raise ConfigError(f"training.tensorboard must be true or false, got {self.tensorboard!r}")
         if isinstance(self.loss, dict):
@@ -387,11 +363,11 @@ class EvaluationConfig:
     def __post_init__(self):
         if self.split not in ("train", "val", "test"):
             raise ConfigError(f"evaluation.split must be 'train', 'val' or 'test', got {self.split!r}")
-        self.plot_samples = _check_int(self.plot_samples, "evaluation.plot_samples", 0)
-        self.latency_repeats = _check_int(self.latency_repeats, "evaluation.latency_repeats", 1)
-        self.throughput_batch = _check_int(self.throughput_batch, "evaluation.throughput_batch", 1)
-        self.throughput_repeats = _check_int(self.throughput_repeats, "evaluation.throughput_repeats", 1)
-        self.batch_size = _check_int(self.batch_size, "evaluation.batch_size", 1)
+        self.plot_samples = check_int(self.plot_samples, "evaluation.plot_samples", 0)
+        self.latency_repeats = check_int(self.latency_repeats, "evaluation.latency_repeats", 1)
+        self.throughput_batch = check_int(self.throughput_batch, "evaluation.throughput_batch", 1)
+        self.throughput_repeats = check_int(self.throughput_repeats, "evaluation.throughput_repeats", 1)
+        self.batch_size = check_int(self.batch_size, "evaluation.batch_size", 1)
 
     def to_dict(self) -> dict:
         """Plain data (round-trips through :meth:`from_dict`)."""
