@@ -26,6 +26,8 @@ import yaml
 
 from dynamics.errors import ConfigError
 
+from .io import atomic_write_text
+
 __all__ = ["load_yaml", "from_dict", "to_dict", "dump_yaml", "is_int", "is_real", "check_int", "check_real",
            "check_bool", "check_choice"]
 
@@ -170,6 +172,4 @@ def to_dict(obj) -> dict:
 
 def dump_yaml(data: Mapping, path: str | os.PathLike) -> None:
     """Write ``data`` as YAML atomically (temporary file, then rename)."""
-    from .io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(dict(data), sort_keys=False))

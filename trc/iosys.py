@@ -43,6 +43,7 @@ from collections import OrderedDict
 import control as ct
 import numpy as np
 import torch
+from scipy.integrate import solve_ivp
 
 from dynamics.errors import ConfigError, DimensionError, NonFiniteError
 from dynamics.plant import Plant
@@ -283,8 +284,6 @@ def _sampled_plant(plant: Plant, dt: float, name: str | None) -> ct.NonlinearIOS
 
 
 def _sampled_nonlinear(system, dt: float, name: str | None, rtol: float, atol: float) -> ct.NonlinearIOSystem:
-    from scipy.integrate import solve_ivp
-
     def updfcn(t, x, u, params):
         u = np.asarray(u, dtype=float)
         sol = solve_ivp(lambda s, y: system.dynamics(s, y, u, params), (t, t + dt), np.asarray(x, dtype=float),

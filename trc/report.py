@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from .io import atomic_path, atomic_write_text
 
@@ -70,7 +71,7 @@ def summary_text(metrics: Mapping[str, Any]) -> str:
         f"cost gap           median {100 * m['cost_gap_median']:.3f} %, p95 {100 * m['cost_gap_p95']:.3f} %",
         f"terminal error     mean {m['terminal_error_mean']:.4g}",
         f"constraint viol.   {100 * m['constraint_violation_rate']:.2f} %",
-        f"gap per cycle      " + ", ".join(f"{100 * g:.2f} %" if g is not None else "nan" for g in m["gap_per_cycle"]),
+        "gap per cycle      " + ", ".join(f"{100 * g:.2f} %" if g is not None else "nan" for g in m["gap_per_cycle"]),
     ]
     if "latency_ms_batch1" in m:
         lines.append(
@@ -98,8 +99,6 @@ def _save(fig, path: Path) -> None:
 
 
 def _figure(rows: int, cols: int, size=(4.0, 2.6)):
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(size[0] * cols, size[1] * rows), layout="constrained")
     axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
     return fig, axes

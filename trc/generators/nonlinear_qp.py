@@ -30,6 +30,7 @@ dynamics rows (coefficient ``+I`` on ``x_{k+1}``), then ``+e_i`` rows for upper 
 
 from __future__ import annotations
 
+import clarabel
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import solve_banded
@@ -294,8 +295,6 @@ class QPLayout:
 
     def _solve_clarabel(self, P_src, q, A_src, b, tol):
         """The QPs as one block-diagonal conic problem for Clarabel (per instance if that fails)."""
-        import clarabel
-
         B = q.shape[0]
         Pi, Pp, Ps = self._P
         Ai, Ap, As = self._A

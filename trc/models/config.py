@@ -25,7 +25,7 @@ from typing import Optional
 
 from dynamics.errors import ConfigError
 
-from ..config import check_bool, check_int, check_real
+from ..config import check_bool, check_int, check_real, from_dict
 from .recursion import RecursionConfig
 
 __all__ = ["TRCConfig"]
@@ -164,6 +164,4 @@ class TRCConfig(RecursionConfig):
     @classmethod
     def from_dict(cls, data) -> "TRCConfig":
         """Build from a mapping (the YAML ``model:`` section), rejecting unknown keys."""
-        from ..config import from_dict
-
         return from_dict(cls, data, "model")

@@ -36,6 +36,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
+from dynamics.discrete_env import maze_grid, sudoku_grid
 from dynamics.errors import ConfigError, DimensionError
 
 from ..config import check_bool, check_choice, check_int, from_dict
@@ -162,12 +163,8 @@ def encode_tokens(plant, x: torch.Tensor) -> torch.Tensor:
     one-hot digit (channel 0 = empty).
     """
     if _kind(plant) == "maze":
-        from dynamics.discrete_env import maze_grid
-
         g = maze_grid(plant, x)
     else:
-        from dynamics.discrete_env import sudoku_grid
-
         g = sudoku_grid(plant, x)
     return g.flatten(2).transpose(1, 2)
 

@@ -41,12 +41,16 @@ from torch import nn
 from dynamics.errors import ConfigError, DimensionError, NonFiniteError
 from dynamics.plant import Plant
 
+from ..cost import fuel_cost, quadratic_cost
+from ..evaluation import target_dims
+from ..iosys import controller_iosys
+from ..problem import Problem
 from .config import TRCConfig
 from .correction import terminal_correction
-from .tracking import tvlqr_tracking
 from .feedback import FeedbackGain, TrajectoryErrorEncoder, trajectory_error
 from .halting import HaltingHead
 from .recursion import RecursionCore
+from .tracking import tvlqr_tracking
 
 __all__ = ["TRCOutput", "TinyRecursiveControl", "state_normalization"]
 
@@ -320,8 +324,6 @@ class TinyRecursiveControl(nn.Module):
         ConfigError
             If the config's sizes contradict the problem's.
         """
-        from ..problem import Problem
-
         if isinstance(problem, dict):
             problem = Problem.from_dict(problem)
         if config is None:
@@ -345,7 +347,6 @@ class TinyRecursiveControl(nn.Module):
         )
         model.problem_dict = problem.to_dict()
         model.problem = problem
-        from ..evaluation import target_dims
 
         model.terminal_dims = target_dims(problem)
         return model
@@ -370,8 +371,6 @@ class TinyRecursiveControl(nn.Module):
         Inputs: the measured state and the target ``xd[i]``; output: the first control of the
         plan; sample time ``dt``. See :func:`trc.iosys.controller_iosys` for ``kwargs``.
         """
-        from ..iosys import controller_iosys
-
         return controller_iosys(self, **kwargs)
 
     # ------------------------------------------------------------------ description
@@ -459,8 +458,6 @@ class TinyRecursiveControl(nn.Module):
         ``states`` ``(batch, N + 1, n)``, ``controls`` ``(batch, N, m)``, ``target`` ``(batch, n)``;
         see :func:`trc.cost.quadratic_cost` and :func:`trc.cost.fuel_cost`.
         """
-        from ..cost import fuel_cost, quadratic_cost
-
         if self.cost_kind == "fuel":
             return fuel_cost(states)
         if self.Q is None or self.R is None or self.dt is None:

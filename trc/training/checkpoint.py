@@ -1,21 +1,15 @@
-"""Checkpoints: the resumable training state and the exported model file.
+"""The resumable training state (``checkpoint.pt``), written atomically after every epoch.
 
-Two files, two purposes:
+It holds everything needed to continue a run after an interruption (even ``kill -9``) and
+reach the same weights as an uninterrupted run: model and EMA weights, optimiser and scheduler
+states, the number of finished epochs and steps, early-stopping state, the metric history and
+the states of every random generator (torch, NumPy, Python, the data-order generator). Format
+tag :data:`TRAINING_STATE_FORMAT`. The trained policy itself goes to the model file
+(:mod:`trc.model_file`).
 
-``checkpoint.pt`` (training state, written atomically after every epoch)
-    Everything needed to continue a run after an interruption (even ``kill -9``) and reach
-    the same weights as an uninterrupted run: model and EMA weights, optimiser and scheduler
-    states, the number of finished epochs and steps, early-stopping state, the metric history
-    and the states of every random generator (torch, NumPy, Python, the data-order
-    generator). Format tag :data:`TRAINING_STATE_FORMAT`.
-
-``model.pt`` (the exported model, read by :func:`trc.load`)
-    The problem (as a dict), the model configuration, the weights (the EMA weights when the
-    run used an EMA), the TRC version and the format tag :data:`MODEL_FORMAT`.
-
-Both hold only tensors and plain Python data, so they are read with
-``torch.load(..., weights_only=True)``: loading a checkpoint never runs pickled code.
-Every failure to read (missing, truncated or foreign file, wrong format, missing keys) is a
+It holds only tensors and plain Python data, so it is read with
+``torch.load(..., weights_only=True)``: loading a checkpoint never runs pickled code. Every
+failure to read (missing, truncated or foreign file, wrong format, missing keys) is a
 :class:`~dynamics.errors.CheckpointError` naming the file and what was expected.
 """
 
@@ -23,7 +17,6 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np

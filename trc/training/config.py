@@ -37,7 +37,7 @@ from typing import Any, Optional
 
 from dynamics.errors import ConfigError
 
-from ..config import check_int, check_real, is_real
+from ..config import check_int, check_real, from_dict, is_real
 
 __all__ = ["LossConfig", "TrainConfig", "EvaluationConfig", "CYCLE_WEIGHT_SCHEMES", "MONITORS", "cycle_weights"]
 
@@ -296,8 +296,6 @@ class TrainConfig:
         if not isinstance(self.tensorboard, bool):
             raise ConfigError(f"training.tensorboard must be true or false, got {self.tensorboard!r}")
         if isinstance(self.loss, dict):
-            from ..config import from_dict
-
             self.loss = from_dict(LossConfig, self.loss, "training.loss")
         if not isinstance(self.loss, LossConfig):
             raise ConfigError(f"training.loss must be a mapping, got {self.loss!r}")
@@ -323,8 +321,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data) -> "TrainConfig":
         """Build from a mapping (the YAML ``training:`` section), rejecting unknown keys."""
-        from ..config import from_dict
-
         return from_dict(cls, data, "training")
 
 
@@ -376,6 +372,4 @@ class EvaluationConfig:
     @classmethod
     def from_dict(cls, data) -> "EvaluationConfig":
         """Build from a mapping (the YAML ``evaluation:`` section), rejecting unknown keys."""
-        from ..config import from_dict
-
         return from_dict(cls, data, "evaluation")

@@ -45,6 +45,7 @@ from torch import nn
 from dynamics.discrete_env import Rewards, maze_transition, sudoku_transition
 from dynamics.errors import ConfigError
 
+from ..generators.discrete import generate_discrete
 from ..models.discrete import PolicyOutput, count_parameters
 from ..models.recursion import LatentState
 
@@ -203,8 +204,6 @@ def instances_from_dataset(data, split: str) -> Instances:
 
 def instances_from_problem(problem, num: int, seed) -> Instances:
     """Fresh instances drawn from a problem and solved optimally (BFS / exact sudoku search)."""
-    from ..generators.discrete import generate_discrete
-
     if isinstance(seed, np.random.Generator):
         seed = int(seed.integers(2**31))
     data = generate_discrete(problem, num, seed, splits=(1.0, 0.0, 0.0))

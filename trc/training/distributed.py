@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dynamics.errors import ConfigError
+
 __all__ = ["DistributedContext", "init_distributed", "shutdown_distributed", "all_reduce_mean"]
 
 
@@ -61,8 +63,6 @@ class DistributedContext:
 def _select_device(device: str, local_rank: int) -> torch.device:
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            from dynamics.errors import ConfigError
-
             raise ConfigError("training.device is 'cuda' but CUDA is not available; use 'auto' or 'cpu'")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

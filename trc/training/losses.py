@@ -35,6 +35,8 @@ import torch
 
 from dynamics.errors import ConfigError, DimensionError
 
+from ..evaluation import target_dims
+from ..models.halting import halting_loss
 from .config import LossConfig, cycle_weights
 
 __all__ = ["imitation_loss", "cost_ratio_loss", "terminal_loss", "control_scale", "state_scale", "TRCLoss"]
@@ -133,7 +135,6 @@ class TRCLoss:
         self.cost_floor = float(cost_floor)
         self.halt_threshold = float(halt_threshold)
         self.reuse_rollouts = reuse_rollouts
-        from ..evaluation import target_dims
 
         self.dims = target_dims(problem)
         self.needs_rollout = config.cost > 0 or config.terminal > 0
@@ -236,7 +237,6 @@ class TRCLoss:
                     "training.loss.halting > 0 needs a model with a halting head (model.act: true) and a "
                     "plant; the model output has no halt_logits or all_costs"
                 )
-            from ..models.halting import halting_loss
 
             h = halting_loss(logits, costs, self.halt_threshold)
             parts["halting"] = h

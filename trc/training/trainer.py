@@ -39,12 +39,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
+from tqdm.auto import tqdm
 
 from dynamics.errors import CheckpointError, ConfigError
 
+from ..evaluation import evaluate_model, split_data
 from ..io import atomic_write_text
-from .checkpoint import read_training_state, rng_state, save_training_state, set_rng_state
+from .checkpoint import (
+    read_training_state,
+    rng_state,
+    save_training_state,
+    set_rng_state,
+)
 from .config import TrainConfig
 from .distributed import DistributedContext, all_reduce_mean
 from .losses import TRCLoss, control_scale, state_scale
@@ -84,8 +95,6 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
 
 def build_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     """Linear warm-up over ``warmup_fraction`` of ``total_steps``, then cosine decay (per step)."""
-    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
-
     warm = int(round(cfg.warmup_fraction * total_steps))
     cosine = CosineAnnealingLR(optimizer, T_max=max(total_steps - warm, 1), eta_min=cfg.lr * cfg.min_lr_ratio)
     if warm == 0:
@@ -194,8 +203,6 @@ class Trainer:
             reuse_rollouts=not model.config.detach_feedback, traj_scale=traj_scale,
         )
         if self.ctx.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             unused = getattr(model, "halting", None) is not None and config.loss.halting == 0
             # Buffers (plant parameters, normalisation) are constants: synced once at construction,
             # not before every forward (the keyword was renamed in recent PyTorch).
@@ -209,8 +216,6 @@ class Trainer:
             self.ddp = self.model
         self.ema = None
         if config.ema_decay is not None:
-            from torch.optim.swa_utils import AveragedModel
-
             self.ema = AveragedModel(self.model, multi_avg_fn=ema_multi_avg_fn(config.ema_decay))
             self.ema.module.eval()
 
@@ -252,8 +257,6 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _validate(self) -> dict[str, Any]:
-        from ..evaluation import evaluate_model, split_data
-
         if self._val is None:
             self._val = split_data(self.data, "val")
         if len(self._val) == 0:  # no validation split: no early stopping, the final weights are exported
@@ -276,8 +279,6 @@ class Trainer:
     def _state(self) -> dict:
         rng = rng_state(self.loader_generator)
         if self.ctx.distributed:
-            import torch.distributed as dist
-
             gathered = [None] * self.ctx.world_size
             dist.all_gather_object(gathered, rng)
             rng = gathered
@@ -418,8 +419,6 @@ class Trainer:
         done = bool(self.stop_reason) or self.epoch >= cfg.epochs
         bar = None
         if self.progress and not done:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=cfg.epochs, initial=self.epoch, desc=f"train {self.problem.name}", unit="epoch",
                        dynamic_ncols=True)
         self.model.train()
