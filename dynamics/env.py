@@ -10,7 +10,9 @@ Gymnasium id ``trc/<Name>-v0`` (``trc/Pendulum-v0``, ``trc/CartPole-v0``,
     env = gym.make("trc/Pendulum-v0", horizon=100)
     obs, info = env.reset(seed=0)
 
-or build one directly with :func:`make_env` or :meth:`PlantEnv.from_problem`. For many
+or build one directly with :func:`make_env` or :meth:`PlantEnv.from_problem`. The default task of
+a plant is its standard problem (:mod:`dynamics.tasks`, the problem of ``configs/<plant>.yaml``):
+same ``dt``, horizon, bounds, weights, sampling boxes and tolerance. For many
 parallel episodes, ``gym.make_vec("trc/Pendulum-v0", num_envs=64)`` (or
 :func:`make_vector_env`) gives a :class:`PlantVectorEnv` that moves all of them with one
 batched plant step.
@@ -52,61 +54,12 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from . import tasks
 from .errors import ConfigError, DimensionError, NonFiniteError, TRCError
 from .plant import Plant
 from .registry import get, make, names
 
-__all__ = ["PlantEnv", "PlantVectorEnv", "make_env", "make_vector_env", "register_envs", "env_id", "DEFAULT_TASKS"]
-
-#: Default task of each plant for :func:`make_env`: constructor arguments of the plant
-#: (``"plant"``) and of :class:`PlantEnv`. A plant class may instead define a class attribute
-#: ``default_task`` of the same form; plants with neither get a generic regulation task.
-DEFAULT_TASKS: dict[str, dict] = {
-    # The double-integrator problem of trc.problem's docstring.
-    "double_integrator": {
-        "plant": {"dt": 0.33, "u_min": -4.0, "u_max": 4.0},
-        "horizon": 15,
-        "Q": [10.0, 5.0],
-        "R": [0.1],
-        "Qf": [200.0, 100.0],
-        "initial_state": {"low": [-2.0, -2.0], "high": [2.0, 2.0]},
-        "target_state": {"low": [-2.0, -2.0], "high": [2.0, 2.0]},
-        "tolerance": 0.1,
-    },
-    # Regulation of the forced Van der Pol oscillator to the origin.
-    "van_der_pol": {
-        "plant": {"dt": 0.1, "u_max": 2.0, "u_min": -2.0},
-        "horizon": 50,
-        "Q": [1.0, 1.0],
-        "R": [0.1],
-        "Qf": [10.0, 10.0],
-        "initial_state": {"low": [-2.0, -2.0], "high": [2.0, 2.0]},
-        "target_state": {"low": [0.0, 0.0], "high": [0.0, 0.0]},
-        "tolerance": 0.1,
-    },
-    # Torque-limited swing-up from near hanging (theta = 0) to upright (theta = pi).
-    "pendulum": {
-        "plant": {"dt": 0.05, "u_max": 3.0},
-        "horizon": 200,
-        "Q": [10.0, 1.0],
-        "R": [0.1],
-        "Qf": [100.0, 10.0],
-        "initial_state": {"low": [-0.2, -0.2], "high": [0.2, 0.2]},
-        "target_state": {"low": [math.pi, 0.0], "high": [math.pi, 0.0]},
-        "tolerance": 0.1,
-    },
-    # Swing-up from hanging (theta = pi) to upright (theta = 0) on Barto's 4.8 m track.
-    "cartpole": {
-        "plant": {"dt": 0.05, "u_max": 10.0, "track_limit": 2.4},
-        "horizon": 100,
-        "Q": [1.0, 0.1, 10.0, 0.1],
-        "R": [0.01],
-        "Qf": [10.0, 1.0, 100.0, 1.0],
-        "initial_state": {"low": [-0.5, -0.1, math.pi - 0.2, -0.1], "high": [0.5, 0.1, math.pi + 0.2, 0.1]},
-        "target_state": {"low": [0.0, 0.0, 0.0, 0.0], "high": [0.0, 0.0, 0.0, 0.0]},
-        "tolerance": 0.1,
-    },
-}
+__all__ = ["PlantEnv", "PlantVectorEnv", "make_env", "make_vector_env", "register_envs", "env_id", "default_task"]
 
 #: Gymnasium names of plants whose CamelCase name is not the usual one.
 _GYM_NAMES = {"cartpole": "CartPole"}
@@ -638,12 +591,35 @@ def _with_masks(info: dict, default: np.ndarray, masks: dict | None = None) -> d
 
 
 # ---------------------------------------------------------------------- factories
-def _task(name: str) -> dict:
+def default_task(name: str) -> dict:
+    """The default task of plant ``name`` as :func:`make_env` arguments.
+
+    The plant class's ``default_task`` attribute when it has one (a dict with the constructor
+    arguments of the plant under ``"plant"`` and :class:`PlantEnv` arguments); otherwise the
+    plant's standard task (:func:`dynamics.tasks.task`) converted: its plant arguments with
+    its ``dt``, ``Qf = Qf_scale Q`` unless it gives ``Qf``, and its ``horizon``, ``Q``, ``R``,
+    sampling boxes, ``tolerance`` and ``cost``; an empty dict (a generic regulation task) for
+    plants with neither.
+
+    Raises
+    ------
+    UnknownNameError
+        If ``name`` is not a registered plant.
+    """
     cls = get(name)
-    task = getattr(cls, "default_task", None)
-    if task is None:
-        task = DEFAULT_TASKS.get(name, {})
-    return copy.deepcopy(dict(task))
+    custom = getattr(cls, "default_task", None)
+    if custom is not None:
+        return copy.deepcopy(dict(custom))
+    if name not in tasks.names():
+        return {}
+    task = tasks.task(name)
+    plant = {key: value for key, value in task["plant"].items() if key != "name"}
+    plant["dt"] = task["dt"]
+    Qf = task.get("Qf")  # the standard tasks give Qf_scale; a task may give Qf instead
+    if Qf is None:
+        Qf = (task["Qf_scale"] * np.asarray(task["Q"], dtype=np.float64)).tolist()
+    keys = ("horizon", "Q", "R", "initial_state", "target_state", "tolerance", "cost")
+    return {"plant": plant, "Qf": Qf, **{key: task[key] for key in keys}}
 
 
 def make_env(name: str, **kwargs) -> PlantEnv:
@@ -692,12 +668,12 @@ def make_vector_env(name: str, num_envs: int = 1, **kwargs) -> PlantVectorEnv:
 
 def _split(name: str, kwargs: dict) -> tuple[Plant, dict]:
     """The plant of ``name``'s default task updated by ``kwargs``, and the environment arguments."""
-    task = _task(name)
+    task = default_task(name)
     plant_kwargs = task.pop("plant", {})
     env_kwargs = task
     for key, value in kwargs.items():
         (env_kwargs if key in _ENV_KEYS else plant_kwargs)[key] = value
-    return make(name, **plant_kwargs), env_kwargs
+    return make(name, dtype=torch.float64, **plant_kwargs), env_kwargs  # PlantEnv simulates in float64
 
 
 def _has_env(name: str) -> bool:

@@ -13,7 +13,8 @@ rollout
   ``odeint`` rollout at small batch sizes (Van der Pol, N = 100, batch 1, one thread: 13 ms
   instead of 30 ms), and
 * has no data-dependent control flow, so :func:`torch.export.export`, :func:`torch.compile`
-  and AOTInductor capture it whole (the compiled controllers of :mod:`trc.export`).
+  and AOTInductor capture it whole (:class:`dynamics.interval.IntervalRollout`, the rollouts of
+  the compiled controllers of :mod:`trc.export`).
 
 torchdiffeq keeps its step functions on its solver classes (``torchdiffeq._impl``); the
 project pins ``torchdiffeq<0.3`` and ``tests/test_plants.py`` checks the rollout against
@@ -22,12 +23,16 @@ project pins ``torchdiffeq<0.3`` and ``tests/test_plants.py`` checks the rollout
 
 from __future__ import annotations
 
+import math
+import numbers
+
+import numpy as np
 import torch
 from torchdiffeq._impl.odeint import SOLVERS
 
-from .errors import ConfigError
+from .errors import ConfigError, DimensionError
 
-__all__ = ["ONE_STEP_METHODS", "TABLEAUS", "zoh_rollout"]
+__all__ = ["ONE_STEP_METHODS", "TABLEAUS", "zoh_rollout", "check_dt", "check_real"]
 
 #: torchdiffeq fixed-grid methods whose step depends on the current state only (not on a
 #: history of steps, as the Adams methods do): the methods :func:`zoh_rollout` accepts.
@@ -46,6 +51,51 @@ TABLEAUS = {
     "heun3": ((0.0, 1 / 3, 2 / 3), ((), (1 / 3,), (0.0, 2 / 3)), (0.25, 0.0, 0.75)),
     "rk4": ((0.0, 1 / 3, 2 / 3, 1.0), ((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)), (0.125, 0.375, 0.375, 0.125)),
 }
+
+
+def check_dt(dt, where: str = "") -> float:
+    """``dt`` as a float after checking that it is a positive finite number of seconds.
+
+    Parameters
+    ----------
+    dt : float
+        A real number (Python, NumPy or a one-element real tensor); not a bool or a complex.
+    where : str
+        Prefix of the error message (e.g. the plant's name).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ConfigError
+        If ``dt`` is not a real number, is a bool, or is not finite and positive (NaN, 0, -0.1).
+    """
+    value = math.nan
+    if torch.is_tensor(dt):
+        if dt.numel() == 1 and not dt.is_complex() and dt.dtype != torch.bool:
+            value = float(dt)
+    elif isinstance(dt, numbers.Real) and not isinstance(dt, (bool, np.bool_)):
+        value = float(dt)
+    if not (math.isfinite(value) and value > 0):
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}dt must be a positive finite number of seconds, got {dt!r}")
+    return value
+
+
+def check_real(t: torch.Tensor, what: str, where: str = "") -> None:
+    """Raise unless tensor ``t`` has a real dtype (a dtype check only: no data is read, so it is
+    cheap and traceable by :func:`torch.export.export`).
+
+    Raises
+    ------
+    DimensionError
+        If ``t`` is complex, e.g. ``"x0 must be real, got complex128"``.
+    """
+    if t.is_complex():
+        prefix = f"{where}: " if where else ""
+        raise DimensionError(f"{prefix}{what} must be real, got {str(t.dtype).replace('torch.', '')}")
 
 
 def zoh_rollout(f, x0: torch.Tensor, controls: torch.Tensor, dt: float, method: str = "rk4",
@@ -76,12 +126,20 @@ def zoh_rollout(f, x0: torch.Tensor, controls: torch.Tensor, dt: float, method: 
     Raises
     ------
     ConfigError
-        If ``method`` is not one of :data:`ONE_STEP_METHODS`.
+        If ``method`` is not one of :data:`ONE_STEP_METHODS`, ``dt`` is not a positive finite
+        number or ``substeps`` not a positive integer.
+    DimensionError
+        If ``x0`` or ``controls`` is complex.
     """
     if method not in ONE_STEP_METHODS:
         raise ConfigError(f"method {method!r} is not a one-step fixed-grid method; choose one of {ONE_STEP_METHODS}")
+    dt = check_dt(dt, "zoh_rollout")
+    if isinstance(substeps, bool) or not isinstance(substeps, numbers.Integral) or substeps < 1:
+        raise ConfigError(f"zoh_rollout: substeps must be a positive integer, got {substeps!r}")
+    check_real(x0, "x0", "zoh_rollout")
+    check_real(controls, "controls", "zoh_rollout")
     step = SOLVERS[method](func=None, y0=x0, rtol=0.0, atol=0.0, perturb=False)._step_func
-    h = float(dt) / int(substeps)
+    h = dt / int(substeps)
     x, states = x0, [x0]
     for k in range(controls.shape[1]):
         u = controls[:, k]
@@ -90,7 +148,7 @@ def zoh_rollout(f, x0: torch.Tensor, controls: torch.Tensor, dt: float, method: 
             return f(y, u)
 
         for j in range(int(substeps)):
-            t0 = k * float(dt) + j * h
+            t0 = k * dt + j * h
             dx, _ = step(field, t0, h, t0 + h, x)
             x = x + dx
         states.append(x)

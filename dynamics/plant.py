@@ -17,8 +17,8 @@ Conventions (batch first, as everywhere in TRC):
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Mapping, Sequence
 
 import control as ct
 import numpy as np
@@ -27,7 +27,7 @@ from torch import nn
 from torchdiffeq import odeint
 
 from .errors import ConfigError, DimensionError, NonFiniteError
-from .fixed_step import ONE_STEP_METHODS, zoh_rollout
+from .fixed_step import ONE_STEP_METHODS, check_dt, check_real, zoh_rollout
 from .zoh import lifted_rollout, lifted_zoh
 
 __all__ = ["Plant", "FIXED_STEP_METHODS", "EXACT"]
@@ -57,6 +57,34 @@ def _as_bound(value, dim: int, default: float, what: str) -> torch.Tensor:
     return t
 
 
+def _tracing() -> bool:
+    """Whether a tracer (:func:`torch.jit.trace`, :func:`torch.export.export`, :func:`torch.compile`)
+    is running: the finiteness check of :meth:`Plant.f` reads the data, which a traced program
+    cannot branch on, so it is left out of traced programs."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def _all_finite(x: torch.Tensor, u: torch.Tensor) -> bool:
+    """Whether ``x`` and ``u`` hold no NaN or infinity: one ``isfinite`` of both joined (three
+    small kernels and one read of the result), two when their leading shapes differ."""
+    if x.shape[:-1] == u.shape[:-1]:
+        return bool(torch.cat((x, u), -1).isfinite().all())
+    return bool(torch.isfinite(x).all() & torch.isfinite(u).all())
+
+
+def _finite_checked(field):
+    """``field(self, x, u)`` behind one fused NaN/infinity check of ``x`` and ``u``."""
+
+    @functools.wraps(field)
+    def f(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        if not _tracing() and not _all_finite(x, u):
+            bad = "x" if not bool(torch.isfinite(x).all()) else "u"
+            raise NonFiniteError(f"{self.name}: f(x, u) got NaN or infinity in {bad}")
+        return field(self, x, u)
+
+    return f
+
+
 class Plant(nn.Module):
     """Base class of every plant: a batched, differentiable simulator.
 
@@ -84,6 +112,11 @@ class Plant(nn.Module):
 
     Notes
     -----
+    :meth:`f` checks that ``x`` and ``u`` are finite (one fused check per call; left out of
+    traced programs); the integrators call the unchecked :meth:`f_unchecked` at every stage,
+    after :meth:`rollout` and :meth:`step` checked their inputs once. A subclass implements
+    ``f`` and gets both: the base class wraps it when the subclass is defined.
+
     Buffers are created in the default dtype (float32); build with
     ``dynamics.make(name, dtype=torch.float64, ...)`` for parameters exact to float64.
     Physical parameters are stored as float buffers, so ``plant.double()`` and ``plant.to``
@@ -99,6 +132,13 @@ class Plant(nn.Module):
     control_units: tuple[str, ...] = ()
     #: True for plants defined by a difference equation ``x[k+1] = F(x[k], u[k])``.
     discrete: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        field = cls.__dict__.get("f")
+        if field is not None:  # the subclass's own vector field: keep it unchecked, check f
+            cls.f_unchecked = field
+            cls.f = _finite_checked(field)
 
     @property
     def control_norm_bounds(self) -> tuple[float, float] | None:
@@ -120,11 +160,10 @@ class Plant(nn.Module):
         atol: float = 1e-9,
     ):
         super().__init__()
-        if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
-            raise ConfigError(f"dt must be a positive finite number of seconds, got {dt!r}")
-        if int(substeps) != substeps or substeps < 1:
+        dt = check_dt(dt, self.name)
+        if isinstance(substeps, bool) or int(substeps) != substeps or substeps < 1:
             raise ConfigError(f"substeps must be a positive integer, got {substeps!r}")
-        self.dt = float(dt)
+        self.dt = dt
         self.method = method
         self.substeps = int(substeps)
         self.rtol, self.atol = float(rtol), float(atol)
@@ -197,7 +236,7 @@ class Plant(nn.Module):
         Raises
         ------
         DimensionError
-            If ``x`` is not two-dimensional with ``state_dim`` columns.
+            If ``x`` is not two-dimensional with ``state_dim`` columns, or is complex.
         NonFiniteError
             If ``x`` contains NaN or infinity.
         """
@@ -208,7 +247,11 @@ class Plant(nn.Module):
         return self._check(u, self.control_dim, what, "control_dim")
 
     def _check(self, t, dim: int, what: str, dim_name: str, ndim: int = 2) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=self.u_min.dtype if not torch.is_tensor(t) else None)
+        if not torch.is_tensor(t):
+            if np.iscomplexobj(t):
+                raise DimensionError(f"{self.name}: {what} must be real, got {np.asarray(t).dtype}")
+            t = torch.as_tensor(t, dtype=self.u_min.dtype)
+        check_real(t, what, self.name)
         if t.ndim != ndim or t.shape[-1] != dim:
             expected = "(batch, " + ("horizon, " if ndim == 3 else "") + f"{dim_name}={dim})"
             raise DimensionError(f"{self.name}: {what} has shape {tuple(t.shape)}; expected {expected}")
@@ -229,8 +272,19 @@ class Plant(nn.Module):
         -------
         Tensor, shape ``(batch, state_dim)``
             Time derivative of the state, in state units per second.
+
+        Raises
+        ------
+        NonFiniteError
+            If ``x`` or ``u`` contains NaN or infinity (the subclasses' ``f``; see the class
+            notes).
         """
         raise NotImplementedError(f"{type(self).__name__} must implement f(x, u)")
+
+    def f_unchecked(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """:meth:`f` without the check of ``x`` and ``u``: what the integrators evaluate at
+        every stage, and what programs that check their inputs once call."""
+        return self.f(x, u)
 
     def discrete_step(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Difference map ``x[k+1] = F(x[k], u[k])`` of a discrete-time plant."""
@@ -255,13 +309,14 @@ class Plant(nn.Module):
         Raises
         ------
         ConfigError
-            If the plant is not linear (:meth:`linear_matrices` is ``None``).
+            If the plant is not linear (:meth:`linear_matrices` is ``None``), or ``dt`` is not a
+            positive finite number.
         """
         AB = self.linear_matrices()
         if AB is None:
             raise ConfigError(f"{self.name}: method 'exact' needs a linear vector field; use e.g. 'rk4'")
         A, B = AB
-        dt = self.dt if dt is None else float(dt)
+        dt = self.dt if dt is None else check_dt(dt, self.name)
         if A.requires_grad or B.requires_grad:
             return lifted_zoh(A, B, dt, horizon)
         key = (dt, int(horizon), A.dtype, str(A.device), tuple(A.flatten().tolist()), tuple(B.flatten().tolist()))
@@ -292,7 +347,7 @@ class Plant(nn.Module):
         Tensor, shape ``(horizon + 1, batch, state_dim)``
             States at the switching times, ``x0`` first (time-major).
         """
-        return zoh_rollout(self.f, x0, controls, dt, self.method, self.substeps)
+        return zoh_rollout(self.f_unchecked, x0, controls, dt, self.method, self.substeps)
 
     def _integrate(self, x0: torch.Tensor, controls: torch.Tensor, dt: float) -> torch.Tensor:
         """Integrate ``f`` under zero-order hold; returns ``(horizon + 1, batch, state_dim)``."""
@@ -311,7 +366,7 @@ class Plant(nn.Module):
             # The solver nudges t to the correct side of a switch (perturb / jump_t), so the
             # interval index from the exact switching grid implements the zero-order hold.
             k = torch.searchsorted(switch, t.reshape(1).to(switch.dtype), right=True) - 1
-            return self.f(x, controls[:, int(k.clamp(0, horizon - 1))])
+            return self.f_unchecked(x, controls[:, int(k.clamp(0, horizon - 1))])
 
         options = {"perturb": True} if fixed else {"jump_t": switch[1:-1]}
         kwargs = {} if fixed else {"rtol": self.rtol, "atol": self.atol}
@@ -335,15 +390,18 @@ class Plant(nn.Module):
         Raises
         ------
         DimensionError, NonFiniteError
-            On a malformed or non-finite ``x`` or ``u``.
+            On a malformed, complex or non-finite ``x`` or ``u``.
+        ConfigError
+            If ``dt`` is not a positive finite number of seconds.
         """
+        dt = self.dt if dt is None else check_dt(dt, self.name)
         x = self.check_state(x)
         u = self.check_control(u)
         if u.shape[0] != x.shape[0]:
             raise DimensionError(f"{self.name}: u has batch {u.shape[0]} but x has batch {x.shape[0]}")
         if self.discrete:
             return self.discrete_step(x, u)
-        return self._integrate(x, u.unsqueeze(1), self.dt if dt is None else float(dt))[-1]
+        return self._integrate(x, u.unsqueeze(1), dt)[-1]
 
     def rollout(self, x0: torch.Tensor, controls: torch.Tensor, dt: float | None = None) -> torch.Tensor:
         """Simulate a control sequence from ``x0`` under zero-order hold.
@@ -366,8 +424,11 @@ class Plant(nn.Module):
         Raises
         ------
         DimensionError, NonFiniteError
-            On malformed or non-finite inputs, or batch sizes that differ.
+            On malformed, complex or non-finite inputs, or batch sizes that differ.
+        ConfigError
+            If ``dt`` is not a positive finite number of seconds.
         """
+        dt = self.dt if dt is None else check_dt(dt, self.name)
         x0 = self.check_state(x0, "x0")
         controls = self._check(controls, self.control_dim, "controls", "control_dim", ndim=3)
         if controls.shape[0] != x0.shape[0]:
@@ -381,7 +442,7 @@ class Plant(nn.Module):
             for k in range(controls.shape[1]):
                 states.append(self.discrete_step(states[-1], controls[:, k]))
             return torch.stack(states, dim=1)
-        return self._integrate(x0, controls, self.dt if dt is None else float(dt)).transpose(0, 1)
+        return self._integrate(x0, controls, dt).transpose(0, 1)
 
     # ------------------------------------------------------------------ python-control
     def _jacobians(self, fun, x_eq, u_eq):

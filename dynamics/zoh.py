@@ -26,7 +26,12 @@ matrices come from one batched :func:`torch.linalg.matrix_exp` and are different
 
 from __future__ import annotations
 
+import numbers
+
 import torch
+
+from .errors import ConfigError, DimensionError
+from .fixed_step import check_dt, check_real
 
 __all__ = ["lifted_zoh", "lifted_rollout"]
 
@@ -49,10 +54,27 @@ def lifted_zoh(A: torch.Tensor, B: torch.Tensor, dt: float, horizon: int) -> tup
         ``A_d^k`` for ``k = 0..N``.
     Gamma : Tensor, shape ``(N + 1, N, n, m)``
         ``A_d^(k-1-j) B_d`` where ``j < k``, zero elsewhere.
+
+    Raises
+    ------
+    ConfigError
+        If ``dt`` is not a positive finite number or ``horizon`` not a positive integer.
+    DimensionError
+        If ``A`` is not square, ``B`` does not have ``n`` rows, or either is complex.
     """
+    dt = check_dt(dt, "lifted_zoh")
+    if isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral) or horizon < 1:
+        raise ConfigError(f"lifted_zoh: horizon must be a positive integer, got {horizon!r}")
+    check_real(A, "A", "lifted_zoh")
+    check_real(B, "B", "lifted_zoh")
+    if A.ndim != 2 or A.shape[0] != A.shape[1] or B.ndim != 2 or B.shape[0] != A.shape[0]:
+        raise DimensionError(
+            f"lifted_zoh: A has shape {tuple(A.shape)} and B {tuple(B.shape)}; expected (n, n) and (n, m)"
+        )
+    horizon = int(horizon)
     n, m = B.shape
     M = torch.cat((torch.cat((A, B), 1), torch.zeros(m, n + m, dtype=A.dtype, device=A.device)), 0)
-    t = torch.arange(horizon + 1, dtype=A.dtype, device=A.device) * float(dt)
+    t = torch.arange(horizon + 1, dtype=A.dtype, device=A.device) * dt
     E = torch.linalg.matrix_exp(M * t.view(-1, 1, 1))  # (N + 1, n + m, n + m)
     Phi = E[:, :n, :n]
     Bd = E[1, :n, n:]
@@ -66,5 +88,14 @@ def lifted_zoh(A: torch.Tensor, B: torch.Tensor, dt: float, horizon: int) -> tup
 
 def lifted_rollout(Phi: torch.Tensor, Gamma: torch.Tensor, x0: torch.Tensor, controls: torch.Tensor) -> torch.Tensor:
     """Trajectories ``(batch, N + 1, n)`` from ``x0`` ``(batch, n)`` and ``controls`` ``(batch, N, m)``
-    with the matrices of :func:`lifted_zoh`."""
+    with the matrices of :func:`lifted_zoh`.
+
+    Raises
+    ------
+    DimensionError
+        If ``x0`` or ``controls`` is complex (a dtype check: no data is read, so exported
+        programs keep it at no cost).
+    """
+    check_real(x0, "x0", "lifted_rollout")
+    check_real(controls, "controls", "lifted_rollout")
     return torch.einsum("kab,zb->zka", Phi, x0) + torch.einsum("kjam,zjm->zka", Gamma, controls)

@@ -142,7 +142,7 @@ def test_truncation_at_the_horizon():
 
 
 def test_leaving_the_track_terminates_with_an_observation_in_the_space():
-    env = make_env("cartpole", horizon=50)
+    env = make_env("cartpole", horizon=50, track_limit=2.4)  # the standard task has no track limit
     obs, _ = env.reset(options={"x0": [2.3, 5.0, 0.0, 0.0], "target": [0.0, 0.0, 0.0, 0.0]})
     obs, reward, terminated, truncated, info = env.step(np.array([10.0], dtype=np.float32))
     assert terminated and info["out_of_bounds"] and not info["is_success"]
@@ -339,3 +339,163 @@ def test_vector_env_from_problem():
     assert vec.num_envs == 2 and vec.env.horizon == single.horizon == 4
     obs, _ = vec.reset(seed=3)
     np.testing.assert_array_equal(obs[0], single.reset(seed=3)[0])
+
+
+# ---------------------------------------------------------------------- standard tasks
+# The ``problem:`` sections of the standard configurations as they were written out in full
+# before they referred to dynamics.tasks (git show 473ea89:configs/<name>.yaml). The problems
+# they resolve to now must be identical, so that data sets, their run hashes and model files
+# stay the same. The _fast configurations had the same sections as their base.
+OLD_PROBLEM_SECTIONS = {
+    "double_integrator": """
+  name: double_integrator
+  plant: {name: double_integrator, u_min: -4.0, u_max: 4.0}   # |u| <= 4 m/s^2
+  dt: 0.33                  # s
+  horizon: 15               # N: 4.95 s
+  cost: quadratic
+  Q: [10.0, 5.0]            # diag
+  R: [0.1]
+  Qf_scale: 20.0            # Qf = 20 Q
+  initial_state: {low: [-2.0, -2.0], high: [2.0, 2.0]}
+  target_state: {low: [-2.0, -2.0], high: [2.0, 2.0]}
+  tolerance: 0.1            # success: ||x_N - x*||_2 < 0.1
+""",
+    "van_der_pol": """
+  name: van_der_pol
+  plant: {name: van_der_pol, mu: 1.0, u_min: -2.0, u_max: 2.0}   # |u| <= 2
+  dt: 0.05                  # s
+  horizon: 100              # N: 5 s
+  cost: quadratic
+  Q: [10.0, 5.0]
+  R: [0.1]
+  Qf_scale: 20.0
+  initial_state: {low: [-2.0, -2.0], high: [2.0, 2.0]}
+  target_state: {low: [0.0, 0.0], high: [0.0, 0.0]}
+  tolerance: 0.2
+""",
+    "pendulum": """
+  name: pendulum
+  plant: {name: pendulum, m: 1.0, l: 1.0, b: 0.0, u_max: 3.0}
+  dt: 0.05                  # s
+  horizon: 60               # N: 3 s
+  cost: quadratic
+  Q: [10.0, 1.0]
+  R: [0.1]
+  Qf_scale: 20.0
+  initial_state: {low: [-0.3, -0.5], high: [0.3, 0.5]}
+  target_state: {low: [3.141592653589793, 0.0], high: [3.141592653589793, 0.0]}
+  tolerance: 0.2
+""",
+    "cartpole": """
+  name: cartpole
+  plant: {name: cartpole, m_c: 1.0, m_p: 0.1, l: 0.5, g: 9.8, u_max: 10.0}
+  dt: 0.05                  # s
+  horizon: 60               # N: 3 s
+  cost: quadratic
+  Q: [5.0, 0.5, 10.0, 0.5]  # x, x_dot, theta, theta_dot
+  R: [0.05]
+  Qf_scale: 100.0
+  initial_state:
+    low: [-0.5, -0.2, 2.841592653589793, -0.3]    # theta in pi -+ 0.3
+    high: [0.5, 0.2, 3.441592653589793, 0.3]
+  target_state: {low: [0.0, 0.0, 0.0, 0.0], high: [0.0, 0.0, 0.0, 0.0]}
+  tolerance: 0.2
+""",
+    "rocket": """
+  name: rocket
+  plant: {name: rocket}        # default parameters: the published vehicle (see dynamics/rocket.py)
+  dt: 1.44                     # s
+  horizon: 50                  # N: 72 s of flight
+  cost: fuel                   # J = m_0 - m_N (kg)
+  R: 1.0                       # unused by the fuel cost
+  initial_state:               # x, y, z (m), vx, vy, vz (m/s), mass (kg)
+    low: [-300.0, 1500.0, 1200.0, -20.0, 40.0, -80.0, 1905.0]
+    high: [300.0, 2100.0, 1600.0, 20.0, 80.0, -60.0, 1905.0]
+  target_state:                # the landing site at rest; the mass entry is ignored
+    low: [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1505.0]
+    high: [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1505.0]
+  tolerance: 0.5               # ||r_N - r_f|| + ||v_N - v_f|| (m + m/s)
+  options: {glide_slope: 4.0}  # degrees above the horizontal
+""",
+}
+CONTINUOUS_CONFIGS = ["double_integrator", "van_der_pol", "van_der_pol_fast", "pendulum", "cartpole", "rocket",
+                      "rocket_fast"]
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("config", CONTINUOUS_CONFIGS)
+def test_configs_resolve_to_the_problems_they_had(config):
+    """Each rewritten configuration gives exactly the problem of its old, written-out section:
+    equal ``to_dict()`` and equal JSON text (same types and key order, so the same run hashes
+    and data set attributes)."""
+    import json
+
+    import yaml
+
+    from trc.config import load_yaml
+    from trc.generators.pipeline import run_hash
+    from trc.problem import Problem
+
+    base = config.removesuffix("_fast")
+    section = load_yaml(REPO / "configs" / f"{config}.yaml")["problem"]
+    assert section["task"] == base and "dt" not in section and "horizon" not in section
+    old = Problem.from_dict(yaml.safe_load(OLD_PROBLEM_SECTIONS[base]))
+    new = Problem.from_dict(section)
+    assert new.to_dict() == old.to_dict() and "task" not in new.to_dict()
+    assert json.dumps(new.to_dict()) == json.dumps(old.to_dict())
+    assert new == old
+    generator = type("G", (), {"solver": "x", "options": {}, "seed": 0, "chunk_size": 1})()
+    assert run_hash(new, generator) == run_hash(old, generator)
+
+
+@pytest.mark.parametrize("name", ["double_integrator", "van_der_pol", "pendulum", "cartpole", "rocket"])
+def test_default_env_task_is_the_configs_problem(name):
+    """make_env(name) and the environment of configs/<name>.yaml's problem are the same task."""
+    from trc.config import load_yaml
+    from trc.problem import Problem
+
+    problem = Problem.from_dict(load_yaml(REPO / "configs" / f"{name}.yaml")["problem"])
+    ours, theirs = make_env(name), PlantEnv.from_problem(problem)
+    assert (ours.dt, ours.horizon, ours.tolerance, ours.cost) == (problem.dt, problem.horizon, problem.tolerance,
+                                                                 problem.cost)
+    for key in ("Q", "R", "Qf", "initial_low", "initial_high", "target_low", "target_high", "u_min", "u_max",
+                "x_min", "x_max"):
+        np.testing.assert_array_equal(getattr(ours, key), getattr(theirs, key), err_msg=key)
+    assert ours.plant.config() == theirs.plant.config()
+    assert env_id(name) in IDS and gymnasium.make(env_id(name)).unwrapped.horizon == problem.horizon
+
+
+def test_van_der_pol_env_has_the_configs_numbers():
+    """The numbers written in the old configuration file (dt 0.05 s, N = 100, tolerance 0.2,
+    Qf = 20 diag(10, 5)), not the environment's former defaults (0.1 s, 50 steps)."""
+    env = make_env("van_der_pol")
+    assert (env.dt, env.horizon, env.tolerance) == (0.05, 100, 0.2)
+    np.testing.assert_array_equal(env.Qf, np.diag([200.0, 100.0]))
+    assert env.plant.u_min.tolist() == [-2.0] and env.plant.u_max.tolist() == [2.0]
+
+
+def test_task_with_overrides():
+    """Keys given next to ``task`` replace the task's values; ``plant`` keys are merged."""
+    import dataclasses
+
+    from dynamics import tasks
+    from trc.problem import Problem
+
+    problem = Problem.from_dict({"task": "van_der_pol", "horizon": 40, "plant": {"u_max": 1.0}, "tolerance": 0.3})
+    base = Problem(task="van_der_pol")
+    assert (problem.horizon, problem.tolerance, problem.dt) == (40, 0.3, 0.05)
+    assert problem.plant == {"name": "van_der_pol", "mu": 1.0, "u_min": -2.0, "u_max": 1.0}
+    assert problem.make_plant().u_max.tolist() == [1.0] and problem.make_plant().u_min.tolist() == [-2.0]
+    different = {k for k in base.to_dict() if base.to_dict()[k] != problem.to_dict()[k]}
+    assert different == {"horizon", "tolerance", "plant"}
+    # the resolved problem round-trips without its task; replace() keeps the resolved values
+    again = Problem.from_dict(problem.to_dict())
+    assert again == problem and again.task is None and problem.task == "van_der_pol"
+    assert dataclasses.replace(problem, horizon=5).to_dict() == {**problem.to_dict(), "horizon": 5}
+    # the task itself is not changed by a problem built from it
+    problem.plant["u_max"] = 9.0
+    assert tasks.task("van_der_pol")["plant"]["u_max"] == 2.0
+    # the environment's defaults follow the same task; keywords change it
+    assert make_env("van_der_pol", horizon=7, u_max=1.0).horizon == 7
+    with pytest.raises(UnknownNameError, match="unknown task 'nope'"):
+        tasks.task("nope")

@@ -551,3 +551,71 @@ def test_stepped_rollout_equals_torchdiffeq_odeint(method, substeps):
     np.testing.assert_allclose(g_got.numpy(), g_ref.numpy(), rtol=1e-12, atol=1e-13)
     with pytest.raises(ConfigError, match="one-step"):
         zoh_rollout(plant.f, x0, u, 0.1, method="explicit_adams")
+
+
+# ---------------------------------------------------------------------- checks of f
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_f_checks_its_inputs_but_rollouts_check_once(method):
+    """``f`` rejects NaN and infinity; the integrators evaluate the unchecked field at every stage,
+    so a trajectory that diverges returns non-finite states instead of failing mid-rollout."""
+    plant = dynamics.make("van_der_pol", dt=0.1, method=method, dtype=F64)
+    x, u = torch.tensor([[0.5, -1.0]], dtype=F64), torch.tensor([[0.3]], dtype=F64)
+    torch.testing.assert_close(plant.f(x, u), torch.tensor([[-1.0, 0.75 * -1.0 - 0.5 + 0.3]], dtype=F64))
+    torch.testing.assert_close(plant.f_unchecked(x, u), plant.f(x, u), rtol=0, atol=0)
+    for bad_x, bad_u, which in ((x * math.nan, u, "in x"), (x, u * math.inf, "in u"), (x, -u * math.inf, "in u")):
+        with pytest.raises(NonFiniteError, match=f"van_der_pol: f\\(x, u\\) got NaN or infinity {which}"):
+            plant.f(bad_x, bad_u)
+    if method == "rk4":  # the cubic damping makes a large state blow up within a few steps
+        with np.errstate(all="ignore"):
+            states = plant.rollout(torch.tensor([[1e3, 1e3]], dtype=F64), torch.zeros(1, 5, 1, dtype=F64))
+        assert torch.isfinite(states[0, 0]).all() and not torch.isfinite(states[0, -1]).all()
+        with pytest.raises(NonFiniteError):
+            plant.f(states[:, -1], torch.zeros(1, 1, dtype=F64))
+    else:  # and the adaptive solver runs through the unchecked field as well
+        plant.f = None  # an instance attribute shadows f: rollouts must not need it
+        states = plant.rollout(x, torch.zeros(1, 3, 1, dtype=F64))
+        assert states.shape == (1, 4, 2) and torch.isfinite(states).all()
+
+
+def test_subclasses_get_a_checked_f():
+    class Decay(dynamics.Plant):
+        name = "decay"
+        state_names, state_units, control_names, control_units = ("x",), ("m",), ("u",), ("m/s",)
+
+        def f(self, x, u):
+            """Exponential decay pushed by u."""
+            return -x + u
+
+    plant = Decay(dt=0.5).double()
+    assert Decay.f_unchecked is not Decay.f and Decay.f.__doc__ == "Exponential decay pushed by u."
+    with pytest.raises(NonFiniteError, match="decay: f"):
+        plant.f(torch.tensor([[math.inf]]), torch.zeros(1, 1))
+    x0 = torch.ones(1, 1, dtype=F64)
+    got = plant.rollout(x0, torch.zeros(1, 1, 1, dtype=F64))[0, -1, 0]
+    h = 0.5  # any 4-stage 4th-order Runge-Kutta step of x' = -x is the Taylor polynomial of exp(-h)
+    assert float(got) == pytest.approx(1 - h + h**2 / 2 - h**3 / 6 + h**4 / 24, rel=1e-14)
+
+
+def test_traced_programs_leave_the_check_of_f_out():
+    """torch.jit.trace and torch.export (non-strict, as trc's exports) capture f without the
+    data-dependent check: no TracerWarning, no guard on data."""
+    import warnings
+
+    plant = dynamics.make("pendulum", dtype=F64)
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.plant = plant
+
+        def forward(self, x, u):
+            return self.plant.f(x, u)
+
+    x, u = torch.tensor([[0.3, -0.2], [1.0, 0.5]], dtype=F64), torch.tensor([[0.1], [-0.4]], dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates jit.trace itself
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        traced = torch.jit.trace(Field(), (x, u))
+    exported = torch.export.export(Field(), (x, u), strict=False).module()
+    for program in (traced, exported):
+        torch.testing.assert_close(program(x, u), plant.f(x, u), rtol=0, atol=0)

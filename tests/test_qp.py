@@ -15,7 +15,7 @@ import pytest
 import scipy.optimize
 import torch
 
-from dynamics import ConfigError, DimensionError, InfeasibleError, TRCError
+from dynamics import ConfigError, DimensionError, InfeasibleError, TRCError, UncontrollableError
 from trc.generators import make_solver
 from trc.generators.checks import failure_counts
 from trc.problem import Problem
@@ -176,6 +176,41 @@ def test_infeasible_instances_are_reported_per_instance():
     assert sol.status[0] == "solver: infeasible"
     assert np.isnan(sol.controls[0]).all() and np.isnan(sol.costs[0])
     assert failure_counts(sol.status, sol.success) == {"solver": 1}
+
+
+def linear_problem(B) -> Problem:
+    """``x1' = u``-like plants with a second state ``x2' = -x2`` that ``B`` may or may not drive."""
+    return Problem(
+        name="lin", plant={"name": "linear", "A": [[0.0, 0.0], [0.0, -1.0]], "B": B, "u_min": -1.0, "u_max": 1.0},
+        dt=0.1, horizon=10, initial_state={"low": [-1, -1], "high": [1, 1]},
+        target_state={"low": [-0.5, -0.5], "high": [0.5, 0.5]}, Q=[1, 1], R=[0.1], Qf_scale=10,
+    )
+
+
+def test_uncontrollable_plant_raises_like_lqr(tmp_path):
+    """With B = (1, 0)' the second state decays whatever the control: its targets are out of
+    reach, yet every QP solution would pass the checks. The solver refuses the problem with the
+    lqr solver's error, so no such sample is ever stored as optimal."""
+    from trc.generators.config import GeneratorConfig
+    from trc.generators.pipeline import generate
+
+    A, B = np.array([[0.0, 0.0], [0.0, -1.0]]), np.array([[1.0], [0.0]])
+    assert np.linalg.matrix_rank(np.hstack([B, A @ B])) == 1  # independent reference: [B, AB]
+    problem = linear_problem(B.tolist())
+    with pytest.raises(UncontrollableError, match=r"^qp: plant 'linear': .* has rank 1; expected 2") as qp_error:
+        make_solver("qp", problem)
+    with pytest.raises(UncontrollableError) as lqr_error:
+        make_solver("lqr", problem)
+    assert str(qp_error.value).removeprefix("qp") == str(lqr_error.value).removeprefix("lqr")
+    out = tmp_path / "unctrb.h5"
+    with pytest.raises(UncontrollableError):
+        generate(problem, GeneratorConfig(solver="qp", num_samples=50, chunk_size=50), out=out, workers=1,
+                 progress=False)
+    assert not out.exists()
+    # driving both states makes the same system controllable: the check lets it through
+    controllable = linear_problem([[1.0], [1.0]])
+    sol = make_solver("qp", controllable).solve(*controllable.sample(4, seed=0))
+    assert sol.success.all(), sol.status
 
 
 def test_bad_options_and_inputs():

@@ -197,8 +197,9 @@ def default_experiment(plant: str, solver: str | None = None) -> Experiment:
     if path is not None:
         data = load_yaml(path)
         standard_solver = (data.get("generator") or {}).get("solver")
-        if (data.get("problem") or {}).get("plant", {}).get("name") == plant and solver in (None, standard_solver):
-            return experiment_from_dict(data, source=str(path))
+        experiment = experiment_from_dict(data, source=str(path))
+        if experiment.problem.plant.get("name") == plant and solver in (None, standard_solver):
+            return experiment
     if solver is None:
         raise ConfigError(f"plant {plant!r} has no standard configuration in {CONFIG_DIR}; give a solver (--solver)")
     instance = cls()

@@ -15,11 +15,23 @@ generators solve, what the model is trained on and what evaluation judges agains
       initial_state: {low: [-2, -2], high: [2, 2]}
       target_state: {low: [-2, -2], high: [2, 2]}
       tolerance: 0.1      # success: ||x_N - x*||_2 < tolerance
+
+A standard problem is one line (:mod:`dynamics.tasks` holds its numbers); any other key
+changes it, e.g. a shorter horizon, or a plant argument (``plant`` keys are merged into the
+task's plant arguments, every other key replaces the task's value)::
+
+    problem:
+      task: van_der_pol
+      horizon: 50
+      plant: {u_max: 1.0}
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +39,47 @@ import numpy as np
 import torch
 
 import dynamics
-from dynamics.errors import ConfigError, DimensionError
+from dynamics import tasks
+from dynamics.errors import ConfigError
+
+from .config import from_dict
+from .cost import trajectory_cost
 
 __all__ = ["Box", "Problem"]
 
 COSTS = ("quadratic", "fuel")
+
+
+class _Unset:
+    """Default of the fields of :class:`Problem`: the key was not given (so a task's value, or
+    the field's default, applies)."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+#: Fields a problem must have (given or from its task).
+_REQUIRED = ("name", "plant", "dt", "horizon", "initial_state", "target_state")
+
+#: Defaults of the other fields.
+_DEFAULTS = {
+    "cost": "quadratic", "Q": 1.0, "R": 1.0, "Qf": None, "Qf_scale": 1.0, "tolerance": 0.1, "options": {},
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _got(value) -> str:
+    """``value!r``, noting that a bool is not a number (``True`` is an int in Python)."""
+    return f"{bool(value)!r} (a bool)" if isinstance(value, (bool, np.bool_)) else repr(value)
 
 
 @dataclass
@@ -57,7 +105,14 @@ class Box:
 
 def _matrix(value, dim: int, what: str) -> np.ndarray:
     """A weight given as a scalar, a diagonal list or a full matrix, as a ``(dim, dim)`` array."""
-    a = np.asarray(value, dtype=float)
+    if isinstance(value, (bool, np.bool_)) or np.iscomplexobj(value):
+        raise ConfigError(f"{what} must be real numbers, got {value!r}")
+    try:
+        a = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what} must be a number, a diagonal list or a matrix, got {value!r}") from exc
+    if not np.isfinite(a).all():
+        raise ConfigError(f"{what} must be finite, got {a.tolist()}")
     if a.ndim == 0:
         a = a * np.eye(dim)
     elif a.ndim == 1:
@@ -74,6 +129,11 @@ def _matrix(value, dim: int, what: str) -> np.ndarray:
 @dataclass
 class Problem:
     """An optimal-control problem over a finite horizon.
+
+    Every field may be left out when ``task`` names a standard task (:mod:`dynamics.tasks`),
+    which then supplies it; given fields change the task (``plant`` keys are merged into the
+    task's plant arguments, other fields replace the task's value). Without a task, ``name``,
+    ``plant``, ``dt``, ``horizon``, ``initial_state`` and ``target_state`` are required.
 
     Attributes
     ----------
@@ -97,37 +157,63 @@ class Problem:
         Success threshold on ``||x_N - x*||_2``.
     options : dict
         Problem-specific settings read by its solver (e.g. the rocket's glide slope).
+    task : str, optional
+        Name of the standard task this problem starts from (:func:`dynamics.tasks.task`).
+        Not part of :meth:`to_dict`, which holds the resolved fields: a problem written with a
+        task and the same problem written out in full have equal dicts, data sets and models.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown task (the cause is its :class:`~dynamics.errors.UnknownNameError`), a
+        missing required field, or an invalid value, e.g. ``horizon: true`` (a bool is not an
+        integer), a non-positive or non-finite ``dt`` or ``tolerance``, or weights that are not
+        symmetric positive semi-definite.
     """
 
-    name: str
-    plant: dict
-    dt: float
-    horizon: int
-    initial_state: Box
-    target_state: Box
-    cost: str = "quadratic"
-    Q: Any = 1.0
-    R: Any = 1.0
-    Qf: Any = None
-    Qf_scale: float = 1.0
-    tolerance: float = 0.1
-    options: dict = field(default_factory=dict)
+    name: str = _UNSET
+    plant: dict = _UNSET
+    dt: float = _UNSET
+    horizon: int = _UNSET
+    initial_state: Box = _UNSET
+    target_state: Box = _UNSET
+    cost: str = _UNSET
+    Q: Any = _UNSET
+    R: Any = _UNSET
+    Qf: Any = _UNSET
+    Qf_scale: float = _UNSET
+    tolerance: float = _UNSET
+    options: dict = _UNSET
+    task: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
+        self._resolve()
         if isinstance(self.initial_state, dict):
             self.initial_state = _box(self.initial_state, "initial_state")
         if isinstance(self.target_state, dict):
             self.target_state = _box(self.target_state, "target_state")
+        for what in ("initial_state", "target_state"):
+            if not isinstance(getattr(self, what), Box):
+                raise ConfigError(
+                    f"problem.{what} must be {{low: [...], high: [...]}}, got {getattr(self, what)!r}"
+                )
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"problem.name must be a non-empty string, got {self.name!r}")
         if not isinstance(self.plant, dict) or "name" not in self.plant:
             raise ConfigError(f"problem.plant must be a mapping with a 'name', got {self.plant!r}")
-        if not (isinstance(self.dt, (int, float)) and self.dt > 0):
-            raise ConfigError(f"problem.dt must be a positive number of seconds, got {self.dt!r}")
-        if not (isinstance(self.horizon, int) and self.horizon >= 1):
-            raise ConfigError(f"problem.horizon must be a positive integer, got {self.horizon!r}")
+        if not (_is_real(self.dt) and math.isfinite(self.dt) and self.dt > 0):
+            raise ConfigError(f"problem.dt must be a positive finite number of seconds, got {_got(self.dt)}")
+        if not (_is_int(self.horizon) and self.horizon >= 1):
+            raise ConfigError(f"problem.horizon must be a positive integer, got {_got(self.horizon)}")
+        self.horizon = int(self.horizon)
         if self.cost not in COSTS:
             raise ConfigError(f"problem.cost must be one of {COSTS}, got {self.cost!r}")
-        if not self.tolerance > 0:
-            raise ConfigError(f"problem.tolerance must be positive, got {self.tolerance!r}")
+        if not (_is_real(self.tolerance) and math.isfinite(self.tolerance) and self.tolerance > 0):
+            raise ConfigError(f"problem.tolerance must be a positive finite number, got {_got(self.tolerance)}")
+        if not (_is_real(self.Qf_scale) and math.isfinite(self.Qf_scale) and self.Qf_scale >= 0):
+            raise ConfigError(f"problem.Qf_scale must be a finite number >= 0, got {_got(self.Qf_scale)}")
+        if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
+            raise ConfigError(f"problem.options must be a mapping of named settings, got {self.options!r}")
         plant = self.make_plant()  # validates the plant name and parameters
         n, m = plant.state_dim, plant.control_dim
         for box, what in ((self.initial_state, "initial_state"), (self.target_state, "target_state")):
@@ -138,6 +224,37 @@ class Problem:
         self._Qf = _matrix(self.Qf, n, "problem.Qf") if self.Qf is not None else self.Qf_scale * self._Q
         if self.cost == "quadratic" and np.linalg.eigvalsh(self._R).min() <= 0:
             raise ConfigError("problem.R must be positive definite for a quadratic cost")
+
+    def _resolve(self) -> None:
+        """Fill the fields not given from the task (merging ``plant``) or from the defaults."""
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                 if f.name != "task" and getattr(self, f.name) is not _UNSET}
+        values = {}
+        if self.task is not None:
+            try:
+                values = tasks.task(self.task)
+            except dynamics.UnknownNameError as exc:
+                raise ConfigError(f"problem.task: {exc}") from exc
+            plant = given.get("plant")
+            if isinstance(plant, dict):
+                base = values["plant"]
+                if plant.get("name", base["name"]) != base["name"]:
+                    raise ConfigError(
+                        f"problem.plant.name {plant['name']!r} differs from the plant {base['name']!r} of "
+                        f"task {self.task!r}; leave the name out or drop the task"
+                    )
+                given["plant"] = {**base, **plant}
+        values.update(given)
+        missing = [key for key in _REQUIRED if key not in values]
+        if missing:
+            raise ConfigError(
+                f"problem: missing key(s) {missing}; give them, or a standard task (problem.task, "
+                f"one of {tasks.names()}) that has them"
+            )
+        for key, default in _DEFAULTS.items():
+            values.setdefault(key, copy.deepcopy(default))
+        for key, value in values.items():
+            setattr(self, key, value)
 
     # ---------------------------------------------------------------- derived
     def make_plant(self, dtype: torch.dtype = torch.float32) -> dynamics.Plant:
@@ -180,25 +297,20 @@ class Problem:
         return self.initial_state.sample(num, rng), self.target_state.sample(num, rng)
 
     def to_dict(self) -> dict:
-        """The problem as plain data (round-trips through :meth:`from_dict`)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """The resolved problem as plain data (round-trips through :meth:`from_dict`); without
+        ``task``, so it does not depend on how the problem was written."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "task"}
 
     @classmethod
     def from_dict(cls, data) -> "Problem":
-        from .config import from_dict
-
         return from_dict(cls, data, "problem")
 
     def cost_of(self, states: torch.Tensor, controls: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The problem's cost ``J`` of trajectories; see :func:`trc.cost.trajectory_cost`."""
-        from .cost import trajectory_cost
-
         return trajectory_cost(self, states, controls, target)
 
 
 def _box(data, what: str) -> Box:
-    from .config import from_dict
-
     return from_dict(Box, data, f"problem.{what}")
 
 

@@ -32,7 +32,14 @@ import cvxpy as cp
 import numpy as np
 import torch
 
-from dynamics.errors import ConfigError, DimensionError, InfeasibleError, NonFiniteError, SolverError
+from dynamics.errors import (
+    ConfigError,
+    DimensionError,
+    InfeasibleError,
+    NonFiniteError,
+    SolverError,
+    UncontrollableError,
+)
 
 from .base import Solution, Solver, register_solver
 from .checks import Tolerances, assemble_solution, check_solution
@@ -41,6 +48,7 @@ from .lqr import (
     _check_instances,
     _reject_unknown,
     _tolerances,
+    check_controllable,
     exact_discretization,
 )
 
@@ -120,6 +128,11 @@ class QPSolver(Solver):
     InfeasibleError
         If the bounds admit no trajectory from any initial state of the problem's
         ``initial_state`` box (checked once with a feasibility LP), or ``u_min > u_max``.
+    UncontrollableError
+        If the discretised ``(A, B)`` is not controllable (the check of the ``lqr`` solver,
+        :func:`~trc.generators.lqr.check_controllable`). Such a plant cannot reach arbitrary
+        targets: its optimal trajectories would end away from the target and yet pass every
+        check (dynamics, bounds), so they would be stored as optimal training data.
 
     Notes
     -----
@@ -155,6 +168,10 @@ class QPSolver(Solver):
 
         self.plant = problem.make_plant(torch.float64)
         A, B, c = exact_discretization(self.plant, self.discretization)
+        try:
+            check_controllable(A, B)
+        except UncontrollableError as exc:
+            raise UncontrollableError(f"qp: plant {self.plant.name!r}: {exc}") from None
         self.A, self.B, self.c = A, B, c
         self.u_min, self.u_max = (self.plant.u_min.numpy().astype(float), self.plant.u_max.numpy().astype(float))
         self.x_min, self.x_max = (self.plant.x_min.numpy().astype(float), self.plant.x_max.numpy().astype(float))
