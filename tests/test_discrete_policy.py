@@ -235,7 +235,7 @@ def test_command_lines(tmp_path, capsys):
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["split"] == "test" and report["episodes"] == read_discrete_dataset(tmp_path / "m.h5").split(
         "test")["initial_states"].shape[0] and 0 <= report["success_rate"] <= 1
-    assert train_main(["--config", str(path), "--chunk-size", "3"]) == 2  # not an option of train
+    assert train_main(["--config", str(path), "--epochs", "3"]) == 2  # a continuous option
     assert generate_main(["--config", str(path), "--chunk-size", "3"]) == 2 and "not used for discrete" in (
         capsys.readouterr().err)
     cfg["problem"]["height"] = 1

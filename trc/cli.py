@@ -31,6 +31,8 @@ import torch
 
 from dynamics.errors import ConfigError, DimensionError, TRCError, UnknownNameError
 
+from .config import MAX_SEED
+
 __all__ = [
     "EXIT_OK",
     "EXIT_FAILURE",
@@ -50,9 +52,6 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-#: Largest seed NumPy and torch accept (both take unsigned 64-bit seeds, torch a signed one).
-MAX_SEED = 2**63 - 1
 
 _USAGE_ERRORS = (ConfigError, UnknownNameError, DimensionError)
 

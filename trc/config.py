@@ -29,7 +29,10 @@ from dynamics.errors import ConfigError
 from .io import atomic_write_text
 
 __all__ = ["load_yaml", "from_dict", "to_dict", "dump_yaml", "is_int", "is_real", "check_int", "check_real",
-           "check_bool", "check_choice"]
+           "check_bool", "check_choice", "MAX_SEED", "check_seed"]
+
+#: Largest seed: seeds are stored as int64 attributes and given to torch (a signed 64-bit seed).
+MAX_SEED = 2**63 - 1
 
 
 # ---------------------------------------------------------------------------- value checks
@@ -60,6 +63,19 @@ def check_int(value, where: str, low: int | None = None, high: int | None = None
             rng = "an integer" + (f" >= {low}" if low is not None else "") + (f" <= {high}" if high is not None else "")
         raise ConfigError(f"{where} must be {rng}, got {value!r}")
     return int(value)
+
+
+def check_seed(seed, what: str = "generator.seed") -> int:
+    """A seed: an integer in ``[0, 2**63 - 1]``.
+
+    Raises
+    ------
+    ConfigError
+        If ``seed`` is not an integer (booleans included) or lies outside ``[0, 2**63 - 1]``.
+    """
+    if not is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{what} must be an integer in [0, 2**63 - 1], got {seed!r}")
+    return int(seed)
 
 
 def check_real(value, where: str, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,

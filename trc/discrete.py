@@ -40,7 +40,7 @@ from dynamics.errors import ConfigError, PuzzleError
 from dynamics.maze import random_instances
 from dynamics.sudoku import random_puzzles
 
-from .config import check_int, from_dict
+from .config import check_int, check_seed, from_dict
 from .generators.config import DEFAULT_DATASET_DIR
 
 __all__ = ["KINDS", "MazeProblem", "SudokuProblem", "DiscreteGeneratorConfig", "problem_from_dict"]
@@ -231,7 +231,7 @@ class DiscreteGeneratorConfig:
                 f"generator.solver of a discrete problem must be 'bfs' (maze) or 'sudoku', got {self.solver!r}"
             )
         self.num_samples = check_int(self.num_samples, "generator.num_samples", 1)
-        self.seed = check_int(self.seed, "generator.seed", 0)
+        self.seed = check_seed(self.seed, "generator.seed")
         s = self.splits
         if not isinstance(s, (list, tuple)) or len(s) != 3 or any(
             not isinstance(v, numbers.Real) or v < 0 for v in s

@@ -22,9 +22,11 @@ from pathlib import Path
 
 from dynamics.errors import ConfigError, TRCError, UnknownNameError
 
+from ..config import MAX_SEED, check_seed, is_int
+from ..io import check_output_name
 from .base import make_solver, solver_names
 
-__all__ = ["GeneratorConfig", "SPLIT_NAMES", "DEFAULT_DATASET_DIR"]
+__all__ = ["GeneratorConfig", "SPLIT_NAMES", "DEFAULT_DATASET_DIR", "MAX_SEED", "check_seed"]
 
 #: Names of the data set splits, in the order of :attr:`GeneratorConfig.splits`.
 SPLIT_NAMES = ("train", "val", "test")
@@ -33,8 +35,6 @@ SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_DATASET_DIR = "datasets"
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass
@@ -52,8 +52,8 @@ class GeneratorConfig:
     splits : list of 3 float
         Fractions of the ``train``, ``val`` and ``test`` splits; non-negative, sum 1.
     seed : int
-        Seed of the instance stream and of the split permutation. The same seed (and
-        problem, solver and options) gives the same arrays.
+        Seed of the instance stream and of the split permutation, in ``[0, 2**63 - 1]``.
+        The same seed (and problem, solver and options) gives the same arrays.
     chunk_size : int
         Instances per work unit. Every finished chunk is saved at once, so an interrupted
         run loses at most one chunk per worker; a different chunk size is a different
@@ -87,11 +87,10 @@ class GeneratorConfig:
         if not isinstance(self.solver, str) or self.solver not in solver_names():
             cause = UnknownNameError(f"unknown solver {self.solver!r}; choose one of {solver_names()}")
             raise ConfigError(f"generator.solver: {cause}") from cause
-        if not _is_int(self.num_samples) or self.num_samples < 1:
+        if not is_int(self.num_samples) or self.num_samples < 1:
             raise ConfigError(f"generator.num_samples must be a positive integer, got {self.num_samples!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ConfigError(f"generator.seed must be a non-negative integer, got {self.seed!r}")
-        if not _is_int(self.chunk_size) or self.chunk_size < 1:
+        self.seed = check_seed(self.seed)
+        if not is_int(self.chunk_size) or self.chunk_size < 1:
             raise ConfigError(f"generator.chunk_size must be a positive integer, got {self.chunk_size!r}")
         splits = self.splits
         if (
@@ -105,10 +104,9 @@ class GeneratorConfig:
         if any(not (0 <= s <= 1) for s in splits) or not math.isclose(sum(splits), 1.0, abs_tol=1e-9):
             raise ConfigError(f"generator.splits must be non-negative and sum to 1, got {list(splits)} (sum {sum(splits)})")
         self.splits = [float(s) for s in splits]
-        if self.out is not None and (not isinstance(self.out, (str, Path)) or not str(self.out)):
-            raise ConfigError(f"generator.out must be a file path, got {self.out!r}")
         if self.out is not None:
-            self.out = str(self.out)
+            # The name only; the file system is checked when a run starts (generate()).
+            self.out = check_output_name(self.out, what="generator.out")
         if not isinstance(self.max_failure_rate, numbers.Real) or not (0 <= self.max_failure_rate < 1):
             raise ConfigError(f"generator.max_failure_rate must be in [0, 1), got {self.max_failure_rate!r}")
         self.max_failure_rate = float(self.max_failure_rate)

@@ -24,11 +24,17 @@ at most ``L`` steps, with plant state dimension ``n``::
 
 Trajectories are not stored: ``plant.rollout(initial_states, controls[:, :lengths])`` rebuilds
 them exactly (:meth:`DiscreteDataset.trajectory`).
+
+:func:`write_discrete_dataset` replaces an existing file only if it holds the same data set
+(same problem, seed, sample count and splits) or with ``force``, and holds the writer lock of
+the file (:func:`trc.io.output_lock`) while it writes; :func:`check_discrete_output` makes the
+same checks before generating, so that a bad output path fails before any work.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -40,10 +46,19 @@ import torch
 
 from dynamics.errors import DatasetError, TRCError
 
-from .config import SPLIT_NAMES
+from ..io import atomic_path, check_output_file, check_output_path, output_lock
+from .config import SPLIT_NAMES, check_seed
+from .pipeline import split_indices
 from .storage import SCHEMA_VERSION, JSONText, create_dataset, decode_attrs, encode_attr, open_h5
 
-__all__ = ["DiscreteDataset", "generate_discrete", "write_discrete_dataset", "read_discrete_dataset", "DISCRETE_ARRAYS"]
+__all__ = [
+    "DiscreteDataset",
+    "generate_discrete",
+    "check_discrete_output",
+    "write_discrete_dataset",
+    "read_discrete_dataset",
+    "DISCRETE_ARRAYS",
+]
 
 #: Root arrays of a discrete data set and their number of dimensions (``distances``: maze only).
 DISCRETE_ARRAYS = {
@@ -228,16 +243,98 @@ def _check(data: DiscreteDataset, where) -> None:
         raise DatasetError(f"{where}: splits must be disjoint index sets {list(SPLIT_NAMES)} within [0, {M})")
 
 
-def write_discrete_dataset(path, data: DiscreteDataset) -> Path:
+def _same_discrete(path: Path, problem, num_samples: int, seed: int, splits: dict) -> bool | str:
+    """True if ``path`` holds the discrete data set of these settings; otherwise what it holds."""
+    try:
+        if not h5py.is_hdf5(path):
+            return "it is not an HDF5 file"
+        with open_h5(path) as f:
+            attrs = decode_attrs(f.attrs, path)
+            stored = {k: np.asarray(f["splits"][k][()]) for k in SPLIT_NAMES} if "splits" in f else None
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:  # DatasetError is an OSError
+        return f"it cannot be read as a data set: {exc}"
+    if attrs.get("kind") not in ("maze", "sudoku"):
+        return f"it is not a discrete data set (kind {attrs.get('kind')!r}, problem {attrs.get('problem_name')!r})"
+    if attrs.get("problem") != json.loads(json.dumps(problem.to_dict())):
+        return f"it holds a data set of problem {attrs.get('problem_name')!r}; this run writes problem {problem.name!r}"
+    same = (
+        attrs.get("seed") == seed and attrs.get("num_samples") == num_samples and stored is not None
+        and all(np.array_equal(np.sort(stored[k]), np.sort(np.asarray(splits[k]))) for k in SPLIT_NAMES)
+    )
+    if same:
+        return True
+    sizes = [len(stored[k]) for k in SPLIT_NAMES] if stored is not None else None
+    return (
+        f"it holds a data set of problem {problem.name!r} with other settings: {attrs.get('num_samples')} samples, "
+        f"seed {attrs.get('seed')}, split sizes {sizes}; this run: {num_samples} samples, seed {seed}, "
+        f"split sizes {[len(splits[k]) for k in SPLIT_NAMES]}"
+    )
+
+
+def check_discrete_output(path, problem, num_samples: int, seed: int, splits=(0.8, 0.1, 0.1), *,
+                          force: bool = False) -> Path:
+    """Check, before :func:`generate_discrete`, that its data set may be written to ``path``.
+
+    The same checks as :func:`write_discrete_dataset` makes before writing, so a bad output
+    fails before the instances are generated. Callers that generate and then write should
+    hold :func:`trc.io.output_lock` of ``path`` around both.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The output file.
+    problem, num_samples, seed, splits
+        As for :func:`generate_discrete`.
+    force : bool
+        Allow replacing an existing file that holds something else.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    ConfigError
+        If ``seed`` is outside ``[0, 2**63 - 1]``, ``path`` cannot be written
+        (:func:`trc.io.check_output_path`), or it exists and holds something else than this
+        data set (another file, a data set of another problem or other settings) and
+        ``force`` is False.
+    """
+    seed = check_seed(seed, "seed")
+    expected = split_indices(int(num_samples), list(splits), seed)
+    check_output_file(path, force=force, is_own=functools.partial(
+        _same_discrete, problem=problem, num_samples=int(num_samples), seed=seed, splits=expected))
+    return Path(path)
+
+
+def write_discrete_dataset(path, data: DiscreteDataset, *, force: bool = False) -> Path:
     """Write a discrete data set atomically (see the module notes for the schema).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Output file; its folder is created if needed. An existing file is replaced only if it
+        holds the same data set (same problem, seed, sample count and splits), or with
+        ``force``.
+    data : DiscreteDataset
+    force : bool
+        Replace an existing file whatever it holds.
+
+    Returns
+    -------
+    pathlib.Path
 
     Raises
     ------
     DatasetError
         If the arrays disagree with each other or with the problem.
+    ConfigError
+        Before writing: if the seed is outside ``[0, 2**63 - 1]``; ``path`` is empty, a
+        folder, under a file or in a folder that cannot be written; ``path`` exists and holds
+        something else and ``force`` is False (:func:`trc.io.check_output_file`); or another
+        process is writing ``path`` (:func:`trc.io.output_lock`).
     """
     import trc
-    from trc.io import atomic_path
 
     _check(data, "in memory")
     plant = data.problem.make_plant()
@@ -247,12 +344,22 @@ def write_discrete_dataset(path, data: DiscreteDataset) -> Path:
         "problem_name": data.problem.name, "plant": plant.name, "plant_config": plant.config(), "dt": 1.0,
         "N": int(data.controls.shape[1]), "state_dim": int(plant.state_dim), "control_dim": 1,
         "num_actions": int(plant.num_actions), "cost": "steps", "solver": data.solver, "solver_options": {},
-        "seed": int(data.seed), "num_samples": data.num_samples, "num_failures": 0, "trc_version": trc.__version__,
+        "seed": check_seed(data.seed, "seed"), "num_samples": data.num_samples, "num_failures": 0,
+        "trc_version": trc.__version__,
     }
     attrs.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     encoded = {key: encode_attr(value) for key, value in attrs.items() if key != "json_attrs"}
     encoded["json_attrs"] = json.dumps(sorted(k for k, v in encoded.items() if isinstance(v, JSONText)))
-    path = Path(path)
+    path = check_output_path(path)
+    with output_lock(path):
+        own = functools.partial(_same_discrete, problem=data.problem, num_samples=data.num_samples,
+                                seed=int(data.seed), splits=data.splits)
+        check_output_file(path, force=force, is_own=own)
+        _write(path, data, encoded)
+    return path
+
+
+def _write(path: Path, data: DiscreteDataset, encoded: dict) -> None:
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for name, array in data.arrays().items():
@@ -268,7 +375,6 @@ def write_discrete_dataset(path, data: DiscreteDataset) -> Path:
             create_dataset(failures, "status", np.zeros((0,), dtype=object))
             for key, value in encoded.items():
                 f.attrs[key] = str(value) if isinstance(value, JSONText) else value
-    return path
 
 
 def read_discrete_dataset(path) -> DiscreteDataset:

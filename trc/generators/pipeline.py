@@ -8,8 +8,14 @@ How a run is organised (see :func:`generate`):
    ``numpy.random.default_rng(SeedSequence(seed, spawn_key=(0, b)))``. Any prefix of the
    stream is therefore the same whatever the sample count, chunk size or number of workers.
 2. **Chunks.** Instances ``[c * chunk_size, (c + 1) * chunk_size)`` form chunk ``c``, solved
-   as one batch by one worker (a ``spawn`` process with one torch/BLAS thread, so the
-   arithmetic does not depend on the number of workers).
+   as one batch by one worker (this process or a ``spawn`` process). Every chunk is solved
+   by a solver built afresh for it, from the problem's dictionary and the options, with one
+   torch and one BLAS/OpenMP thread (``torch.set_num_threads(1)`` and
+   ``threadpoolctl.threadpool_limits(1)``, restored afterwards): solvers that keep state
+   between calls (cvxpy's warm starts keep the backend's factorisation) would otherwise make
+   a chunk depend on the chunks the same worker solved before it. A chunk's arrays are
+   therefore a function of the configuration and the chunk index only, bitwise, whatever the
+   number of workers or the chunks resumed from an earlier run.
 3. **Parts.** Every solved chunk is written at once, atomically, to
    ``<out>.parts/<tag>-<c>.npz``. The ``tag`` hashes the problem, solver, solver options,
    seed, chunk size and TRC version, so a rerun with the same configuration skips finished
@@ -27,6 +33,12 @@ How a run is organised (see :func:`generate`):
 
 The same configuration and seed therefore give identical arrays; only ``solve_time`` and the
 creation attributes differ between runs.
+
+Before any work, the output is checked (:func:`trc.io.check_output_file`): it must be a
+writable file path, and an existing file is replaced only if it is this run's own output
+(then the run is up to date and does nothing) or with ``force``. The run holds the writer
+lock of the output (:func:`trc.io.output_lock`) from the check to the final rename, so a
+second run writing the same file fails at once.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -48,12 +61,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
 from dynamics.errors import ConfigError, DatasetError, SolverError, TRCError
 
+from ..io import atomic_path, check_output_file, check_output_path, output_lock
 from .checks import failure_counts
-from .config import SPLIT_NAMES, GeneratorConfig
+from .config import SPLIT_NAMES, GeneratorConfig, check_seed
 from .storage import SCHEMA_VERSION, GeneratedDataset, read_attrs, write_dataset
 
 __all__ = [
@@ -257,8 +275,6 @@ _PART_RE = re.compile(r"^(?P<tag>[0-9a-f]{16})-(?P<chunk>\d{6})\.npz$")
 
 
 def _save_part(path: Path, arrays: dict) -> None:
-    from trc.io import atomic_path
-
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -292,25 +308,30 @@ def _watch_parent(parent_pid: int) -> None:  # pragma: no cover - runs in worker
 
 
 def _init_worker(parent_pid: int) -> None:  # pragma: no cover - runs in worker processes
-    import torch
-
     torch.set_num_threads(1)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
 
 
 def _run_chunk(task: dict) -> dict:
-    """Solve chunk ``task['chunk']`` and save it as a part; return its summary."""
+    """Solve chunk ``task['chunk']`` and save it as a part; return its summary.
+
+    The same code runs in this process and in worker processes: the problem is rebuilt from
+    its dictionary (once per run), the solver is built afresh for the chunk, and both run with
+    one thread (:func:`_single_threaded`), so the chunk's arrays do not depend on where, after
+    which other chunks, or with how many threads of the calling process it is solved.
+    """
     key = task["tag"]
     if key not in _WORKER_CACHE:
         from trc.problem import Problem
 
-        problem = Problem.from_dict(task["problem"])
         _WORKER_CACHE.clear()
-        _WORKER_CACHE[key] = (problem, task["solver_cls"](problem, **task["options"]))
-    problem, solver = _WORKER_CACHE[key]
+        _WORKER_CACHE[key] = Problem.from_dict(task["problem"])
+    problem = _WORKER_CACHE[key]
     start, stop = task["start"], task["stop"]
-    x0, target = sample_instances(problem, task["seed"], start, stop)
-    arrays = solve_batch(solver, problem, x0, target)
+    with _single_threaded():
+        solver = task["solver_cls"](problem, **task["options"])
+        x0, target = sample_instances(problem, task["seed"], start, stop)
+        arrays = solve_batch(solver, problem, x0, target)
     arrays.update(instance_index=np.arange(start, stop, dtype=np.int64), initial_states=x0, target_states=target)
     _save_part(Path(task["part"]), arrays)
     return _summary(task["chunk"], arrays)
@@ -328,23 +349,16 @@ def _summary(chunk: int, part: dict) -> dict:
 
 @contextlib.contextmanager
 def _single_threaded():
-    """Run the in-process path with one torch (and, with threadpoolctl, BLAS) thread, as the
-    workers do, so that results do not depend on the number of workers; then restore."""
-    import torch
-
+    """One torch thread and one thread in every BLAS/OpenMP pool (threadpoolctl) for the
+    block, then the previous numbers: reductions then add in the same order wherever a chunk
+    is solved, so its arrays do not depend on the threads of the calling process."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with contextlib.ExitStack() as stack:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # optional: workers get one BLAS thread from the environment
-            pass
-        else:
-            stack.enter_context(threadpool_limits(limits=1))
-        try:
+    try:
+        with threadpool_limits(limits=1):
             yield
-        finally:
-            torch.set_num_threads(threads)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
@@ -364,19 +378,15 @@ def _environment(**values):
 class _Executor:
     """Runs chunk tasks in this process (one worker) or in a pool of spawned processes."""
 
-    def __init__(self, workers: int, tag: str, problem, solver):
+    def __init__(self, workers: int):
         self.workers = workers
         self.pool = None
-        if workers == 1:
-            _WORKER_CACHE.clear()
-            _WORKER_CACHE[tag] = (problem, solver)
 
     def map(self, tasks: list[dict]):
         """Yield the summaries of ``tasks`` in order of completion."""
         if self.workers == 1:
-            with _single_threaded():
-                for task in tasks:
-                    yield _run_chunk(task)
+            for task in tasks:
+                yield _run_chunk(task)
             return
         from concurrent.futures import ProcessPoolExecutor, as_completed
         from concurrent.futures.process import BrokenProcessPool
@@ -509,7 +519,9 @@ def generate(
     config : GeneratorConfig
         Solver, sample count, seed, splits, chunk size.
     out : str or PathLike, optional
-        Output HDF5 file; default :meth:`GeneratorConfig.output_path`.
+        Output HDF5 file; default :meth:`GeneratorConfig.output_path`. An existing file is
+        replaced only if it is this run's own output (then nothing is done, see ``force``)
+        or with ``force``; its folder is created if needed.
     workers : int, optional
         Worker processes. Default: all cores (:func:`default_workers`) if the work is worth
         it, i.e. if the remaining chunks would take more than :data:`POOL_MIN_SECONDS` in
@@ -519,7 +531,8 @@ def generate(
     progress : bool
         Show a tqdm progress bar on stderr.
     force : bool
-        Regenerate even if ``out`` already holds this exact data set.
+        Regenerate even if ``out`` already holds this exact data set, and replace an existing
+        ``out`` that holds anything else (another data set, another file).
 
     Returns
     -------
@@ -528,29 +541,33 @@ def generate(
     Raises
     ------
     ConfigError
-        If the solver rejects its options, or ``workers`` is not a positive integer.
+        Before any solving: if the solver rejects its options; ``workers`` is not a positive
+        integer; the seed is outside ``[0, 2**63 - 1]``; ``out`` is empty, a folder, under a
+        file, or in a folder that cannot be written (:func:`trc.io.check_output_path`);
+        ``out`` exists and is not this run's own output (a file that is not a TRC data set,
+        e.g. the configuration file, or a data set of another problem or other settings)
+        and ``force`` is False; or another process is writing ``out``
+        (:func:`trc.io.output_lock`).
     SolverError
         If more than ``config.max_failure_rate`` of the solves fail (the message lists the
         most frequent reasons), or a solver returns arrays of the wrong shape.
     """
-    from tqdm.auto import tqdm
-
     t_start = time.perf_counter()
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    path = Path(out) if out is not None else config.output_path(problem)
+    path = check_output_path(out if out is not None else config.output_path(problem))
     auto = workers is None
     workers = default_workers() if auto else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    check_seed(config.seed)  # the config may have been changed since it was validated
+    solver = config.make_solver(problem)  # validates the options before any work starts
     tag = run_hash(problem, config)
     dataset_id = _dataset_hash(tag, config)
-
-    if path.exists() and not force:
-        try:
-            attrs = read_attrs(path)
-        except DatasetError:
-            attrs = {}
-        if attrs.get("dataset_hash") == dataset_id:
+    with output_lock(path):
+        existing: dict = {}
+        own = functools.partial(_is_own_output, problem=problem, config=config, dataset_id=dataset_id, found=existing)
+        if check_output_file(path, force=force, is_own=own):
+            attrs = existing["attrs"]
             return GenerationReport(
                 path=path, num_samples=int(attrs["num_samples"]), num_failures=int(attrs.get("num_failures", 0)),
                 failure_reasons=dict(attrs.get("failure_reasons", {})), num_attempts=int(attrs.get("num_attempts", 0)),
@@ -558,8 +575,41 @@ def generate(
                 elapsed=time.perf_counter() - t_start, workers=0, up_to_date=True,
                 solver=config.solver, problem=problem.name,
             )
+        return _generate_locked(problem, config, path, auto, workers, progress, type(solver), tag, dataset_id,
+                                created, t_start)
 
-    solver = config.make_solver(problem)  # validates the options before any work starts
+
+def _is_own_output(path: Path, problem, config: GeneratorConfig, dataset_id: str, found: dict) -> bool | str:
+    """True if ``path`` holds the data set of this configuration (its attributes then go to
+    ``found['attrs']``); otherwise what it holds, for the error message."""
+    try:
+        if not h5py.is_hdf5(path):
+            return "it is not an HDF5 file"
+    except OSError as exc:
+        return f"it cannot be read: {exc}"
+    try:
+        attrs = read_attrs(path)
+    except DatasetError as exc:
+        return f"it is not a data set of trajectories: {exc}"
+    if attrs.get("dataset_hash") == dataset_id:
+        found["attrs"] = attrs
+        return True
+    if attrs.get("problem") != json.loads(json.dumps(problem.to_dict())):
+        return (f"it holds a data set of problem {attrs.get('problem_name')!r}; "
+                f"this run generates problem {problem.name!r}")
+    splits = attrs.get("split_fractions")
+    splits = np.asarray(splits).tolist() if splits is not None else None
+    return (
+        f"it holds a data set of problem {problem.name!r} with other settings: solver {attrs.get('solver')!r}, "
+        f"{attrs.get('num_samples')} samples, seed {attrs.get('seed')}, chunk_size {attrs.get('chunk_size')}, "
+        f"splits {splits}, TRC {attrs.get('trc_version')}; this run: solver {config.solver!r}, "
+        f"{config.num_samples} samples, seed {config.seed}, chunk_size {config.chunk_size}, splits {config.splits}"
+    )
+
+
+def _generate_locked(problem, config: GeneratorConfig, path: Path, auto: bool, workers: int, progress: bool,
+                     solver_cls, tag: str, dataset_id: str, created: str, t_start: float) -> GenerationReport:
+    """The run of :func:`generate` once the output is checked and locked."""
     folder = parts_dir(path)
     folder.mkdir(parents=True, exist_ok=True)
     done = _clean_parts(folder, tag)
@@ -604,7 +654,7 @@ def generate(
             todo = [c for c in range(planned) if c not in summaries]
             tasks = [
                 {
-                    "tag": tag, "problem": problem.to_dict(), "solver_cls": type(solver),
+                    "tag": tag, "problem": problem.to_dict(), "solver_cls": solver_cls,
                     "options": config.options, "seed": config.seed, "chunk": c,
                     "start": bounds(c)[0], "stop": bounds(c)[1], "part": str(_part_path(folder, tag, c)),
                 }
@@ -615,7 +665,7 @@ def generate(
                 if auto and n_workers > 1:
                     # Probe: solve one chunk here; start worker processes only if the rest
                     # would take long enough to repay their start-up (imports of torch etc.).
-                    executor = _Executor(1, tag, problem, solver)
+                    executor = _Executor(1)
                     t0 = time.perf_counter()
                     for summary in executor.map(tasks[:1]):
                         record(summary)
@@ -623,12 +673,12 @@ def generate(
                     tasks = tasks[1:]
                     if rest > POOL_MIN_SECONDS:
                         executor.close(True)
-                        executor = _Executor(n_workers, tag, problem, solver)
+                        executor = _Executor(n_workers)
                     else:
                         n_workers = 1
                         log.info("solving in this process: the remaining %d chunk(s) take about %.1f s", len(tasks), rest)
                 else:
-                    executor = _Executor(n_workers, tag, problem, solver)
+                    executor = _Executor(n_workers)
             if tasks:
                 for summary in executor.map(tasks):
                     record(summary)

@@ -36,6 +36,7 @@ import numpy as np
 
 from dynamics.errors import DatasetError, TRCError
 
+from ..io import atomic_path, check_output_path, output_lock
 from .config import SPLIT_NAMES
 
 __all__ = [
@@ -318,7 +319,9 @@ def write_dataset(path: str | os.PathLike, data: GeneratedDataset) -> Path:
     ----------
     path : str or PathLike
         Output file; its folder is created if needed. An existing file is replaced only once
-        the new one is complete.
+        the new one is complete (callers that must not replace other files check it first
+        with :func:`trc.io.check_output_file`, as :func:`trc.generators.pipeline.generate`
+        does).
     data : GeneratedDataset
         The trajectories and their metadata. The schema attributes (see
         :data:`REQUIRED_ATTRS`) are derived from ``data.problem``; ``data.attrs`` adds
@@ -333,9 +336,12 @@ def write_dataset(path: str | os.PathLike, data: GeneratedDataset) -> Path:
     ------
     DatasetError
         If the arrays disagree with each other or with the problem's dimensions.
+    ConfigError
+        If ``path`` is empty, a folder, under a file or in a folder that cannot be written
+        (:func:`trc.io.check_output_path`), or another process is writing it
+        (:func:`trc.io.output_lock`).
     """
-    from trc.io import atomic_path
-
+    path = check_output_path(path)
     _check_shapes(data)
     attrs = {**data.attrs, **_standard_attrs(data)}
     if data.attrs.get("created"):  # keep a creation time given by the caller (the run's start)
@@ -343,8 +349,7 @@ def write_dataset(path: str | os.PathLike, data: GeneratedDataset) -> Path:
     attrs.pop("json_attrs", None)
     encoded = {key: encode_attr(value) for key, value in attrs.items()}
     encoded["json_attrs"] = json.dumps(sorted(k for k, v in encoded.items() if isinstance(v, JSONText)))
-    path = Path(path)
-    with atomic_path(path) as tmp:
+    with output_lock(path), atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for name, array in data.arrays().items():
                 create_dataset(f, name, array)

@@ -31,8 +31,9 @@ from dynamics.errors import CheckpointError, ConfigError, TRCError
 
 from ..config import from_dict
 from ..discrete import KINDS, DiscreteGeneratorConfig, problem_from_dict
-from ..generators.discrete import generate_discrete, read_discrete_dataset, write_discrete_dataset
-from ..io import atomic_write_text
+from ..generators.discrete import (check_discrete_output, generate_discrete, read_discrete_dataset,
+                                   write_discrete_dataset)
+from ..io import atomic_write_text, output_lock
 from ..models.discrete import DiscretePolicyConfig, make_discrete_policy
 from ..training.discrete import (DiscreteTrainConfig, evaluate_policy, instances_from_dataset, train_reinforce,
                                  train_supervised)
@@ -60,8 +61,10 @@ def _load_data(experiment, progress: bool):
         return data
     gen = experiment.generator
     log.info("data set %s missing: generating %d instances", path, gen.num_samples)
-    data = generate_discrete(experiment.problem, gen.num_samples, gen.seed, gen.splits, progress)
-    write_discrete_dataset(path, data)
+    with output_lock(path):
+        check_discrete_output(path, experiment.problem, gen.num_samples, gen.seed, gen.splits)
+        data = generate_discrete(experiment.problem, gen.num_samples, gen.seed, gen.splits, progress)
+        write_discrete_dataset(path, data)
     return data
 
 
@@ -220,8 +223,10 @@ class DiscreteKind(ProblemKind):
         seed = gen.seed if args.seed is None else args.seed
         out = args.out or experiment.dataset_path()
         t0 = time.perf_counter()
-        data = generate_discrete(experiment.problem, num, seed, gen.splits, progress=not args.quiet)
-        write_discrete_dataset(out, data, force=args.force)
+        with output_lock(out):  # checked before the instances are generated, held until written
+            check_discrete_output(out, experiment.problem, num, seed, gen.splits, force=args.force)
+            data = generate_discrete(experiment.problem, num, seed, gen.splits, progress=not args.quiet)
+            write_discrete_dataset(out, data, force=args.force)
         return (f"problem      {experiment.problem.name} ({experiment.problem.kind}, solver {data.solver})\n"
                 f"samples      {data.num_samples} stored\n"
                 f"time         {time.perf_counter() - t0:.2f} s\n"
