@@ -17,6 +17,14 @@ with ``F`` the zero-order-hold step of the plant's explicit Runge-Kutta scheme, 
 by direct multiple shooting (Bock & Plitt, *IFAC Proc.* 17 (1984) 1603) and solved by IPOPT
 (Waechter & Biegler, *Math. Program.* 106 (2006) 25) with exact Hessians from CasADi's
 algorithmic differentiation (Andersson et al., *Math. Prog. Comp.* 11 (2019) 1).
+
+:class:`RocketReference` solves the fuel-optimal powered descent of the ``rocket`` plant in its
+original, non-convex form (Açıkmeşe & Ploen, *J. Guid. Control Dyn.* 30 (2007) 1353): thrust
+magnitude ``rho1 <= ||T|| <= rho2`` with ``rho1 > 0``, mass depletion ``m' = -alpha ||T||``,
+glide slope, landing at the target, minimum propellant. With the thrust held on each interval
+the equations of motion integrate in closed form (Tsiolkovsky), so the transcription is exact
+in time and differs from the lossless convexification of :mod:`trc.generators.rocket` in every
+step but the physics: no change of variables, no Taylor bounds, no relaxation.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from dataclasses import dataclass
 import casadi as ca
 import numpy as np
 
-__all__ = ["MODELS", "vector_field", "discrete_step", "IpoptReference", "ReferenceResult"]
+__all__ = ["MODELS", "vector_field", "discrete_step", "IpoptReference", "ReferenceResult", "RocketReference",
+           "rocket_step"]
 
 
 # ----------------------------------------------------------------------------- models
@@ -308,3 +317,172 @@ class IpoptReference:
             x = np.asarray(self._F(x, u)).reshape(self.n)
             out.append(x)
         return np.stack(out)
+
+
+# ----------------------------------------------------------------------------- rocket
+#: Standard gravity that turns a specific impulse (s) into an exhaust velocity (m/s).
+G0 = 9.80665
+
+
+def rocket_step(x, thrust, gamma, dt: float, g: float, alpha: float):
+    """Exact state after ``dt`` seconds of constant thrust (CasADi or NumPy expressions).
+
+    Açıkmeşe & Ploen (2007), eqs. of motion ``r'' = T / m + g e_g``, ``m' = -alpha Gamma`` with
+    ``Gamma = ||T||`` (> 0 here, since ``rho1 > 0``) and ``e_g = (0, 0, -1)``. With
+    ``w = alpha Gamma`` and ``m1 = m - w dt`` (Tsiolkovsky)::
+
+        v1 = v + g e_g dt + (T / w) ln(m / m1)
+        r1 = r + v dt + g e_g dt^2 / 2 + (T / w) (dt - (m1 / w) ln(m / m1))
+
+    the second from ``int_0^dt ln(m / (m - w s)) ds = dt - (m1 / w) ln(m / m1)``.
+
+    Parameters
+    ----------
+    x : vector of length 7
+        ``(r, v, m)`` in m, m/s, kg.
+    thrust : vector of length 3
+        Thrust in N.
+    gamma : scalar
+        Thrust magnitude ``||thrust||`` in N (a separate argument: the NLP carries it as a
+        bounded variable).
+    dt : float
+        Seconds.
+    g, alpha : float
+        Gravity in m/s^2 and fuel use ``1 / (Isp g0)`` in s/m.
+
+    Returns
+    -------
+    list of three expressions
+        ``r1``, ``v1``, ``m1``.
+    """
+    r, v, m = x[0:3], x[3:6], x[6]
+    w = alpha * gamma
+    m1 = m - w * dt
+    burn = ca.log(m / m1) if isinstance(m, (ca.SX, ca.MX)) else np.log(m / m1)
+    down = ca.DM([0.0, 0.0, -g]) if isinstance(m, (ca.SX, ca.MX)) else np.array([0.0, 0.0, -g])
+    v1 = v + down * dt + thrust / w * burn
+    r1 = r + v * dt + down * dt**2 / 2 + thrust / w * (dt - m1 / w * burn)
+    return r1, v1, m1
+
+
+class RocketReference:
+    """The non-convex minimum-fuel landing of a ``rocket`` problem, by IPOPT (direct multiple shooting).
+
+    Decision variables: the states ``x_0 .. x_N`` (``(r, v, m)``), the thrust ``T_k`` held on
+    interval ``k`` and its magnitude ``Gamma_k`` with the bounds ``rho1 <= Gamma_k <= rho2``;
+    constraints ``x_{k+1} = step(x_k, T_k, Gamma_k)`` (:func:`rocket_step`, exact),
+    ``||T_k||^2 = Gamma_k^2`` (the non-convex annulus), ``m_N >= m_dry``, landing at the
+    target position and velocity, and the glide slope ``(r_k - r*)_z >= tan(gamma)
+    ||(r_k - r*)_xy||`` at the nodes ``1 .. N-1`` (squared, with ``(r_k - r*)_z >= 0``; the last
+    node is the target itself). Objective: the propellant used, ``m_0 - m_N``.
+
+    The vehicle numbers are read from the float64 plant's parameter buffers (``g``, ``isp``,
+    ``m_dry``, engines, throttle, cant angle); ``rho1``, ``rho2`` and ``alpha`` are computed
+    here from the paper's definitions, not taken from the plant's properties.
+
+    Parameters
+    ----------
+    problem : trc.problem.Problem
+        A ``rocket`` problem with ``cost == "fuel"``.
+    tol : float
+        IPOPT ``tol`` and ``constr_viol_tol``.
+    max_iter : int
+    """
+
+    def __init__(self, problem, tol: float = 1e-9, max_iter: int = 3000):
+        import torch
+
+        plant = problem.make_plant(torch.float64)
+        p = {key: float(getattr(plant, key)) for key in plant.params}
+        self.problem = problem
+        self.g = p["g"]
+        self.alpha = 1.0 / (p["isp"] * G0)
+        cos = math.cos(math.radians(p["cant_angle"]))
+        self.rho1 = p["n_engines"] * p["throttle_min"] * p["thrust_max"] * cos
+        self.rho2 = p["n_engines"] * p["throttle_max"] * p["thrust_max"] * cos
+        self.m_dry = p["m_dry"]
+        self.glide_slope = float(problem.options.get("glide_slope", 4.0))
+        N, dt = problem.horizon, float(problem.dt)
+        self.N, self.dt = N, dt
+
+        X = ca.SX.sym("X", 7, N + 1)
+        T = ca.SX.sym("T", 3, N)
+        G = ca.SX.sym("G", N)
+        P = ca.SX.sym("P", 13)  # x0 (7), landing position and velocity (6)
+        equal = [X[:, 0] - P[:7]]
+        for k in range(N):
+            r1, v1, m1 = rocket_step(X[:, k], T[:, k], G[k], dt, self.g, self.alpha)
+            equal += [X[0:3, k + 1] - r1, X[3:6, k + 1] - v1, X[6, k + 1] - m1, ca.sumsqr(T[:, k]) - G[k] ** 2]
+        equal.append(X[0:6, N] - P[7:13])
+        tan2 = math.tan(math.radians(self.glide_slope)) ** 2
+        cone = []
+        for k in range(1, N):
+            d = X[0:3, k] - P[7:10]
+            cone += [d[2] ** 2 - tan2 * ca.sumsqr(d[0:2]), d[2]]
+        eq, ineq = ca.vertcat(*equal), ca.vertcat(*cone)
+        w = ca.vertcat(ca.vec(X), ca.vec(T), G)
+        opts = {"ipopt.tol": tol, "ipopt.constr_viol_tol": tol, "ipopt.max_iter": max_iter, "ipopt.print_level": 0,
+                "print_time": False, "ipopt.sb": "yes"}
+        self._solver = ca.nlpsol("rocket_reference", "ipopt",
+                                 {"x": w, "f": X[6, 0] - X[6, N], "g": ca.vertcat(eq, ineq), "p": P}, opts)
+        inf = np.inf
+        self._lbw = np.concatenate([np.tile([-inf] * 6 + [self.m_dry], N + 1), np.full(3 * N, -inf),
+                                    np.full(N, self.rho1)])
+        self._ubw = np.concatenate([np.full(7 * (N + 1) + 3 * N, inf), np.full(N, self.rho2)])
+        self._lbg = np.zeros(eq.shape[0] + ineq.shape[0])
+        self._ubg = np.concatenate([np.zeros(eq.shape[0]), np.full(ineq.shape[0], inf)])
+
+    def default_guess(self, x0, target) -> tuple[np.ndarray, np.ndarray]:
+        """A naive start: the straight line from ``x0`` to the target, and a vertical thrust
+        half-way between ``rho1`` and ``rho2`` with the mass falling at its rate (``(N + 1, 7)``
+        states, ``(N, 3)`` thrust)."""
+        N = self.N
+        x0, target = np.asarray(x0, float), np.asarray(target, float)
+        s = np.linspace(0.0, 1.0, N + 1)[:, None]
+        states = (1 - s) * x0 + s * target
+        mid = (self.rho1 + self.rho2) / 2
+        states[:, 6] = x0[6] - self.alpha * mid * self.dt * N * s[:, 0]
+        return states, np.tile([0.0, 0.0, mid], (N, 1))
+
+    def solve(self, x0, target, states_guess=None, controls_guess=None) -> ReferenceResult:
+        """Solve one instance.
+
+        Parameters
+        ----------
+        x0 : array_like, shape ``(7,)``
+            Initial ``(r, v, m)``.
+        target : array_like, shape ``(7,)``
+            Landing position and velocity (mass entry ignored).
+        states_guess : array_like, shape ``(N + 1, 7)``, optional
+        controls_guess : array_like, shape ``(N, 3)``, optional
+            Initial guesses; default :meth:`default_guess`.
+
+        Returns
+        -------
+        ReferenceResult
+            ``controls`` the thrust in N, ``cost`` the propellant used in kg.
+        """
+        N = self.N
+        x0, target = np.asarray(x0, float).reshape(7), np.asarray(target, float).reshape(7)
+        states, thrust = self.default_guess(x0, target)
+        if states_guess is not None:
+            states = np.asarray(states_guess, float).reshape(N + 1, 7)
+        if controls_guess is not None:
+            thrust = np.asarray(controls_guess, float).reshape(N, 3)
+        magnitude = np.clip(np.linalg.norm(thrust, axis=1), self.rho1, self.rho2)
+        w0 = np.clip(np.concatenate([states.reshape(-1), thrust.reshape(-1), magnitude]), self._lbw, self._ubw)
+        start = time.perf_counter()
+        sol = self._solver(x0=w0, p=np.concatenate([x0, target[:6]]), lbx=self._lbw, ubx=self._ubw, lbg=self._lbg,
+                           ubg=self._ubg)
+        elapsed = time.perf_counter() - start
+        stats = self._solver.stats()
+        w = np.asarray(sol["x"]).reshape(-1)
+        return ReferenceResult(
+            states=w[: 7 * (N + 1)].reshape(N + 1, 7),
+            controls=w[7 * (N + 1): 7 * (N + 1) + 3 * N].reshape(N, 3),
+            cost=float(sol["f"]),
+            success=bool(stats["success"]),
+            status=str(stats["return_status"]),
+            iterations=int(stats["iter_count"]),
+            solve_time=elapsed,
+        )
