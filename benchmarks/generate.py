@@ -5,7 +5,7 @@ For every standard problem (``configs/*.yaml``) the same seeded instances are so
 * the problem's TRC solver (``lqr``, ``qp``, ``nonlinear``, ``rocket``), in this process with
   one thread, in batches of the configuration's ``chunk_size`` (what one generation worker
   does), and
-* the independent CasADi/IPOPT multiple-shooting reference of ``tests/reference_casadi.py``
+* the independent CasADi/IPOPT multiple-shooting reference of ``trc/generators/ipopt.py``
   (exact Hessians, ``tol`` = ``--ipopt-tol``), one instance at a time,
 
 and the table prints trajectories per second of each, their success counts and the relative
@@ -43,11 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from trc.experiment import load_experiment
+from trc.generators.ipopt import IpoptReference
+from trc.generators.pipeline import generate, sample_instances, solve_batch
 
-from trc.experiment import load_experiment  # noqa: E402
-from trc.generators.pipeline import generate, sample_instances, solve_batch  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PROBLEMS = ("double_integrator", "van_der_pol", "pendulum", "cartpole", "rocket")
 LQR_GOAL_SECONDS = 10.0
@@ -88,10 +88,6 @@ def time_trc(problem, solver, x0, target, chunk: int):
 
 def time_ipopt(problem, x0, target, tol: float):
     """Solve with the CasADi/IPOPT reference; return (seconds of the solves, costs, success)."""
-    try:
-        from reference_casadi import IpoptReference
-    except ImportError as exc:  # the reference lives in tests/
-        raise SystemExit(f"tests/reference_casadi.py is needed for the IPOPT column: {exc}")
     ref = IpoptReference(problem, tol=tol)
     results = [ref.solve(a, b) for a, b in zip(x0, target)]
     seconds = sum(r.solve_time for r in results)

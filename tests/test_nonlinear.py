@@ -1,7 +1,7 @@
 """Tests of the nonlinear generator (``"nonlinear"``: Gauss-Newton SQP on multiple shooting).
 
 The references are independent: CasADi models of the plants written from the textbook
-equations with an IPOPT multiple-shooting solver (``tests/reference_casadi.py``), CasADi's
+equations with an IPOPT multiple-shooting solver (``trc/generators/ipopt.py``), CasADi's
 algorithmic differentiation for the KKT residuals, and cvxpy for the QP subproblems.
 """
 
@@ -20,7 +20,7 @@ from trc.generators.nonlinear import NonlinearSolver
 from trc.generators.nonlinear_qp import QPLayout
 from trc.problem import Problem
 
-from tests.reference_casadi import IpoptReference, discrete_step
+from trc.generators.ipopt import IpoptReference, discrete_step
 
 PI = math.pi
 

@@ -4,7 +4,7 @@ References: the published Mars example of Açıkmeşe & Ploen (2007) / Blackmore
 (parameters and initial state), closed-form ballistic and constant-thrust (Tsiolkovsky)
 trajectories, torch.autograd.gradcheck, the theory of lossless convexification
 (``||u|| = sigma`` at the optimum, bang-bang thrust magnitude), a second solver of the same
-landing (CasADi/IPOPT on the original non-convex problem, ``tests/reference_casadi.py``) and
+landing (CasADi/IPOPT on the original non-convex problem, ``trc/generators/ipopt.py``) and
 scipy's ``solve_ivp`` on the equations of motion written here.
 """
 
@@ -24,7 +24,7 @@ from trc.generators import make_solver
 from trc.generators.rocket import position_weight
 from trc.problem import Problem
 
-from tests.reference_casadi import RocketReference
+from trc.generators.ipopt import RocketReference
 
 # The published example in our axes (z up): papers' (e1, e2, e3) = our (z, x, y).
 X0 = [0.0, 2000.0, 1500.0, 0.0, 100.0, -75.0, 1905.0]

@@ -1,10 +1,13 @@
-"""Independent reference: CasADi models of the plants and an IPOPT multiple-shooting solver.
+"""Independent reference solvers: CasADi models of the plants, IPOPT multiple shooting.
+
+Needs CasADi (``pip install "tiny-recursive-control[ipopt]"``; CasADi bundles IPOPT); the
+rest of :mod:`trc.generators` does not import this module.
 
 The vector fields below are written from the equations in the cited textbooks, not from the
 torch plants in :mod:`dynamics`; only the numerical parameter values (masses, lengths,
 bounds, integrator) are read from the plant's :meth:`~dynamics.Plant.config`. The tests use
-this module to check the nonlinear generator (:mod:`trc.generators.nonlinear`) and the plants
-themselves; the benchmarks use it as the solver TRC's generator is compared with.
+this module to check the nonlinear generator (:mod:`trc.generators.nonlinear`), the rocket SOCP
+and the plants themselves; the benchmarks use it as the solver TRC's generator is compared with.
 :class:`IpoptReference` takes the parameter values from the float64 plant's buffers, so that it
 solves exactly the problem the plant simulates.
 
