@@ -10,7 +10,7 @@ For every standard problem (``configs/*.yaml``) and every model preset
   feedback, torchdiffeq steps, dominate the latency);
 * the time per instance of the problem's generator solver (``qp`` with cvxpy/Clarabel and
   cvxpy/OSQP, ``nonlinear`` Gauss-Newton SQP, ``rocket`` SOCP), each instance solved alone,
-  and of CasADi/IPOPT on the nonlinear problems (``tests/reference_casadi.py``, exact
+  and of CasADi/IPOPT on the nonlinear problems (``trc/generators/ipopt.py``, exact
   Hessians, ``tol = 1e-8``);
 
 and prints them with the ratios solver time / TRC time, and the floating-point operations of
@@ -23,7 +23,7 @@ trained model of a preset run the same operations). Optionally the presets of
 ``--export-presets`` (default ``fast``) are also exported (:mod:`trc.export`) to ONNX
 (``--onnx``, timed with onnxruntime) and compiled to C++ by AOTInductor (``--aoti``, the
 feedback rollouts included; one program for batch 1 and one for the large batch). With
-``--processes P`` the large-batch program runs in a :class:`trc.parallel.ParallelController`
+``--processes P`` the large-batch program runs in a :class:`trc.export.ParallelController`
 of P processes (one per core, each its own copy of the program, ``--threads`` threads each):
 each call plans P times the batch, one batch per process, as a data-parallel planner uses a
 multi-core CPU, and the rate is that of the whole call (the transfers to and from the
@@ -47,24 +47,22 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import trc.generators.nonlinear  # noqa: E402,F401  (registers the "nonlinear" solver)
-from trc.config import load_yaml  # noqa: E402
-from trc.evaluation import call_times, measure_latency  # noqa: E402
-from trc.generators import make_solver  # noqa: E402
-from trc.models import TinyRecursiveControl  # noqa: E402
-from trc.models.presets import preset_config, preset_names  # noqa: E402
-from trc.parallel import parallel_call_times  # noqa: E402
-from trc.problem import Problem  # noqa: E402
+from trc.config import load_yaml
+from trc.evaluation import call_times, measure_latency
+from trc.export import FORMATS, export_controller, load_controller
+from trc.export.parallel import parallel_call_times
+from trc.generators import make_solver
+from trc.generators.ipopt import IpoptReference
+from trc.models import TinyRecursiveControl
+from trc.models.presets import preset_config, preset_names
+from trc.problem import Problem
 
 PROBLEMS = ("double_integrator", "van_der_pol", "pendulum", "cartpole", "rocket")
 NONLINEAR = ("van_der_pol", "pendulum", "cartpole")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def solver_times(name: str, problem: Problem, x0: np.ndarray, target: np.ndarray) -> dict[str, float]:
@@ -88,8 +86,6 @@ def solver_times(name: str, problem: Problem, x0: np.ndarray, target: np.ndarray
             times.append(time.perf_counter() - start)
         out[label] = 1e3 * statistics.median(times)
     if name in NONLINEAR:
-        from tests.reference_casadi import IpoptReference
-
         ipopt = IpoptReference(problem, tol=1e-8)
         ipopt.solve(x0[0], target[0])
         times = []
@@ -160,7 +156,7 @@ def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Pa
                    large: bool = True, processes: int = 1, seconds: float = 0.0, name: str = "") -> dict[str, float]:
     """Latency (ms) of ``model`` exported in format ``fmt`` (with feedback), at batch 1 and
     (``large``) ``batch``; with ``processes > 1``, ``batch * processes`` plans per call run in
-    that many processes (:class:`trc.parallel.ParallelController`, ``batch`` each) and ``bN`` is
+    that many processes (:class:`trc.export.ParallelController`, ``batch`` each) and ``bN`` is
     the call's time over ``processes`` (the time of ``batch`` plans at their joint rate). The
     large batch is timed over at least ``seconds`` seconds of calls; ``bN_fast`` and ``bN_slow``
     are the 10th and 90th percentiles of its calls (same units as ``bN``). ``name`` (the preset)
@@ -170,7 +166,6 @@ def exported_times(model, problem: Problem, repeats: int, batch: int, folder: Pa
     :func:`trc.export.export_controller` ``batch=``), as a deployed controller and a batched
     planner would be built; ``onnx``: one program with a free batch size.
     """
-    from trc.export import FORMATS, export_controller, load_controller
 
     def export(size):
         path = folder / f"{problem.name}_{name or model.config.mode}_{model.config.H_cycles}x{model.config.L_cycles}" \
@@ -213,7 +208,7 @@ def main(argv=None) -> int:
     p.add_argument("--exported-batch-1-only", action="store_true",
                    help="time the exported programs at batch 1 only (no AOTInductor program for the large batch)")
     p.add_argument("--processes", type=int, default=1,
-                   help="time the exported large-batch programs in a trc.parallel.ParallelController of this many "
+                   help="time the exported large-batch programs in a trc.export.ParallelController of this many "
                    "processes (one per core), the batch in each")
     p.add_argument("--throughput-seconds", type=float, default=5.0,
                    help="time the exported large-batch programs over at least this many seconds of calls (the "

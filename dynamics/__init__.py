@@ -9,6 +9,7 @@
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
 from .plant import Plant
+from .interval import IntervalRollout
 from .registry import get, make, names, register
 
 # Each module registers its plant(s) on import.
@@ -19,4 +20,4 @@ from . import learned_arm, libero, libero_env  # noqa: E402,F401  (LIBERO arm: l
 from . import discrete_env, maze, sudoku  # noqa: E402,F401  (discrete plants, gym ids trc/Maze-v0, trc/Sudoku-v0)
 from .env import PlantEnv, make_env  # noqa: E402  (keep last: registers gym ids of the plants above)
 
-__all__ = ["Plant", "make", "names", "register", "get", "make_env", "PlantEnv", *_errors_all]
+__all__ = ["Plant", "IntervalRollout", "make", "names", "register", "get", "make_env", "PlantEnv", *_errors_all]

@@ -9,7 +9,7 @@ network) is part of every program; the plant-free network is exported too, for c
 
 AOTInductor programs are compiled for a fixed batch size, one for batch 1 (a controller's) and
 one for batch 1024 (a planner's); the batch-1024 rows also run in a
-:class:`trc.parallel.ParallelController` of two processes, one per core, each planning 1024 of
+:class:`trc.export.ParallelController` of two processes, one per core, each planning 1024 of
 2048 states (its row gives the time per 1024 plans at the pair's rate).
 
 Figure: file sizes and CPU latencies (batch 1 and 1024) of the exported programs against the
@@ -24,8 +24,7 @@ import torch
 from _common import CACHE, parse_args, plt, save, trained_model
 
 from trc.evaluation import measure_latency
-from trc.export import FORMATS, export_controller, load_controller
-from trc.parallel import ParallelController
+from trc.export import FORMATS, ParallelController, export_controller, load_controller
 
 
 def main(argv=None):

@@ -12,11 +12,13 @@ import pytest
 import torch
 
 import dynamics
+import trc
 from dynamics.errors import ConfigError, DimensionError, TRCError
-from trc.export import ExportedController, IntervalRollout, _onnx_translations, export_controller, load_controller, main
+from dynamics.interval import IntervalRollout
+from trc.export import ExportedController, export_controller, load_controller, main
+from trc.export.formats import _onnx_translations
 from trc.models import TinyRecursiveControl, TRCConfig, TrajectoryErrorEncoder, trajectory_error
 from trc.problem import Problem
-from trc.training.checkpoint import save_model_file
 
 
 def problem(plant=None) -> Problem:
@@ -115,6 +117,12 @@ def test_interval_rollout_equals_plant_rollout():
     assert not IntervalRollout(dynamics.make("maze")).steps_vector_field  # a discrete plant
 
 
+def test_interval_rollout_refuses_adaptive_methods():
+    with pytest.raises(ConfigError, match="method 'dopri5' is adaptive"):
+        IntervalRollout(dynamics.make("van_der_pol", method="dopri5"))
+    assert dynamics.IntervalRollout is IntervalRollout  # a public name of dynamics
+
+
 @pytest.mark.slow  # torch.export alone takes ~10 s of CPU
 def test_torch_export_captures_the_exact_linear_rollouts(tmp_path):
     di = tiny(problem({"name": "double_integrator", "u_min": -4.0, "u_max": 4.0}))
@@ -204,8 +212,7 @@ def test_fixed_batch_aoti_program_keeps_its_buffers_on_the_stack(tmp_path):
 def test_command_line(model, tmp_path, capsys):
     path = tmp_path / "run" / "model.pt"
     path.parent.mkdir()
-    save_model_file(path, state_dict=model.state_dict(), model_config=model.config.to_dict(),
-                    problem=model.problem_dict, metadata={})
+    trc.save(model, path)
     status = main(["--checkpoint", str(path), "--format", "onnx", "--no-feedback", "--out", str(tmp_path / "exp"),
                    "--repeats", "2", "--seed", "3"])
     out = capsys.readouterr().out
@@ -217,6 +224,73 @@ def test_command_line(model, tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse's usage error
         main(["--checkpoint", str(path), "--processes", "0"])
     assert main(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path)]) == 1
+
+
+def test_command_line_exit_statuses(tmp_path, capsys, monkeypatch):
+    """The statuses of trc.cli: 2 for bad usage and for a single format that cannot represent
+    the model (adaptive halting), 0 when ``--format all`` skips such formats, 2 for a policy
+    that is not a continuous-control model."""
+    from trc.export import cli
+
+    path = tmp_path / "act" / "model.pt"
+    path.parent.mkdir()
+    trc.save(tiny(act=True), path)
+    args = ["--checkpoint", str(path), "--out", str(tmp_path / "exp"), "--repeats", "1"]
+    for bad in (["--batch", "0"], ["--repeats", "0"], ["--threads", "0"], ["--seed", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args + bad)
+        assert exit_info.value.code == 2, bad
+    capsys.readouterr()
+    assert main(args + ["--format", "onnx"]) == 2
+    captured = capsys.readouterr()
+    assert "onnx: not exported: the model uses adaptive halting" in captured.err
+    assert "pytorch (eager)" in captured.out  # the table is still printed
+    assert main(args) == 0  # --format all: every format refused, each with its message
+    assert capsys.readouterr().err.count("not exported") == len(cli.FORMATS)
+    assert not (tmp_path / "exp").exists()
+    monkeypatch.setattr(cli, "load", lambda checkpoint: torch.nn.Linear(2, 2))
+    assert main(args) == 2
+    assert "holds a Linear policy" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_command_line():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "trc.export", "--help"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.startswith("usage: python -m trc.export"), run.stderr[-2000:]
+    assert "--processes" in run.stdout and "--checkpoint" in run.stdout
+
+
+def test_export_modules_form_no_import_cycle():
+    """The modules of trc.export import each other without a cycle (parallel imports the
+    loader, not the package), and the exported rollouts (dynamics.interval) import nothing
+    from trc."""
+    import ast
+    import graphlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    graph = {}
+    for path in (root / "trc" / "export").glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1:
+                    imported |= {node.module} if node.module else {a.name for a in node.names}
+                elif node.level == 0 and (node.module or "").startswith("trc.export"):
+                    imported.add(node.module.removeprefix("trc.export").lstrip(".") or "__init__")
+            elif isinstance(node, ast.Import):
+                imported |= {a.name.removeprefix("trc.export").lstrip(".") or "__init__"
+                             for a in node.names if a.name.startswith("trc.export")}
+        graph[path.stem] = imported - {path.stem}
+    assert {"formats", "inductor", "controller", "parallel", "cli", "__init__", "__main__"} <= set(graph)
+    assert "controller" in graph["parallel"] and "__init__" not in graph["parallel"]
+    list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+    for node in ast.walk(ast.parse((root / "dynamics" / "interval.py").read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+        assert not any(n == "trc" or n.startswith("trc.") for n in names), names
 
 
 @pytest.mark.slow  # one AOTInductor compilation per plant, ~1 min each
@@ -268,7 +342,7 @@ def test_aoti_compile_retries_without_memory_planning(monkeypatch):
     import torch._inductor
     from torch._inductor.exc import InductorError
 
-    from trc import export as export_module
+    from trc.export import inductor as export_module
 
     calls = []
 
@@ -336,7 +410,7 @@ def test_large_batch_aoti_programs_compute_the_convolutions_as_shifted_sums(mode
     """The copy compiled for a large or free batch size, with external GEMMs, gets the
     encoder's shifted-sum convolutions; a batch-1 program (CPP GEMMs only) and the caller's
     model keep im2col."""
-    from trc import export as export_module
+    from trc.export import formats as export_module
     from trc.models import feedback
 
     used, shifted_sum = [], feedback._conv_shifted_sum
@@ -360,7 +434,7 @@ def test_large_batch_aoti_programs_compute_the_convolutions_as_shifted_sums(mode
 @pytest.fixture
 def shifted_programs(monkeypatch):
     """Exported programs, as the export check loads them, give controls shifted by 1e-3."""
-    from trc import export as export_module
+    from trc.export import formats as export_module
 
     class Shifted(export_module.ExportedController):
         def __call__(self, x0, target):
@@ -390,7 +464,7 @@ def test_export_check_accepts_differences_within_the_models_float32_rounding(mod
 
 def test_float32_rounding_is_the_distance_to_the_float64_program():
     """``(x + 1e4) - 1e4`` in float32 loses x's low bits; in float64 it is x (numpy reference)."""
-    from trc.export import _float32_rounding
+    from trc.export.formats import _float32_rounding
 
     class Cancelling(torch.nn.Module):
         def forward(self, x):

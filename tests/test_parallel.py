@@ -1,4 +1,4 @@
-"""Data-parallel planning (trc.parallel): the processes together give the single program's plans."""
+"""Data-parallel planning (trc.export.parallel): the processes together give the single program's plans."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from dynamics.errors import DimensionError
 from trc.export import export_controller, load_controller
 from trc.models import TinyRecursiveControl, TRCConfig
-from trc.parallel import ParallelController, _plan, default_processes, parallel_latency
+from trc.export.parallel import ParallelController, _plan, default_processes, parallel_latency
 from trc.problem import Problem
 
 
@@ -110,7 +110,7 @@ def test_a_worker_dying_at_start_names_the_main_module_guard(tmp_path):
     from pathlib import Path
 
     script = tmp_path / "unguarded.py"
-    script.write_text(f"from trc.parallel import ParallelController\nParallelController({str(tmp_path / 'p.onnx')!r}, 2)\n")
+    script.write_text(f"from trc.export import ParallelController\nParallelController({str(tmp_path / 'p.onnx')!r}, 2)\n")
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)

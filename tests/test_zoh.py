@@ -8,7 +8,7 @@ import torch
 import dynamics
 from dynamics.errors import ConfigError
 from dynamics.zoh import lifted_rollout, lifted_zoh
-from trc.export import IntervalRollout
+from dynamics.interval import IntervalRollout
 
 A = [[0.0, 1.0, 0.0], [-2.0, -0.3, 1.0], [0.5, 0.0, -1.0]]
 B = [[0.0, 0.0], [1.0, 0.0], [0.2, 1.0]]

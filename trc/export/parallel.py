@@ -7,7 +7,7 @@ process per core, each with its own copy of the program and one thread, splits e
 between them and joins the plans, as data generation or a sampling-based planner would use a
 multi-core CPU::
 
-    >>> from trc.parallel import ParallelController
+    >>> from trc.export import ParallelController
     >>> with ParallelController("exported/van_der_pol_1024.aoti.pt2", processes=2) as planner:  # doctest: +SKIP
     ...     controls = planner(x0, target)  # (2048, N, m) for 2048 states: 1024 per process
 
@@ -35,7 +35,8 @@ import torch
 
 from dynamics.errors import DimensionError
 
-from .export import load_controller, planner_inputs
+from ..evaluation import call_times
+from .controller import load_controller, planner_inputs
 
 __all__ = ["ParallelController", "default_processes", "parallel_call_times", "parallel_latency"]
 
@@ -53,13 +54,15 @@ class ParallelController:
     Parameters
     ----------
     path : str or PathLike
-        A file written by :func:`trc.export.export_controller` (any format).
+        A file written by :func:`trc.export.export_controller` (any format). Each worker loads
+        it with :func:`~trc.export.controller.load_controller`, which executes code from an
+        AOTInductor or TorchScript file: only load files you trust.
     processes : int, optional
         Worker processes (default: :func:`default_processes`, one per core).
     threads : int
         Torch / onnxruntime intra-op threads per worker (default 1).
     format : str, optional
-        As in :class:`trc.export.ExportedController`.
+        As in :class:`~trc.export.controller.ExportedController`.
 
     Attributes
     ----------
@@ -246,8 +249,6 @@ def parallel_call_times(path: str | os.PathLike, current_state, target_state, pr
     ValueError, FileNotFoundError, ConfigError
         As :class:`ParallelController` (bad ``processes`` or ``threads``, an unloadable file).
     """
-    from .evaluation import call_times
-
     with ParallelController(path, processes, threads=threads) as planner:
         return call_times(lambda: planner(current_state, target_state), repeats, warmup=warmup, seconds=seconds)
 
