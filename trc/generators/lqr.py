@@ -31,6 +31,7 @@ affine terms are a few ``(B, n) @ (n, n)`` products per step, vectorised over th
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
 from dataclasses import dataclass
@@ -39,7 +40,12 @@ import control as ct
 import numpy as np
 import torch
 
-from dynamics.errors import ConfigError, DimensionError, NonFiniteError, UncontrollableError
+from dynamics.errors import (
+    ConfigError,
+    DimensionError,
+    NonFiniteError,
+    UncontrollableError,
+)
 
 from .base import Solution, Solver, register_solver
 from .checks import Tolerances, assemble_solution, check_solution
@@ -140,8 +146,6 @@ def exact_discretization(plant, method: str = "zoh", *, linearity_rtol: float = 
 
 
 def _float64(plant):
-    import copy
-
     return copy.deepcopy(plant).double()
 
 

@@ -30,6 +30,7 @@ a checkpoint carries its own normalisation.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 import numpy as np
@@ -40,9 +41,9 @@ from torch import nn
 from dynamics.errors import CheckpointError, ConfigError, DimensionError
 from dynamics.learned_arm import LearnedArmDynamics
 
+from ..config import check_choice, check_int
 from .feedback import TrajectoryErrorEncoder, trajectory_error
 from .halting import HaltingHead
-from ..config import check_choice, check_int
 from .recursion import RecursionConfig, RecursionCore
 
 __all__ = [
@@ -235,8 +236,6 @@ class SentenceEncoder:
     @classmethod
     def _load(cls):
         if cls._model is None:
-            import os
-
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             try:

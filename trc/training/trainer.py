@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
+import inspect
 import io
 import json
 import math
@@ -206,7 +208,6 @@ class Trainer:
             unused = getattr(model, "halting", None) is not None and config.loss.halting == 0
             # Buffers (plant parameters, normalisation) are constants: synced once at construction,
             # not before every forward (the keyword was renamed in recent PyTorch).
-            import inspect
 
             no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
                        else "broadcast_buffers")
@@ -512,8 +513,6 @@ class Trainer:
 
 def _plain(obj):
     """Nested data as plain Python (tuples to lists, dataclasses to dicts) for checkpoints."""
-    import dataclasses
-
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return _plain(dataclasses.asdict(obj))
     if isinstance(obj, dict):
