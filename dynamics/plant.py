@@ -17,6 +17,7 @@ Conventions (batch first, as everywhere in TRC):
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -513,7 +514,5 @@ class Plant(nn.Module):
 
 
 def _float64_copy(plant: Plant) -> Plant:
-    import copy
-
     clone = copy.deepcopy(plant)
     return clone.double()

@@ -30,6 +30,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from dynamics.errors import ConfigError
 
 try:  # POSIX only; without it output_lock does not lock (see its docstring)
@@ -211,8 +213,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` atomically."""
-    import torch
-
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 

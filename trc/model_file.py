@@ -33,7 +33,7 @@ import torch
 
 from dynamics.errors import CheckpointError
 
-from . import __version__
+from .version import __version__
 from .io import atomic_torch_save
 
 __all__ = ["MODEL_FORMAT", "MODEL_KEYS", "weights_digest", "save_model_file", "read_model_file", "read_torch_file"]

@@ -43,13 +43,26 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dynamics.errors import DatasetError, TRCError
+from dynamics.sudoku import random_puzzle
+from trc.discrete import problem_from_dict
 
 from ..io import atomic_path, check_output_file, check_output_path, output_lock
+from ..version import __version__
 from .config import SPLIT_NAMES, check_seed
+from .maze import solve_mazes
 from .pipeline import split_indices
-from .storage import SCHEMA_VERSION, JSONText, create_dataset, decode_attrs, encode_attr, open_h5
+from .storage import (
+    SCHEMA_VERSION,
+    JSONText,
+    create_dataset,
+    decode_attrs,
+    encode_attr,
+    open_h5,
+)
+from .sudoku import solve_sudokus
 
 __all__ = [
     "DiscreteDataset",
@@ -148,14 +161,10 @@ def generate_discrete(
     -------
     DiscreteDataset
     """
-    from .pipeline import split_indices
-
     rng = np.random.default_rng(seed)
     plant = problem.make_plant()
     M = int(num_samples)
     if problem.kind == "maze":
-        from .maze import solve_mazes
-
         walls, starts, goals = problem.sample(M, rng)
         t0 = time.perf_counter()
         sol = solve_mazes(walls, starts, goals)
@@ -167,10 +176,6 @@ def generate_discrete(
         solve_time = np.full(M, seconds)
         solver = "bfs"
     else:
-        from dynamics.sudoku import random_puzzle
-
-        from .sudoku import solve_sudokus
-
         n = problem.size
         puzzles = np.zeros((M, n, n), dtype=np.int64)
         bar = _progress(M, progress, f"sudoku {n}x{n}")
@@ -205,8 +210,6 @@ def generate_discrete(
 
 
 def _progress(total, enabled, desc):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
@@ -334,8 +337,6 @@ def write_discrete_dataset(path, data: DiscreteDataset, *, force: bool = False) 
         something else and ``force`` is False (:func:`trc.io.check_output_file`); or another
         process is writing ``path`` (:func:`trc.io.output_lock`).
     """
-    import trc
-
     _check(data, "in memory")
     plant = data.problem.make_plant()
     attrs = {
@@ -345,7 +346,7 @@ def write_discrete_dataset(path, data: DiscreteDataset, *, force: bool = False) 
         "N": int(data.controls.shape[1]), "state_dim": int(plant.state_dim), "control_dim": 1,
         "num_actions": int(plant.num_actions), "cost": "steps", "solver": data.solver, "solver_options": {},
         "seed": check_seed(data.seed, "seed"), "num_samples": data.num_samples, "num_failures": 0,
-        "trc_version": trc.__version__,
+        "trc_version": __version__,
     }
     attrs.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     encoded = {key: encode_attr(value) for key, value in attrs.items() if key != "json_attrs"}
@@ -385,8 +386,6 @@ def read_discrete_dataset(path) -> DiscreteDataset:
     DatasetError
         If the file is missing, corrupt, not a discrete TRC data set, or inconsistent.
     """
-    from trc.discrete import problem_from_dict
-
     with open_h5(path) as f:
         try:
             attrs = decode_attrs(f.attrs, path)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import casadi as ca
 import numpy as np
+import torch
 
 __all__ = ["MODELS", "vector_field", "discrete_step", "IpoptReference", "ReferenceResult", "RocketReference",
            "rocket_step"]
@@ -187,7 +188,6 @@ class IpoptReference:
 
     def __init__(self, problem, tol: float = 1e-10, max_iter: int = 3000, options: dict | None = None):
         self.problem = problem
-        import torch
 
         plant = problem.make_plant(torch.float64)
         config = plant.config()
@@ -393,8 +393,6 @@ class RocketReference:
     """
 
     def __init__(self, problem, tol: float = 1e-9, max_iter: int = 3000):
-        import torch
-
         plant = problem.make_plant(torch.float64)
         p = {key: float(getattr(plant, key)) for key in plant.params}
         self.problem = problem

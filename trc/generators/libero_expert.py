@@ -26,15 +26,23 @@ executed ones are stored as ``executed_actions``.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing as mp
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing.util import Finalize
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.spatial.transform import Rotation
+from tqdm import tqdm
 
 from dynamics.errors import ConfigError, SolverError
+from dynamics.libero import LiberoSimulator, get_task, load_init_states, proprio_from_raw
+
+from ..config import from_dict
+from .libero_storage import Episode, LiberoProblem, load_staged, stage_episode, task_file_name, write_task_file
 
 __all__ = ["ExpertConfig", "PickPlaceExpert", "Episode", "run_episode", "generate", "LiberoGeneratorConfig",
            "init_state_of_attempt"]
@@ -367,50 +375,7 @@ class PickPlaceExpert:
 
 
 # ---------------------------------------------------------------------- episodes
-@dataclasses.dataclass
-class Episode:
-    """One episode in LIBERO's data-set layout (``T`` steps; arrays in time order).
-
-    Attributes
-    ----------
-    obs : dict of ndarray
-        ``agentview_rgb`` ``(T, H, W, 3)`` uint8, ``eye_in_hand_rgb`` ``(T, H, W, 3)`` uint8,
-        ``ee_pos`` ``(T, 3)``, ``ee_ori`` ``(T, 3)``, ``ee_states`` ``(T, 6)``,
-        ``gripper_states`` ``(T, 2)``, ``joint_states`` ``(T, 7)``: the observation before
-        each action.
-    actions : ndarray, shape ``(T, 7)``
-        The expert's actions (labels).
-    executed_actions : ndarray, shape ``(T, 7)``
-        The actions applied (labels plus exploration noise).
-    rewards, dones : ndarray, shape ``(T,)``
-        1 at the step after which the goal holds (the last), else 0.
-    states : ndarray, shape ``(T, state_dim)``
-        Flattened MuJoCo states before each action.
-    success : bool
-    init_state_id : int
-    task_index : int
-    cpu_seconds : float
-        Process CPU time of the episode (simulation, rendering, expert).
-    """
-
-    obs: dict
-    actions: np.ndarray
-    executed_actions: np.ndarray
-    rewards: np.ndarray
-    dones: np.ndarray
-    states: np.ndarray
-    success: bool
-    init_state_id: int
-    task_index: int
-    cpu_seconds: float = 0.0
-
-    def __len__(self) -> int:
-        return len(self.actions)
-
-
 def _obs_record(raw: dict, cameras: bool) -> dict:
-    from dynamics.libero import proprio_from_raw
-
     rec = proprio_from_raw(raw)
     if cameras:
         rec["agentview_rgb"] = np.asarray(raw["agentview_image"], dtype=np.uint8)
@@ -528,8 +493,6 @@ class LiberoGeneratorConfig:
 
     def __post_init__(self):
         if isinstance(self.expert, dict):
-            from trc.config import from_dict
-
             self.expert = from_dict(ExpertConfig, self.expert, "generator.expert")
         for key in ("demos_per_task", "max_attempts_per_task", "workers"):
             v = getattr(self, key)
@@ -557,19 +520,32 @@ def init_state_of_attempt(config: LiberoGeneratorConfig, attempt: int, num_init_
     return (config.first_init_state + int(attempt)) % int(num_init_states)
 
 
+#: The simulator of a worker process, by ``"<suite>/<task>"`` (at most one).
 _WORKER_SIM: dict[str, Any] = {}
+
+
+def _close_worker_sims() -> None:
+    """Close the worker's simulator (at the worker's exit, see :func:`_init_worker`)."""
+    while _WORKER_SIM:
+        _WORKER_SIM.popitem()[1].close()
+
+
+def _init_worker() -> None:
+    """Set up a worker process: close its simulator when the process ends.
+
+    ``multiprocessing`` runs the finalizer when the worker leaves, before the interpreter's
+    exit handlers, among them robosuite's ``eglTerminate``.
+    """
+    Finalize(None, _close_worker_sims, exitpriority=10)
 
 
 def _worker_episode(args: tuple) -> Episode:
     """Run one episode in a worker process, reusing the worker's simulator of the task."""
     problem, task_index, init_id, seed, noise_std, expert_cfg = args
-    from dynamics.libero import LiberoSimulator
-
     key = f"{problem['suite']}/{task_index}"
     sim = _WORKER_SIM.get(key)
     if sim is None:
-        for old in list(_WORKER_SIM):
-            _WORKER_SIM.pop(old).close()
+        _close_worker_sims()
         sim = LiberoSimulator(
             problem["suite"], task_index, camera_size=problem["camera_size"], render=problem["render"],
             assets=problem.get("assets"),
@@ -581,8 +557,8 @@ def _worker_episode(args: tuple) -> Episode:
     )
 
 
-def generate(problem, config: LiberoGeneratorConfig, *, output: str | os.PathLike | None = None, seed: int = 0,
-             resume: bool = True, progress: bool = True) -> dict:
+def generate(problem: LiberoProblem, config: LiberoGeneratorConfig, *, output: str | os.PathLike | None = None,
+             seed: int = 0, resume: bool = True, progress: bool = True) -> dict:
     """Generate scripted demonstrations for the tasks of a LIBERO problem.
 
     Episodes run from the official init states in order (``first_init_state``, then the next
@@ -594,7 +570,7 @@ def generate(problem, config: LiberoGeneratorConfig, *, output: str | os.PathLik
 
     Parameters
     ----------
-    problem : trc.generators.libero_storage.LiberoProblem
+    problem : LiberoProblem
     config : LiberoGeneratorConfig
     output : path, optional
         Output folder; default ``config.output``.
@@ -610,13 +586,6 @@ def generate(problem, config: LiberoGeneratorConfig, *, output: str | os.PathLik
         Per task: ``attempts``, ``successes``, ``success_rate``, ``mean_length``,
         ``cpu_seconds``, ``file``.
     """
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing as mp
-
-    from tqdm import tqdm
-
-    from .libero_storage import load_staged, stage_episode, task_file_name, write_task_file
-
     out = Path(output or config.output)
     out.mkdir(parents=True, exist_ok=True)
     staging = out / ".staging"
@@ -626,8 +595,6 @@ def generate(problem, config: LiberoGeneratorConfig, *, output: str | os.PathLik
     report: dict = {}
     jobs = []
     staged: dict[int, list] = {}
-    from dynamics.libero import get_task, load_init_states
-
     infos = {}
     for t in tasks:
         task = get_task(problem.suite, t)
@@ -664,23 +631,27 @@ def generate(problem, config: LiberoGeneratorConfig, *, output: str | os.PathLik
             bar.update(1)
 
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=config.workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_worker_episode, args): (t, attempt) for t, attempt, args in jobs}
-        while futures:
-            fut = next(iter(_as_completed(futures)))
-            t, attempt = futures.pop(fut)
-            ep = fut.result()
-            handle(t, attempt, ep)
-            n_ok = sum(e["success"] for e in staged[t])
-            n_running = sum(1 for v in futures.values() if v[0] == t)
-            if not ep.success and n_ok + n_running < config.demos_per_task and next_attempt[t] < config.max_attempts_per_task:
-                a = next_attempt[t]
-                next_attempt[t] += 1
-                n_init = len(load_init_states(infos[t]))
-                ep_seed = int(np.random.SeedSequence([seed, t, a]).generate_state(1)[0])
-                args = (pdict, t, init_state_of_attempt(config, a, n_init), ep_seed, config.noise_std, expert_cfg)
-                futures[pool.submit(_worker_episode, args)] = (t, a)
-    bar.close()
+    # Each worker closes its simulator when it ends (_init_worker), before EGL is terminated.
+    with ProcessPoolExecutor(max_workers=config.workers, mp_context=ctx, initializer=_init_worker) as pool:
+        try:
+            futures = {pool.submit(_worker_episode, args): (t, attempt) for t, attempt, args in jobs}
+            while futures:
+                fut = next(as_completed(list(futures)))
+                t, attempt = futures.pop(fut)
+                ep = fut.result()
+                handle(t, attempt, ep)
+                n_ok = sum(e["success"] for e in staged[t])
+                n_running = sum(1 for v in futures.values() if v[0] == t)
+                if (not ep.success and n_ok + n_running < config.demos_per_task
+                        and next_attempt[t] < config.max_attempts_per_task):
+                    a = next_attempt[t]
+                    next_attempt[t] += 1
+                    n_init = len(load_init_states(infos[t]))
+                    ep_seed = int(np.random.SeedSequence([seed, t, a]).generate_state(1)[0])
+                    args = (pdict, t, init_state_of_attempt(config, a, n_init), ep_seed, config.noise_std, expert_cfg)
+                    futures[pool.submit(_worker_episode, args)] = (t, a)
+        finally:
+            bar.close()
     for t in staged:
         episodes = load_staged(staging, t, with_data=True)
         ok = [e for e in episodes if e["episode"].success]
@@ -698,70 +669,3 @@ def generate(problem, config: LiberoGeneratorConfig, *, output: str | os.PathLik
             "file": str(final),
         }
     return report
-
-
-def _as_completed(futures):
-    from concurrent.futures import as_completed
-
-    return as_completed(list(futures))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m trc.generate --config configs/libero_spatial.yaml`` for LIBERO configurations.
-
-    Options: ``--out DIR`` (default ``generator.output``), ``--num-samples N`` (demonstrations
-    per task), ``--workers W``, ``--seed S``, ``--force`` (ignore staged and finished files),
-    ``--quiet``. Writes ``generation.json`` (the expert's success rate per task and CPU time).
-    """
-    import argparse
-    import json
-    import sys
-
-    from dynamics.errors import TRCError
-    from trc.config import from_dict, load_yaml
-
-    from .libero_storage import LiberoProblem
-
-    p = argparse.ArgumentParser(prog="python -m trc.generate", description="Scripted LIBERO demonstrations.")
-    p.add_argument("--config", required=True)
-    p.add_argument("--out", default=None)
-    p.add_argument("--num-samples", type=int, default=None, help="demonstrations per task")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--quiet", action="store_true")
-    args, _unknown = p.parse_known_args(argv)
-    try:
-        config = load_yaml(args.config)
-        problem = from_dict(LiberoProblem, config.get("problem"), "problem")
-        gen = from_dict(LiberoGeneratorConfig, config.get("generator"), "generator")
-        if args.num_samples is not None:
-            gen = dataclasses.replace(gen, demos_per_task=args.num_samples,
-                                      max_attempts_per_task=max(gen.max_attempts_per_task, 2 * args.num_samples))
-        if args.workers is not None:
-            gen = dataclasses.replace(gen, workers=args.workers)
-        out = Path(args.out or gen.output)
-        t0 = time.time()
-        report = generate(problem, gen, output=out, seed=args.seed, resume=not args.force, progress=not args.quiet)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TRCError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    from trc.io import atomic_write_text
-
-    summary = {"seed": args.seed, "wall_seconds": time.time() - t0, "tasks": {str(k): v for k, v in report.items()}}
-    atomic_write_text(out / "generation.json", json.dumps(summary, indent=2, default=float))
-    print("task  attempts  successes  expert success  mean length  CPU s")
-    for t, r in sorted(report.items()):
-        if r.get("skipped"):
-            print(f"{t:4d}  (already generated: {r['file']})")
-            continue
-        print(f"{t:4d}  {r['attempts']:8d}  {r['successes']:9d}  {100 * r['success_rate']:13.0f} %  "
-              f"{r['mean_length']:11.1f}  {r['cpu_seconds']:5.0f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

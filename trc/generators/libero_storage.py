@@ -1,4 +1,4 @@
-"""LIBERO problems and demonstrations in LIBERO's HDF5 layout: writer, loader, staging.
+"""LIBERO problems, episodes and demonstrations in LIBERO's HDF5 layout: writer, loader, staging.
 
 One HDF5 file per task, ``<task name>_demo.hdf5``, laid out as LIBERO's own data sets
 (``libero/scripts/create_dataset.py``), so the loader reads LIBERO's official files too::
@@ -30,12 +30,17 @@ from typing import Any, Iterable, Sequence
 
 import h5py
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from dynamics.errors import ConfigError, DatasetError
+from dynamics.libero import MAX_STEPS, RENDER_MODES, SUITES, get_task, suite_tasks
+
+from ..io import atomic_path
 
 __all__ = [
     "LiberoProblem",
     "OBS_KEYS",
+    "Episode",
     "LiberoDemo",
     "task_file_name",
     "write_task_file",
@@ -91,8 +96,6 @@ class LiberoProblem:
     assets: str | None = None
 
     def __post_init__(self):
-        from dynamics.libero import MAX_STEPS, RENDER_MODES, SUITES
-
         if self.kind != "libero":
             raise ConfigError(f"problem.kind must be 'libero', got {self.kind!r}")
         if self.suite not in SUITES:
@@ -115,8 +118,6 @@ class LiberoProblem:
     def task_list(self) -> list[int]:
         """Task indices of the problem."""
         if self.tasks == "all":
-            from dynamics.libero import suite_tasks
-
             return list(range(len(suite_tasks(self.suite))))
         return list(self.tasks)
 
@@ -127,8 +128,6 @@ class LiberoProblem:
 
     def file_attrs(self, task_index: int) -> dict:
         """``data`` attributes of a task's file: ``problem_info``, ``env_args``, ``bddl_file_name``."""
-        from dynamics.libero import get_task
-
         task = get_task(self.suite, task_index)
         text = task.bddl_file.read_text()
         problem = re.search(r"\(problem\s+([^\s)]+)", text)
@@ -164,10 +163,53 @@ def task_file_name(task_name: str) -> str:
     return f"{task_name}_demo.hdf5"
 
 
+# ---------------------------------------------------------------------- episodes
+@dataclasses.dataclass
+class Episode:
+    """One episode in LIBERO's data-set layout (``T`` steps; arrays in time order).
+
+    What the scripted expert (:func:`trc.generators.libero_expert.run_episode`) records,
+    :func:`write_task_file` writes and :func:`load_staged` reads back.
+
+    Attributes
+    ----------
+    obs : dict of ndarray
+        ``agentview_rgb`` ``(T, H, W, 3)`` uint8, ``eye_in_hand_rgb`` ``(T, H, W, 3)`` uint8,
+        ``ee_pos`` ``(T, 3)``, ``ee_ori`` ``(T, 3)``, ``ee_states`` ``(T, 6)``,
+        ``gripper_states`` ``(T, 2)``, ``joint_states`` ``(T, 7)``: the observation before
+        each action.
+    actions : ndarray, shape ``(T, 7)``
+        The expert's actions (labels).
+    executed_actions : ndarray, shape ``(T, 7)``
+        The actions applied (labels plus exploration noise).
+    rewards, dones : ndarray, shape ``(T,)``
+        1 at the step after which the goal holds (the last), else 0.
+    states : ndarray, shape ``(T, state_dim)``
+        Flattened MuJoCo states before each action.
+    success : bool
+    init_state_id : int
+    task_index : int
+    cpu_seconds : float
+        Process CPU time of the episode (simulation, rendering, expert).
+    """
+
+    obs: dict
+    actions: np.ndarray
+    executed_actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    states: np.ndarray
+    success: bool
+    init_state_id: int
+    task_index: int
+    cpu_seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
 # ---------------------------------------------------------------------- writer
 def _robot_states(obs: dict) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
     quat = Rotation.from_rotvec(np.asarray(obs["ee_ori"])).as_quat()  # (x, y, z, w)
     return np.concatenate([obs["gripper_states"], obs["ee_pos"], quat], axis=1)
 
@@ -180,7 +222,7 @@ def write_task_file(path: str | os.PathLike, episodes: Sequence, attrs: dict) ->
     path : path
         Output ``.hdf5`` file.
     episodes : sequence of Episode
-        :class:`~trc.generators.libero_expert.Episode` s (or objects with the same fields).
+        :class:`Episode` s (or objects with the same fields).
     attrs : dict
         ``problem_info`` and ``env_args`` (dicts, stored as JSON), ``bddl_file_name`` and any
         further scalar attributes of the ``data`` group (see :meth:`LiberoProblem.file_attrs`).
@@ -194,8 +236,6 @@ def write_task_file(path: str | os.PathLike, episodes: Sequence, attrs: dict) ->
     DatasetError
         If an episode lacks an observation key or its arrays disagree in length.
     """
-    from trc.io import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -389,8 +429,6 @@ def _stage_dir(staging: Path, task_index: int) -> Path:
 
 def stage_episode(staging: str | os.PathLike, task_index: int, attempt: int, episode) -> Path:
     """Save one finished episode (atomically) so an interrupted generation can resume."""
-    from trc.io import atomic_path
-
     tag = "ok" if episode.success else "fail"
     path = _stage_dir(Path(staging), task_index) / f"attempt_{attempt:04d}_{tag}.npz"
     arrays = {f"obs/{k}": v for k, v in episode.obs.items()}
@@ -406,8 +444,6 @@ def stage_episode(staging: str | os.PathLike, task_index: int, attempt: int, epi
 
 def load_staged(staging: str | os.PathLike, task_index: int, with_data: bool = False) -> list[dict]:
     """Staged episodes of a task: ``[{"attempt", "success", "path", ["episode"]}]`` sorted by attempt."""
-    from .libero_expert import Episode
-
     folder = _stage_dir(Path(staging), task_index)
     out = []
     for p in sorted(folder.glob("attempt_*.npz")) if folder.is_dir() else []:

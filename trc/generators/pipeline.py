@@ -58,6 +58,8 @@ import shutil
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +70,10 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from dynamics.errors import ConfigError, DatasetError, SolverError, TRCError
+from trc.problem import Problem
 
 from ..io import atomic_path, check_output_file, check_output_path, output_lock
+from ..version import __version__
 from .checks import failure_counts
 from .config import SPLIT_NAMES, GeneratorConfig, check_seed
 from .storage import SCHEMA_VERSION, GeneratedDataset, read_attrs, write_dataset
@@ -153,8 +157,6 @@ def _digest(obj) -> str:
 
 def run_hash(problem, config: GeneratorConfig) -> str:
     """Hash of everything that determines the solved chunks (not the sample count or splits)."""
-    import trc
-
     return _digest({
         "schema": SCHEMA_VERSION,
         "block": SAMPLE_BLOCK,
@@ -163,7 +165,7 @@ def run_hash(problem, config: GeneratorConfig) -> str:
         "options": config.options,
         "seed": config.seed,
         "chunk_size": config.chunk_size,
-        "trc_version": trc.__version__,
+        "trc_version": __version__,
     })
 
 
@@ -322,8 +324,6 @@ def _run_chunk(task: dict) -> dict:
     """
     key = task["tag"]
     if key not in _WORKER_CACHE:
-        from trc.problem import Problem
-
         _WORKER_CACHE.clear()
         _WORKER_CACHE[key] = Problem.from_dict(task["problem"])
     problem = _WORKER_CACHE[key]
@@ -388,8 +388,6 @@ class _Executor:
             for task in tasks:
                 yield _run_chunk(task)
             return
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        from concurrent.futures.process import BrokenProcessPool
 
         # spawn: workers start clean (no forked torch/OpenMP state); one BLAS/OpenMP thread
         # each, read from the environment when a worker imports NumPy/torch. With spawn the

@@ -394,7 +394,7 @@ class QPSolver(Solver):
             On malformed inputs.
         """
         x0, target = _check_instances(self.problem, x0, target)
-        Bn, N, n, m = x0.shape[0], self.problem.horizon, self.problem.state_dim, self.problem.control_dim
+        Bn, N, m = x0.shape[0], self.problem.horizon, self.problem.control_dim
         if initial_controls is not None:
             initial_controls = np.asarray(initial_controls, dtype=np.float64)
             if initial_controls.shape != (Bn, N, m):

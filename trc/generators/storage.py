@@ -33,10 +33,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 from dynamics.errors import DatasetError, TRCError
+from trc.problem import Problem
 
 from ..io import atomic_path, check_output_path, output_lock
+from ..version import __version__
 from .config import SPLIT_NAMES
 
 __all__ = [
@@ -189,8 +192,6 @@ class GeneratedDataset:
 # ---------------------------------------------------------------------------- writing
 def _standard_attrs(data: GeneratedDataset) -> dict:
     """The schema's attributes, derived from the problem and the arrays."""
-    import trc
-
     problem = data.problem
     plant = problem.make_plant()
     Q, R, Qf = problem.weights
@@ -220,7 +221,7 @@ def _standard_attrs(data: GeneratedDataset) -> dict:
         "seed": int(data.seed),
         "num_samples": data.num_samples,
         "num_failures": int(len(data.failures.get("status", ()))),
-        "trc_version": trc.__version__,
+        "trc_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
         "python_version": platform.python_version(),
@@ -228,8 +229,6 @@ def _standard_attrs(data: GeneratedDataset) -> dict:
         "h5py_version": h5py.__version__,
     }
     try:
-        import torch
-
         attrs["torch_version"] = str(torch.__version__)
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
@@ -497,8 +496,6 @@ def read_dataset(path: str | os.PathLike) -> GeneratedDataset:
         holds non-finite trajectories, or describes a problem that cannot be rebuilt (e.g. an
         unknown plant). The message names the file and the problem found.
     """
-    from trc.problem import Problem
-
     with open_h5(path) as f:
         attrs = _attrs_of(f, path)
         arrays = {name: _read_array(f, name, ndim, path, "") for name, ndim in ARRAY_NAMES.items()}
