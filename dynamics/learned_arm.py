@@ -24,12 +24,15 @@ the network is untrained (random), which is only useful for tests.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 from torch import nn
 
 from .errors import CheckpointError, DimensionError
@@ -55,8 +58,6 @@ def rot6d_from_axis_angle(ee_ori: np.ndarray) -> np.ndarray:
     ndarray, shape ``(..., 6)``
         ``(R[:, 0], R[:, 1])`` concatenated.
     """
-    from scipy.spatial.transform import Rotation
-
     ee_ori = np.asarray(ee_ori, dtype=np.float64)
     R = Rotation.from_rotvec(ee_ori.reshape(-1, 3)).as_matrix()
     out = np.concatenate([R[:, :, 0], R[:, :, 1]], axis=1)
@@ -107,8 +108,9 @@ class LearnedArmDynamics(Plant):
         Width of the MLP ``g``.
     num_layers : int
         Hidden layers of ``g``.
-    checkpoint : path, optional
-        A file written by :meth:`save`; loads weights and normalisation.
+    checkpoint : path or dict, optional
+        A file written by :meth:`save`, or the dict of :meth:`checkpoint_dict`; loads weights
+        and normalisation.
     dt : float
         Sample time in seconds (LIBERO: 0.05).
 
@@ -130,7 +132,10 @@ class LearnedArmDynamics(Plant):
         kwargs.setdefault("u_max", 1.0)
         super().__init__(dt=dt, **kwargs)
         if checkpoint is not None:
-            saved = _read_checkpoint(checkpoint)
+            if isinstance(checkpoint, dict):
+                saved = _check_checkpoint(checkpoint, "the checkpoint dict")
+            else:
+                saved = _read_checkpoint(checkpoint)
             hidden_dim, num_layers = saved["hidden_dim"], saved["num_layers"]
         self.hidden_dim, self.num_layers = int(hidden_dim), int(num_layers)
         n, m = self.state_dim, self.control_dim
@@ -154,12 +159,14 @@ class LearnedArmDynamics(Plant):
         self.register_buffer("x_mean", torch.zeros(n))
         self.register_buffer("x_std", torch.ones(n))
         self.register_buffer("dx_scale", torch.full((n,), 0.01))
-        self.checkpoint = None if checkpoint is None else str(checkpoint)
+        #: The file the model was loaded from (None: untrained, or loaded from a dict).
+        self.checkpoint = None if checkpoint is None or isinstance(checkpoint, dict) else str(checkpoint)
         if checkpoint is not None:
+            source = "the checkpoint dict" if isinstance(checkpoint, dict) else f"checkpoint {str(checkpoint)!r}"
             try:
                 self.load_state_dict(saved["state_dict"])
             except RuntimeError as exc:
-                raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not match the model: {exc}") from exc
+                raise CheckpointError(f"{source} does not match the model: {exc}") from exc
 
     def config(self) -> dict:
         cfg = super().config()
@@ -186,12 +193,61 @@ class LearnedArmDynamics(Plant):
         return torch.stack(states, dim=1)
 
     # -------------------------------------------------------------- persistence
-    def save(self, path: str | os.PathLike, metrics: dict | None = None) -> None:
-        """Save weights and normalisation atomically (``torch.save``)."""
-        from trc.io import atomic_torch_save
+    def checkpoint_dict(self, metrics: dict | None = None) -> dict:
+        """Weights, normalisation and size as plain data and CPU tensors.
 
-        atomic_torch_save({"kind": "learned_arm", "hidden_dim": self.hidden_dim, "num_layers": self.num_layers,
-                           "dt": self.dt, "state_dict": self.state_dict(), "metrics": metrics or {}}, path)
+        ``torch.save`` of this dict is what :meth:`save` writes; ``LearnedArmDynamics(checkpoint=d)``
+        rebuilds the model from it, so a caller can store it in its own files.
+
+        Parameters
+        ----------
+        metrics : dict, optional
+            Plain data stored alongside (e.g. the validation errors of :func:`fit`).
+
+        Returns
+        -------
+        dict
+            ``kind`` (``"learned_arm"``), ``hidden_dim``, ``num_layers``, ``dt``, ``state_dict``,
+            ``metrics``.
+        """
+        return {"kind": "learned_arm", "hidden_dim": self.hidden_dim, "num_layers": self.num_layers, "dt": self.dt,
+                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
+                "metrics": dict(metrics or {})}
+
+    def save(self, path: str | os.PathLike, metrics: dict | None = None) -> None:
+        """Write :meth:`checkpoint_dict` to ``path`` atomically (``torch.save``).
+
+        The file is written beside ``path`` under a temporary name, flushed to disk and renamed
+        over ``path``: a reader sees the old file or the complete new one, never half of it.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(self.checkpoint_dict(metrics), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the permissions of a new file
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+def _check_checkpoint(saved, source: str) -> dict:
+    """``saved`` if it is a learned arm checkpoint dict, else :class:`CheckpointError` naming ``source``."""
+    if not isinstance(saved, dict) or saved.get("kind") != "learned_arm":
+        kind = saved.get("kind") if isinstance(saved, dict) else type(saved).__name__
+        raise CheckpointError(f"{source} is not a learned arm checkpoint (kind={kind!r}, expected 'learned_arm')")
+    missing = [k for k in ("hidden_dim", "num_layers", "state_dict") if k not in saved]
+    if missing:
+        raise CheckpointError(f"{source} lacks {missing}; a learned arm checkpoint has hidden_dim, num_layers and "
+                              "state_dict")
+    return saved
 
 
 def _read_checkpoint(path) -> dict:
@@ -202,9 +258,7 @@ def _read_checkpoint(path) -> dict:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types on corrupt files
         raise CheckpointError(f"cannot read learned arm checkpoint {str(path)!r}: {exc}") from exc
-    if not isinstance(saved, dict) or saved.get("kind") != "learned_arm":
-        raise CheckpointError(f"{str(path)!r} is not a learned arm checkpoint (kind={saved.get('kind') if isinstance(saved, dict) else None!r})")
-    return saved
+    return _check_checkpoint(saved, repr(str(path)))
 
 
 def _windows(trajectories: list[tuple[np.ndarray, np.ndarray]], horizon: int) -> tuple[torch.Tensor, torch.Tensor]:

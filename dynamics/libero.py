@@ -33,11 +33,14 @@ Rendering is headless through EGL: set ``MUJOCO_GL=egl`` (done here if unset).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import importlib.util
 import os
+import tempfile
+import weakref
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -197,8 +200,6 @@ def configure_libero(assets: str | os.PathLike | None = None, config_dir: str | 
 
 def _atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename (never half a file)."""
-    import tempfile
-
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -335,6 +336,24 @@ def proprio_from_raw(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------- simulator
+#: Simulators with a rendering context that are not closed yet (closed at exit, see
+#: :func:`_close_open_simulators`).
+_OPEN_SIMULATORS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _close_open_simulators() -> None:
+    """Close every simulator still open; runs at interpreter exit, before EGL is terminated.
+
+    robosuite registers ``eglTerminate`` with :mod:`atexit` when it creates the first EGL
+    context, and its render contexts free themselves in ``__del__``, which at exit runs after
+    the display is gone and prints ``EGLError`` tracebacks. This hook is (re-)registered after
+    each rendering simulator is built, so it runs before ``eglTerminate`` (:mod:`atexit` runs
+    the last registered first).
+    """
+    for sim in list(_OPEN_SIMULATORS):
+        sim.close()
+
+
 class LiberoSimulator:
     """One LIBERO task in MuJoCo: build, reset to an official init state, step, render.
 
@@ -366,6 +385,12 @@ class LiberoSimulator:
     -----
     Images are returned as LIBERO renders and stores them (OpenGL convention, upside down);
     flip both axes (``img[::-1, ::-1]``) to view them.
+
+    Call :meth:`close` when done, or use the simulator as a context manager
+    (``with LiberoSimulator(...) as sim:``): it frees the MuJoCo rendering resources and the
+    EGL context in the order they need. Simulators still open at interpreter exit are closed
+    then, before robosuite terminates EGL. Several simulators may render in one process; each
+    makes its own EGL context current before it renders.
     """
 
     action_dim = 7
@@ -405,12 +430,18 @@ class LiberoSimulator:
             "ignore_done": True,
             "hard_reset": False,
         }
+        self._env = None
         try:
             self._env = ControlEnv(**self.env_kwargs)
         except (FileNotFoundError, ValueError, AssertionError) as exc:
             raise ConfigError(
                 f"could not build LIBERO task {self.task.name!r} from assets {str(_paths().assets)!r}: {exc}"
             ) from exc
+        if self._render_context() is not None:
+            _OPEN_SIMULATORS.add(self)
+            # after robosuite's atexit eglTerminate (registered with the first EGL context), so it runs before it
+            atexit.unregister(_close_open_simulators)
+            atexit.register(_close_open_simulators)
         self._apply_render_settings()
         self._env.reset()
         self.state_dim = int(self._env.get_sim_state().size)
@@ -443,6 +474,23 @@ class LiberoSimulator:
         """Control period in seconds."""
         return 1.0 / self.control_freq
 
+    def _render_context(self):
+        """robosuite's off-screen render context of the simulation (None without cameras or once closed)."""
+        env = self._env
+        sim = getattr(env.env, "sim", None) if env is not None else None
+        return getattr(sim, "_render_context_offscreen", None) if sim is not None else None
+
+    def _make_current(self) -> None:
+        """Make this simulator's EGL context current, so its cameras render into it.
+
+        robosuite makes a context current only when it creates it; with several simulators in
+        one process the last one built (or none, after one is closed) would be current.
+        """
+        if self.cameras:
+            ctx = self._render_context()
+            if ctx is not None:
+                ctx.gl_ctx.make_current()
+
     def _apply_render_settings(self) -> None:
         if not self.cameras or self.render_mode == "libero":
             return
@@ -453,7 +501,7 @@ class LiberoSimulator:
         model.vis.quality.offsamples = 0
         model.vis.global_.offwidth = self.camera_size
         model.vis.global_.offheight = self.camera_size
-        ctx = sim._render_context_offscreen
+        ctx = self._render_context()
         if ctx is not None:
             ctx.gl_ctx.make_current()
             ctx.con.free()
@@ -489,6 +537,7 @@ class LiberoSimulator:
             if state.shape != (self.state_dim,):
                 raise DimensionError(f"init state has shape {state.shape}; expected ({self.state_dim},)")
         self._set_cameras_enabled(True)
+        self._make_current()
         self._env.reset()
         raw = self._env.set_init_state(state)
         for _ in range(settle_steps):
@@ -549,6 +598,8 @@ class LiberoSimulator:
         if not np.isfinite(action).all():
             raise NonFiniteError(f"action contains NaN or infinity: {action.tolist()}")
         self._set_cameras_enabled(bool(render))
+        if render:
+            self._make_current()
         raw, _, _, _ = self._env.step(action)
         self.steps += 1
         self.last_raw = raw
@@ -568,6 +619,7 @@ class LiberoSimulator:
         if state.shape != (self.state_dim,):
             raise DimensionError(f"state has shape {state.shape}; expected ({self.state_dim},)")
         self._set_cameras_enabled(True)
+        self._make_current()
         raw = self._env.regenerate_obs_from_state(state)
         self.last_raw = raw
         return raw
@@ -609,17 +661,42 @@ class LiberoSimulator:
         }
 
     def close(self) -> None:
-        """Free the simulation and its rendering context."""
-        env = getattr(self, "_env", None)
-        if env is not None:
-            try:
-                env.close()
-            except Exception:  # robosuite's EGL teardown can fail harmlessly at exit
-                pass
-            self._env = None
+        """Free the rendering resources and the simulation; calling it again does nothing.
+
+        The order matters: MuJoCo's GPU resources are freed with the simulator's own EGL
+        context current (freeing them under another simulator's context would delete that
+        one's textures and buffers), then the EGL context is destroyed, then robosuite frees
+        the simulation. robosuite's render context, whose ``__del__`` would otherwise do this
+        later (at interpreter exit: after EGL is terminated, printing ``EGLError``), finds
+        nothing left to free.
+        """
+        env = self.__dict__.get("_env")
+        if env is None:
+            return
+        ctx = self._render_context()
+        self._env = None
+        _OPEN_SIMULATORS.discard(self)
+        try:
+            if ctx is not None:
+                env.env.sim._render_context_offscreen = None
+                ctx.gl_ctx.make_current()
+                ctx.con.free()
+                ctx.gl_ctx.free()
+        finally:
+            env.close()
+
+    def __enter__(self) -> LiberoSimulator:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def __del__(self):
-        self.close()
+        # A simulator nobody closed, collected before exit; __del__ cannot raise.
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 # ---------------------------------------------------------------------- plant

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import string
 from typing import Any
 
 import gymnasium
@@ -55,7 +56,8 @@ class LiberoEnv(gymnasium.Env):
         LIBERO's assets.
     simulator : LiberoSimulator, optional
         Use this simulator (with cameras) instead of building one; ``suite``, ``task``,
-        ``camera_size``, ``render`` and ``assets`` are then taken from it.
+        ``camera_size``, ``render`` and ``assets`` are then taken from it. :meth:`close` leaves
+        a simulator given here open (its owner closes it); one built here is closed.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -65,6 +67,9 @@ class LiberoEnv(gymnasium.Env):
                  simulator: LiberoSimulator | None = None):
         if render_mode not in (None, "rgb_array"):
             raise ConfigError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer))
+                                      or max_steps < 1):
+            raise ConfigError(f"max_steps must be a positive integer, got {max_steps!r}")
         if simulator is not None:
             if not simulator.cameras:
                 raise ConfigError("the simulator of a LiberoEnv must render its cameras (cameras=True)")
@@ -72,9 +77,8 @@ class LiberoEnv(gymnasium.Env):
             suite, camera_size = simulator.task.suite, simulator.camera_size
         else:
             self.sim = LiberoSimulator(suite, task, camera_size=camera_size, render=render, assets=assets)
+        self._owns_sim = simulator is None
         self.max_steps = int(max_steps or MAX_STEPS[suite])
-        if self.max_steps < 1:
-            raise ConfigError(f"max_steps must be positive, got {max_steps!r}")
         self.render_mode = render_mode
         s = camera_size
         self.observation_space = spaces.Dict({
@@ -132,12 +136,12 @@ class LiberoEnv(gymnasium.Env):
         return None
 
     def close(self):
-        self.sim.close()
+        """Close the simulator if this environment built it (see ``simulator``)."""
+        if self._owns_sim:
+            self.sim.close()
 
 
 def _charset() -> str:
-    import string
-
     return string.ascii_letters + string.digits + string.punctuation + " "
 
 

@@ -55,10 +55,15 @@ def _graph(top_level_only: bool) -> nx.DiGraph:
             else:
                 continue
             for target in targets:
-                while target and target not in modules:  # `import trc.kinds.base` also imports trc.kinds
+                while target and target not in modules:
                     target = target.rpartition(".")[0]
-                if target and target != name and not name.startswith(target + "."):
-                    graph.add_edge(name, target, line=node.lineno)
+                # Importing trc.kinds.base first runs the package trc/kinds/__init__.py (and so every
+                # kind it imports): an edge to each enclosing subpackage the importer is not inside.
+                parts = target.split(".")
+                for k in range(2, len(parts) + 1):
+                    enclosing = ".".join(parts[:k])
+                    if enclosing in modules and enclosing != name and not name.startswith(enclosing + "."):
+                        graph.add_edge(name, enclosing, line=node.lineno)
     return graph
 
 

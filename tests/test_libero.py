@@ -133,6 +133,37 @@ def test_steps_without_rendering_keep_the_physics_and_render_again():
         assert dist(skip_raws[k], all_raws[k]) < dist(skip_raws[k], all_raws[k - 1])
 
 
+def test_closing_a_simulator_leaves_the_others_rendering(sim):
+    """Closing one simulator (here by ``with``) frees its rendering resources under its own EGL
+    context: another simulator's images stay the same. Before, they were freed under whichever
+    context was current (the other simulator's, whose images then came out garbled: about
+    85/255 off on average)."""
+    ref = sim.reset(0, settle_steps=0)["agentview_image"].astype(float)
+    with L.LiberoSimulator("libero_spatial", 1, camera_size=32) as other:
+        assert other in L._OPEN_SIMULATORS
+        other.reset(0, settle_steps=0)
+    assert other._env is None and other not in L._OPEN_SIMULATORS
+    other.close()  # a second close does nothing
+    again = sim.reset(0, settle_steps=0)["agentview_image"].astype(float)
+    assert np.abs(again - ref).mean() < 3.0 and again.mean() > 20  # the same image, up to rendering noise
+
+
+def test_a_simulator_left_open_exits_without_egl_tracebacks(tmp_path):
+    """A process that exits with a simulator still open prints no EGL traceback: the exit hook
+    closes it before robosuite terminates EGL (robosuite's own ``__del__`` ran after, and printed
+    ``Exception ignored in: MjRenderContext.__del__ ... EGLError``)."""
+    code = ("import numpy as np, dynamics.libero as L\n"
+            "sim = L.LiberoSimulator('libero_spatial', 0, camera_size=16)\n"
+            "sim.step(np.zeros(7))\n"
+            "print('OPEN', len(L._OPEN_SIMULATORS))\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MUJOCO_GL": "egl"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OPEN 1" in out.stdout  # still open when the interpreter starts to exit
+    assert "Exception ignored" not in out.stderr and "EGLError" not in out.stderr, out.stderr[-3000:]
+
+
 def test_gymnasium_env(sim):
     import gymnasium
 
@@ -149,6 +180,10 @@ def test_gymnasium_env(sim):
     assert truncated and not info["is_success"]
     with pytest.raises(gymnasium.error.ResetNeeded):
         env.step(np.zeros(7))
+    env.close()
+    assert sim._env is not None and not sim.success()  # a simulator given to the environment stays open
+    with pytest.raises(ConfigError, match="max_steps"):
+        LiberoEnv(simulator=sim, max_steps=0)
 
 
 def test_plant_registry_entry(sim):
@@ -184,19 +219,20 @@ def test_expert_succeeds_on_one_task(sim):
 @pytest.mark.slow
 def test_closed_loop_evaluation_writes_report_video_and_figure(tmp_path):
     """A tiny untrained policy runs closed-loop for a few steps; the report, MP4 and figure exist."""
+    import trc
     from dynamics.learned_arm import LearnedArmDynamics
-    from trc.evaluation_libero import evaluate
+    from trc.evaluation_libero import _WORKER, evaluate
+    from trc.generators.libero_storage import LiberoProblem
     from trc.models.visuomotor import VisuomotorConfig, VisuomotorPolicy
-    from trc.training.bc import save_policy
 
     cfg = VisuomotorConfig(image_size=32, channels=8, keypoints=8, latent_dim=32, hidden_dim=64, chunk=4, H_cycles=2)
     policy = VisuomotorPolicy(cfg, LearnedArmDynamics(hidden_dim=16, num_layers=1))
     task = L.get_task("libero_spatial", 0)
-    problem = {"kind": "libero", "name": "t", "suite": "libero_spatial", "tasks": [0], "max_steps": 6,
-               "camera_size": 128, "render": "fast", "assets": None}
-    save_policy(tmp_path / "policy.pt", policy, problem=problem,
-                text_embeddings={task.language: np.zeros(384, dtype=np.float32)}, metrics={})
-    rep = evaluate(tmp_path / "policy.pt", episodes=1, out_dir=tmp_path / "eval", videos=1, progress=False)
+    policy.problem = LiberoProblem(name="t", tasks=[0], max_steps=6, camera_size=128)
+    trc.save(policy, tmp_path / "model.pt",
+             metadata={"text_embeddings": {task.language: np.zeros(384, dtype=np.float32)}})
+    rep = evaluate(tmp_path / "model.pt", episodes=1, out_dir=tmp_path / "eval", videos=1, progress=False)
+    assert _WORKER == {}  # the simulator is closed and nothing is kept for the next evaluation
     assert rep["per_task"][0]["episodes"] == 1 and rep["mean_length"] == 6 and len(rep["latent_norms"]) == 3
     assert (tmp_path / "eval" / "report.md").is_file() and (tmp_path / "eval" / "figures" / "latent_norm.png").is_file()
     videos = list((tmp_path / "eval" / "videos").glob("*.mp4"))

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 import dynamics
+import trc
 from dynamics.errors import CheckpointError, ConfigError, DatasetError, DimensionError
 from dynamics.learned_arm import LearnedArmDynamics, arm_states, fit, rollout_errors, rot6d_from_axis_angle
-from trc.generators.libero_storage import LiberoDemo
+from trc.evaluation_libero import load_policy
+from trc.generators.libero_storage import LiberoDemo, LiberoProblem
 from trc.models.recursion import RecursionCore
 from trc.models.visuomotor import CAMERAS, TEXT_DIM, VisuomotorConfig, VisuomotorPolicy
-from trc.training.bc import BCConfig, augment, bc_loss, build_data, load_policy, save_policy, split_by_demo, train_bc
+from trc.training.bc import BCConfig, augment, bc_loss, build_data, split_by_demo, train_bc
+
+REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -147,18 +156,21 @@ def test_tiny_bc_run_lowers_the_loss_and_checkpoint_round_trip(data, tmp_path):
     losses = [h["train_loss"] for h in result["history"]]
     assert losses[-1] < 0.7 * losses[0], losses
     assert result["best_val_loss"] == min(h["val_loss"] for h in result["history"])
-    path = tmp_path / "policy.pt"
-    save_policy(path, policy, problem={"suite": "libero_spatial"}, text_embeddings=emb, metrics=result)
-    clone, meta = load_policy(path)
+    path = tmp_path / "model.pt"
+    policy.problem = LiberoProblem(tasks=[0], max_steps=12, camera_size=32)
+    policy.metadata = {"text_embeddings": emb, "metrics": {"best_val_loss": result["best_val_loss"]}}
+    trc.save(policy, path, metadata=policy.metadata)
+    clone = load_policy(path)
     imgs, text, arm = batch(train)
     with torch.no_grad():
         torch.testing.assert_close(clone(imgs, text, arm).actions, policy.eval()(imgs, text, arm).actions)
-    np.testing.assert_array_equal(meta["text_embeddings"]["a"], emb["a"])
+    np.testing.assert_array_equal(np.asarray(clone.metadata["text_embeddings"]["a"], dtype=np.float32), emb["a"])
     torch.testing.assert_close(clone.action_std, policy.action_std)
+    assert clone.problem == policy.problem and clone.problem.worker_dict()["max_steps"] == 12
     with pytest.raises(CheckpointError, match="does not exist"):
         load_policy(tmp_path / "none.pt")
     torch.save({"kind": "other"}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="not a visuomotor"):
+    with pytest.raises(CheckpointError, match="format"):
         load_policy(tmp_path / "other.pt")
 
 
@@ -224,3 +236,58 @@ def test_learned_arm_checkpoint_and_registry(tmp_path):
     torch.save({"kind": "nope"}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="not a learned arm"):
         dynamics.make("learned_arm", checkpoint=str(tmp_path / "bad.pt"))
+
+
+def test_learned_arm_checkpoint_dict_without_a_file(tmp_path):
+    """The path-less API: a caller stores the dict in its own file and rebuilds the model from it."""
+    plant = LearnedArmDynamics(hidden_dim=16, num_layers=2, seed=5)
+    plant.x_mean.fill_(0.3)  # the normalisation travels with the weights
+    d = plant.checkpoint_dict(metrics={"position_mm": [1.0]})
+    assert d["kind"] == "learned_arm" and (d["hidden_dim"], d["num_layers"]) == (16, 2)
+    assert d["metrics"]["position_mm"] == [1.0]
+    clone = LearnedArmDynamics(checkpoint=d)
+    assert clone.checkpoint is None and (clone.hidden_dim, clone.num_layers) == (16, 2)
+    torch.testing.assert_close(clone.x_mean, plant.x_mean)
+    x, u = torch.randn(4, 14), torch.rand(4, 3, 7) * 2 - 1
+    torch.testing.assert_close(clone.rollout(x, u), plant.rollout(x, u))
+    # save() writes the same dict; a file saved over an existing one is replaced whole
+    path = tmp_path / "arm.pt"
+    LearnedArmDynamics(hidden_dim=8, num_layers=1).save(path)
+    plant.save(path)
+    saved = torch.load(path, weights_only=True)
+    assert saved.keys() == d.keys() and (saved["hidden_dim"], saved["num_layers"]) == (16, 2)
+    torch.testing.assert_close(saved["state_dict"]["x_mean"], plant.x_mean)
+    assert [p.name for p in tmp_path.iterdir()] == ["arm.pt"]  # no temporary file left behind
+    with pytest.raises(CheckpointError, match="lacks"):
+        LearnedArmDynamics(checkpoint={"kind": "learned_arm", "hidden_dim": 16})
+    with pytest.raises(CheckpointError, match="does not match"):
+        LearnedArmDynamics(checkpoint={**d, "state_dict": {"x_mean": torch.zeros(14)}})
+
+
+def test_learned_arm_save_fails_cleanly(tmp_path):
+    """A failed save leaves the previous file intact and no temporary file."""
+    plant = LearnedArmDynamics(hidden_dim=8, num_layers=1)
+    path = tmp_path / "arm.pt"
+    plant.save(path)
+    before = path.read_bytes()
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("refuses to be pickled")
+
+    with pytest.raises(RuntimeError, match="refuses to be pickled"):
+        plant.save(path, metrics={"bad": Unpicklable()})  # fails half-way through torch.save
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["arm.pt"]
+
+
+def test_dynamics_never_imports_trc(tmp_path):
+    """Building, saving and loading the learned arm (and importing the LIBERO plants) loads no ``trc`` module."""
+    code = (
+        "import sys, dynamics, dynamics.learned_arm as la, dynamics.libero, dynamics.libero_env\n"
+        f"m = la.LearnedArmDynamics(hidden_dim=8, num_layers=1); m.save({str(tmp_path / 'arm.pt')!r})\n"
+        f"la.LearnedArmDynamics(checkpoint={str(tmp_path / 'arm.pt')!r})\n"
+        "print(sorted(k for k in sys.modules if k == 'trc' or k.startswith('trc.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

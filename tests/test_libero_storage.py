@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
 from dynamics.errors import ConfigError, DatasetError
-from trc.generators.libero_expert import Episode, ExpertConfig, LiberoGeneratorConfig
+from trc.generators import libero_expert, libero_storage
+from trc.generators.libero_expert import ExpertConfig, LiberoGeneratorConfig
 from trc.generators.libero_storage import (
     OBS_KEYS,
+    Episode,
     LiberoProblem,
     is_libero_config,
     load_demos,
@@ -164,8 +168,6 @@ def test_demonstrations_start_from_init_states_apart_from_the_evaluation_ones():
 
 
 def test_shipped_configuration_parses():
-    from pathlib import Path
-
     from trc.config import from_dict, load_yaml
     from trc.models.visuomotor import VisuomotorConfig
     from trc.training.bc import BCConfig
@@ -177,3 +179,27 @@ def test_shipped_configuration_parses():
     m = from_dict(VisuomotorConfig, cfg["model"], "model")
     t = from_dict(BCConfig, cfg["training"], "training")
     assert m.feedback and t.mse_weight == 0.7 and t.l1_weight == 0.3
+
+
+def _imported_modules(module) -> set[str]:
+    """Modules a source file imports (absolute names; relative ones resolved against its package)."""
+    tree = ast.parse(Path(module.__file__).read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.__name__.split(".")[: -node.level]
+                base = ".".join(parts + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{a.name}" for a in node.names)
+    return names
+
+
+def test_storage_does_not_import_the_expert():
+    """The episode record lives with the storage; the expert imports the storage, never the reverse."""
+    assert "trc.generators.libero_expert" not in _imported_modules(libero_storage)
+    assert "trc.generators.libero_storage" in _imported_modules(libero_expert)
+    assert libero_expert.Episode is libero_storage.Episode  # still importable from the expert

@@ -11,9 +11,12 @@ overall with 95 % Wilson intervals, episode lengths, CPU time), ``videos/*.mp4``
 and eye-in-hand side by side, upright) of the first ``videos`` episodes of each task, and
 ``figures/latent_norm.png``, the RMS of the latent ``z_H`` after each recursion cycle.
 
-Command line::
+The simulators are closed when the evaluation ends (also on errors), in this process and in
+each worker process, so no rendering context is left for the interpreter's exit.
 
-    python -m trc.evaluation_libero --checkpoint runs/libero_spatial/policy.pt --episodes 20
+Command line (the ``libero`` problem kind of :mod:`trc.kinds`)::
+
+    python -m trc.evaluate --checkpoint runs/libero_spatial/model.pt --episodes 20
 """
 
 from __future__ import annotations
@@ -21,17 +24,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing as mp
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing.util import Finalize
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from tqdm import tqdm
 
-from dynamics.errors import ConfigError
+from dynamics.errors import CheckpointError, ConfigError
+from dynamics.learned_arm import arm_states
+from dynamics.libero import LiberoSimulator, proprio_from_raw, suite_tasks
 
-__all__ = ["EpisodeResult", "run_policy_episode", "evaluate", "wilson_interval", "is_libero_checkpoint", "main"]
+from .config import from_dict
+from .generators.libero_storage import LiberoProblem
+from .io import atomic_path, atomic_write_text
+from .model_file import read_model_file
+from .models.visuomotor import SentenceEncoder, VisuomotorPolicy, policy_from_payload
+
+__all__ = ["EpisodeResult", "run_policy_episode", "evaluate", "wilson_interval", "load_policy"]
 
 
 @dataclasses.dataclass
@@ -82,9 +98,6 @@ def run_policy_episode(policy, sim, text: torch.Tensor, init_state_id: int, *, m
     record : bool
         Keep video frames.
     """
-    from dynamics.learned_arm import arm_states
-    from dynamics.libero import proprio_from_raw
-
     t0 = time.process_time()
     raw = sim.reset(init_state_id)
     prev_pos = None
@@ -116,32 +129,68 @@ def run_policy_episode(policy, sim, text: torch.Tensor, init_state_id: int, *, m
     )
 
 
+def load_policy(path: str | os.PathLike) -> VisuomotorPolicy:
+    """The visuomotor policy of a model file (:mod:`trc.model_file`), in eval mode.
+
+    Its ``problem`` (:class:`~trc.generators.libero_storage.LiberoProblem`) says which suite,
+    tasks, cameras and episode limit it was trained for; ``metadata["text_embeddings"]`` maps
+    each instruction to its embedding. :func:`trc.load` gives the same policy.
+
+    Raises
+    ------
+    CheckpointError
+        If the file cannot be read, is corrupted, or holds a policy of another problem kind.
+    """
+    payload = read_model_file(path)
+    source = f"model file {str(path)!r}"
+    if payload["kind"] != "libero":
+        raise CheckpointError(f"{source} holds a {payload['model_class']} of problem kind {payload['kind']!r}; "
+                              "LIBERO evaluation needs a VisuomotorPolicy (problem kind 'libero')")
+    try:
+        problem = from_dict(LiberoProblem, payload["problem"], "problem")
+    except ConfigError as exc:
+        raise CheckpointError(f"{source}: its problem is invalid: {exc}") from exc
+    return policy_from_payload(payload, source, problem)
+
+
+#: What a process reuses between episodes: the policy of ``checkpoint`` and the simulator of ``task``.
 _WORKER: dict = {}
+
+
+def _close_worker_sim() -> None:
+    """Close the process's simulator, if any (after the evaluation, or when its worker ends)."""
+    sim = _WORKER.pop("sim", None)
+    _WORKER.pop("task", None)
+    if sim is not None:
+        sim.close()
+
+
+def _init_worker() -> None:
+    """Set up a worker process: close its simulator when the process ends.
+
+    ``multiprocessing`` runs the finalizer when the worker leaves, before the interpreter's
+    exit handlers, among them robosuite's ``eglTerminate``.
+    """
+    Finalize(None, _close_worker_sim, exitpriority=10)
 
 
 def _worker(args) -> EpisodeResult:
     checkpoint, problem, task_index, init_id, action_steps, record, max_steps, threads = args
     torch.set_num_threads(threads)
-    from dynamics.libero import LiberoSimulator
-    from trc.training.bc import load_policy
-
     if _WORKER.get("checkpoint") != checkpoint:
-        _WORKER["policy"], _WORKER["meta"] = load_policy(checkpoint)
+        _WORKER["policy"] = load_policy(checkpoint)
         _WORKER["checkpoint"] = checkpoint
     if _WORKER.get("task") != task_index:
-        if _WORKER.get("sim") is not None:
-            _WORKER["sim"].close()
+        _close_worker_sim()
         _WORKER["sim"] = LiberoSimulator(problem["suite"], task_index, camera_size=problem["camera_size"],
                                          render=problem["render"], assets=problem.get("assets"))
         _WORKER["task"] = task_index
     sim = _WORKER["sim"]
-    emb = _WORKER["meta"]["text_embeddings"].get(sim.language)
+    emb = (_WORKER["policy"].metadata.get("text_embeddings") or {}).get(sim.language)
     if emb is None:
-        from trc.models.visuomotor import SentenceEncoder
-
         emb = SentenceEncoder().encode([sim.language])[0].numpy()
-    return run_policy_episode(_WORKER["policy"], sim, torch.as_tensor(emb), init_id, max_steps=max_steps,
-                              action_steps=action_steps, record=record)
+    return run_policy_episode(_WORKER["policy"], sim, torch.as_tensor(np.asarray(emb, dtype=np.float32)), init_id,
+                              max_steps=max_steps, action_steps=action_steps, record=record)
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: int = 20) -> None:
@@ -160,15 +209,14 @@ def _write_video(path: Path, frames: np.ndarray, fps: int = 20) -> None:
 
 
 def _latent_figure(path: Path, results: list[EpisodeResult]) -> None:
-    import matplotlib
+    """Mean and standard deviation over the episodes of the latent RMS after each cycle (PNG).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from trc.io import atomic_path
-
+    Drawn on a :class:`matplotlib.figure.Figure` (no pyplot state, Agg canvas), as the reports
+    of :mod:`trc.report`.
+    """
     norms = np.array([r.latent_norms for r in results])
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = Figure(figsize=(5, 3.2), layout="tight")
+    ax = fig.subplots()
     ks = np.arange(norms.shape[1])
     ax.errorbar(ks, norms.mean(0), yerr=norms.std(0), marker="o", capsize=3)
     ax.set_xlabel("recursion cycle (0 = input embedding)")
@@ -176,11 +224,9 @@ def _latent_figure(path: Path, results: list[EpisodeResult]) -> None:
     ax.set_xticks(ks)
     ax.set_title("Latent state norm per recursion step")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
 
 
 def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[int] | None = None,
@@ -192,13 +238,14 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
     Parameters
     ----------
     checkpoint : path
-        A file written by :func:`trc.training.bc.save_policy`.
+        A model file of a visuomotor policy (``python -m trc.train`` on a LIBERO
+        configuration, or :func:`trc.save`).
     episodes : int
         Episodes per task (init states ``0 .. episodes - 1``).
     tasks : list of int, optional
         Task indices; default the checkpoint's problem tasks.
     out_dir : path, optional
-        Report folder; default ``<checkpoint folder>/eval``.
+        Report folder; default ``<checkpoint folder>/evaluation``.
     workers : int
         Parallel processes (one simulator and one policy copy each).
     videos : int
@@ -221,20 +268,12 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
     ConfigError
         On a non-positive ``episodes``, ``workers`` or ``action_steps``.
     CheckpointError
-        If the checkpoint cannot be loaded.
+        If the checkpoint cannot be loaded or is not a visuomotor policy.
     """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    import multiprocessing as mp
-
-    from tqdm import tqdm
-
-    from dynamics.libero import suite_tasks
-    from trc.training.bc import load_policy
-
     if episodes < 1 or workers < 1 or videos < 0:
         raise ConfigError(f"episodes and workers must be >= 1 and videos >= 0, got {episodes}, {workers}, {videos}")
-    policy, meta = load_policy(checkpoint)
-    problem = dict(meta["problem"])
+    policy = load_policy(checkpoint)
+    problem = policy.problem.worker_dict()
     if render is not None:
         problem["render"] = render
     chunk = policy.config.chunk
@@ -243,8 +282,8 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
         raise ConfigError(f"action_steps must be in 1..{chunk} (the chunk length), got {action_steps}")
     max_steps = int(max_steps or problem["max_steps"])
     if tasks is None:
-        tasks = problem["tasks"] if problem["tasks"] != "all" else list(range(len(suite_tasks(problem["suite"]))))
-    out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent / "eval"
+        tasks = policy.problem.task_list()
+    out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent / "evaluation"
     # Share the cores among the workers, never more threads than this process is allowed
     # (torch.get_num_threads() follows OMP_NUM_THREADS and torch.set_num_threads).
     threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // workers))
@@ -252,19 +291,28 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
     results: list[EpisodeResult] = []
     t0 = time.time()
     bar = tqdm(total=len(jobs), desc="LIBERO episodes", disable=not progress)
-    if workers == 1:
-        for job in jobs:
-            results.append(_worker(job))
-            bar.update(1)
-            bar.set_postfix(success=f"{np.mean([r.success for r in results]):.2f}")
-    else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futs = [pool.submit(_worker, job) for job in jobs]
-            for f in as_completed(futs):
-                results.append(f.result())
-                bar.update(1)
-                bar.set_postfix(success=f"{np.mean([r.success for r in results]):.2f}")
-    bar.close()
+    try:
+        if workers == 1:
+            _WORKER.update(policy=policy, checkpoint=str(checkpoint))  # loaded above: the file as it is now
+            try:
+                for job in jobs:
+                    results.append(_worker(job))
+                    bar.update(1)
+                    bar.set_postfix(success=f"{np.mean([r.success for r in results]):.2f}")
+            finally:
+                _close_worker_sim()
+                _WORKER.clear()
+        else:
+            # Each worker closes its simulator when it ends (_init_worker), before EGL is terminated.
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                     initializer=_init_worker) as pool:
+                futs = [pool.submit(_worker, job) for job in jobs]
+                for f in as_completed(futs):
+                    results.append(f.result())
+                    bar.update(1)
+                    bar.set_postfix(success=f"{np.mean([r.success for r in results]):.2f}")
+    finally:
+        bar.close()
     results.sort(key=lambda r: (r.task_index, r.init_state_id))
     names = {t.index: t.language for t in suite_tasks(problem["suite"])}
     per_task = {}
@@ -289,8 +337,6 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
         "per_task": per_task,
     }
     _latent_figure(out / "figures" / "latent_norm.png", results)
-    from trc.io import atomic_write_text
-
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
     lines = [f"# LIBERO evaluation: {problem['suite']}", "",
              f"{episodes} episodes per task from the official init states, at most {max_steps} steps, "
@@ -311,59 +357,3 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
             _write_video(out / "videos" / f"task{r.task_index:02d}_init{r.init_state_id:02d}_{tag}.mp4", r.frames)
     report["out_dir"] = str(out)
     return report
-
-
-def is_libero_checkpoint(argv=None) -> bool:
-    """Whether the ``--checkpoint`` of a command line is a visuomotor policy (for ``trc.evaluate``)."""
-    import argparse
-    import sys
-
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--checkpoint")
-    known, _ = p.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if not known.checkpoint or not Path(known.checkpoint).is_file():
-        return False
-    try:
-        ck = torch.load(known.checkpoint, map_location="cpu", weights_only=True)
-    except Exception:  # not ours to judge: trc.evaluate reports unreadable files
-        return False
-    return isinstance(ck, dict) and ck.get("kind") == "trc_visuomotor"
-
-
-def main(argv=None) -> int:
-    """``python -m trc.evaluation_libero --checkpoint PATH [--episodes N] [--tasks 0 1 ...]``."""
-    import argparse
-    import sys
-
-    from dynamics.errors import TRCError
-
-    p = argparse.ArgumentParser(prog="python -m trc.evaluation_libero", description="Closed-loop LIBERO evaluation.")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--tasks", type=int, nargs="*", default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--videos", type=int, default=1)
-    p.add_argument("--action-steps", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--render", choices=["fast", "libero"], default=None)
-    p.add_argument("--seed", type=int, default=0, help="accepted for CLI uniformity; episodes are deterministic")
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    torch.manual_seed(args.seed)
-    try:
-        rep = evaluate(args.checkpoint, episodes=args.episodes, tasks=args.tasks, out_dir=args.out, workers=args.workers,
-                       videos=args.videos, action_steps=args.action_steps, max_steps=args.max_steps,
-                       render=args.render, progress=not args.quiet)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TRCError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(Path(rep["out_dir"], "report.md").read_text())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
