@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dynamics.errors import ConfigError, TRCError, UnknownNameError
 
-from ..config import MAX_SEED, check_seed, is_int
+from ..config import MAX_SEED, check_int, check_real, check_seed
 from ..io import check_output_name
 from .base import make_solver, solver_names
 
@@ -87,11 +87,9 @@ class GeneratorConfig:
         if not isinstance(self.solver, str) or self.solver not in solver_names():
             cause = UnknownNameError(f"unknown solver {self.solver!r}; choose one of {solver_names()}")
             raise ConfigError(f"generator.solver: {cause}") from cause
-        if not is_int(self.num_samples) or self.num_samples < 1:
-            raise ConfigError(f"generator.num_samples must be a positive integer, got {self.num_samples!r}")
+        check_int(self.num_samples, "generator.num_samples", 1)
         self.seed = check_seed(self.seed)
-        if not is_int(self.chunk_size) or self.chunk_size < 1:
-            raise ConfigError(f"generator.chunk_size must be a positive integer, got {self.chunk_size!r}")
+        check_int(self.chunk_size, "generator.chunk_size", 1)
         splits = self.splits
         if (
             not isinstance(splits, (list, tuple))
@@ -107,9 +105,8 @@ class GeneratorConfig:
         if self.out is not None:
             # The name only; the file system is checked when a run starts (generate()).
             self.out = check_output_name(self.out, what="generator.out")
-        if not isinstance(self.max_failure_rate, numbers.Real) or not (0 <= self.max_failure_rate < 1):
-            raise ConfigError(f"generator.max_failure_rate must be in [0, 1), got {self.max_failure_rate!r}")
-        self.max_failure_rate = float(self.max_failure_rate)
+        self.max_failure_rate = check_real(self.max_failure_rate, "generator.max_failure_rate", 0.0, 1.0,
+                                           high_open=True)
         if self.options is None:
             self.options = {}
         if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):

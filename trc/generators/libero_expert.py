@@ -41,7 +41,7 @@ from tqdm import tqdm
 from dynamics.errors import ConfigError, SolverError
 from dynamics.libero import LiberoSimulator, get_task, load_init_states, proprio_from_raw
 
-from ..config import from_dict
+from ..config import check_choice, check_int, check_real, from_dict
 from .libero_storage import Episode, LiberoProblem, load_staged, stage_episode, task_file_name, write_task_file
 
 __all__ = ["ExpertConfig", "PickPlaceExpert", "Episode", "run_episode", "generate", "LiberoGeneratorConfig",
@@ -108,12 +108,10 @@ class ExpertConfig:
 
     def __post_init__(self):
         for key in ("kp", "kr", "max_speed", "rim_radius", "hover", "carry_clearance", "tolerance", "max_reach",
-                    "clearance_enough", "carry_stall_steps"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"expert.{key} must be positive, got {getattr(self, key)!r}")
-        if self.force_direction is not None and self.force_direction not in PickPlaceExpert.DIRECTIONS:
-            raise ConfigError(f"expert.force_direction must be one of {sorted(PickPlaceExpert.DIRECTIONS)} or null, "
-                              f"got {self.force_direction!r}")
+                    "clearance_enough"):
+            check_real(getattr(self, key), f"expert.{key} (positive)", 0.0, low_open=True)
+        check_int(self.carry_stall_steps, "expert.carry_stall_steps", 1)
+        check_choice(self.force_direction, "expert.force_direction", (*sorted(PickPlaceExpert.DIRECTIONS), None))
 
 
 class PickPlaceExpert:
@@ -495,14 +493,9 @@ class LiberoGeneratorConfig:
         if isinstance(self.expert, dict):
             self.expert = from_dict(ExpertConfig, self.expert, "generator.expert")
         for key in ("demos_per_task", "max_attempts_per_task", "workers"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"generator.{key} must be a positive integer, got {v!r}")
-        if not 0 <= self.noise_std < 1:
-            raise ConfigError(f"generator.noise_std must be in [0, 1), got {self.noise_std!r}")
-        v = self.first_init_state
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ConfigError(f"generator.first_init_state must be a non-negative integer, got {v!r}")
+            check_int(getattr(self, key), f"generator.{key}", 1)
+        check_real(self.noise_std, "generator.noise_std", 0.0, 1.0, high_open=True)
+        check_int(self.first_init_state, "generator.first_init_state", 0)
 
 
 def init_state_of_attempt(config: LiberoGeneratorConfig, attempt: int, num_init_states: int) -> int:

@@ -35,6 +35,7 @@ from scipy.spatial.transform import Rotation
 from dynamics.errors import ConfigError, DatasetError
 from dynamics.libero import MAX_STEPS, RENDER_MODES, SUITES, get_task, suite_tasks
 
+from ..config import check_choice, check_int
 from ..io import atomic_path
 
 __all__ = [
@@ -96,10 +97,8 @@ class LiberoProblem:
     assets: str | None = None
 
     def __post_init__(self):
-        if self.kind != "libero":
-            raise ConfigError(f"problem.kind must be 'libero', got {self.kind!r}")
-        if self.suite not in SUITES:
-            raise ConfigError(f"problem.suite must be one of {list(SUITES)}, got {self.suite!r}")
+        check_choice(self.kind, "problem.kind", ("libero",))
+        check_choice(self.suite, "problem.suite", SUITES)
         if self.tasks != "all":
             if not isinstance(self.tasks, (list, tuple)) or not self.tasks or not all(
                 isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.tasks
@@ -108,12 +107,9 @@ class LiberoProblem:
             self.tasks = [int(t) for t in self.tasks]
         if self.max_steps is None:
             self.max_steps = MAX_STEPS[self.suite]
-        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
-            raise ConfigError(f"problem.max_steps must be a positive integer, got {self.max_steps!r}")
-        if self.render not in RENDER_MODES:
-            raise ConfigError(f"problem.render must be one of {list(RENDER_MODES)}, got {self.render!r}")
-        if isinstance(self.camera_size, bool) or not isinstance(self.camera_size, int) or self.camera_size < 8:
-            raise ConfigError(f"problem.camera_size must be an integer >= 8, got {self.camera_size!r}")
+        check_int(self.max_steps, "problem.max_steps", 1)
+        check_choice(self.render, "problem.render", RENDER_MODES)
+        check_int(self.camera_size, "problem.camera_size", 8)
 
     def task_list(self) -> list[int]:
         """Task indices of the problem."""
