@@ -182,3 +182,21 @@ def test_resume_of_a_finished_run_keeps_its_weights(run_folder):
     assert train_main(["--config", str(config), "--out", str(out), "--resume", "--quiet"]) == 0
     after = trc.load(out / "model.pt").state_dict()
     assert all(before[k].equal(after[k]) for k in before)
+
+
+def test_console_scripts_name_the_commands(capsys):
+    """setup.cfg's console scripts point at each command's main; each prints its help."""
+    import configparser
+    import importlib
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    lines = [line.split("=") for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines()]
+    scripts = {name.strip(): target.strip() for name, target in lines}
+    assert set(scripts) == {"trc-generate", "trc-train", "trc-evaluate", "trc-export"}
+    for name, target in scripts.items():
+        module, _, function = target.partition(":")
+        main = getattr(importlib.import_module(module), function)
+        with pytest.raises(SystemExit) as info:
+            main(["--help"])
+        assert info.value.code == 0 and "usage:" in capsys.readouterr().out
