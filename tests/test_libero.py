@@ -21,23 +21,11 @@ from dynamics.errors import ConfigError, DimensionError, UnknownNameError
 
 libero_spec = pytest.importorskip("robosuite", reason="LIBERO needs robosuite 1.4.0")
 from dynamics import libero as L  # noqa: E402
+from tests.conftest import HAVE_LIBERO_ASSETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-HAVE_ASSETS = bool(os.environ.get(L.ASSETS_ENV)) or L.default_assets_path().is_dir()
-pytestmark = pytest.mark.skipif(not HAVE_ASSETS, reason="LIBERO assets not found (../shared/libero-assets)")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def libero_config(tmp_path_factory):
-    """A private LIBERO config folder: the tests never read or write ~/.libero."""
-    folder = tmp_path_factory.mktemp("libero_config")
-    old = os.environ.get("LIBERO_CONFIG_PATH")
-    os.environ["LIBERO_CONFIG_PATH"] = str(folder)
-    yield L.configure_libero(config_dir=folder)
-    if old is None:
-        os.environ.pop("LIBERO_CONFIG_PATH", None)
-    else:
-        os.environ["LIBERO_CONFIG_PATH"] = old
+pytestmark = [pytest.mark.skipif(not HAVE_LIBERO_ASSETS, reason="LIBERO assets not found (../shared/libero-assets)"),
+              pytest.mark.usefixtures("libero_config")]
 
 
 @pytest.fixture(scope="module")

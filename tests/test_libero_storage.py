@@ -10,6 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
+from trc import kinds
+from trc.experiment import load_experiment
+
 from dynamics.errors import ConfigError, DatasetError
 from trc.generators import libero_expert, libero_storage
 from trc.generators.libero_expert import ExpertConfig, LiberoGeneratorConfig
@@ -17,7 +20,6 @@ from trc.generators.libero_storage import (
     OBS_KEYS,
     Episode,
     LiberoProblem,
-    is_libero_config,
     load_demos,
     load_staged,
     read_task_file,
@@ -138,7 +140,7 @@ def test_problem_and_generator_sections():
                 dict(camera_size=4), dict(max_steps=0)):
         with pytest.raises(ConfigError):
             LiberoProblem(**bad)
-    assert is_libero_config({"problem": {"kind": "libero"}}) and not is_libero_config({"problem": {"name": "x"}})
+    assert kinds.for_problem_kind("libero").name == "libero" and kinds.for_problem_kind(None).name != "libero"
     g = LiberoGeneratorConfig(expert={"kp": 2.0})
     assert isinstance(g.expert, ExpertConfig) and g.expert.kp == 2.0
     with pytest.raises(ConfigError, match="unknown key"):
@@ -173,7 +175,7 @@ def test_shipped_configuration_parses():
     from trc.training.bc import BCConfig
 
     cfg = load_yaml(Path(__file__).resolve().parents[1] / "configs" / "libero_spatial.yaml")
-    assert is_libero_config(cfg)
+    assert load_experiment(Path(__file__).resolve().parents[1] / "configs" / "libero_spatial.yaml").kind == "libero"
     from_dict(LiberoProblem, cfg["problem"], "problem")
     from_dict(LiberoGeneratorConfig, cfg["generator"], "generator")
     m = from_dict(VisuomotorConfig, cfg["model"], "model")

@@ -49,18 +49,11 @@ __all__ = [
     "load_demos",
     "stage_episode",
     "load_staged",
-    "is_libero_config",
 ]
 
 #: Observation keys of LIBERO's data sets that TRC reads and writes.
 OBS_KEYS = ("agentview_rgb", "eye_in_hand_rgb", "ee_pos", "ee_ori", "ee_states", "gripper_states", "joint_states")
 _IMAGE_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
-
-
-def is_libero_config(config: dict) -> bool:
-    """Whether a configuration mapping describes a LIBERO problem (``problem.kind: libero``)."""
-    problem = config.get("problem") if isinstance(config, dict) else None
-    return isinstance(problem, dict) and problem.get("kind") == "libero"
 
 
 @dataclasses.dataclass
@@ -70,7 +63,7 @@ class LiberoProblem:
     Attributes
     ----------
     kind : str
-        Must be ``"libero"``; tells the CLIs to use the LIBERO pipeline.
+        Must be ``"libero"``: the problem kind ``libero`` (:mod:`trc.kinds.libero`).
     name : str
         Problem name (file names, reports).
     suite : str
