@@ -200,3 +200,15 @@ def test_console_scripts_name_the_commands(capsys):
         with pytest.raises(SystemExit) as info:
             main(["--help"])
         assert info.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("plant, solver, kind, source", [
+    ("van_der_pol", None, "continuous", "van_der_pol.yaml"),
+    ("maze", None, "discrete", "maze.yaml"),
+    ("double_integrator", "lqr", "continuous", "<generic double_integrator problem for lqr>"),
+])
+def test_plant_option_finds_the_standard_configuration(plant, solver, kind, source):
+    from trc.experiment import default_experiment
+
+    experiment = default_experiment(plant, solver)
+    assert experiment.kind == kind and experiment.source.endswith(source)

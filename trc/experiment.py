@@ -198,7 +198,9 @@ def default_experiment(plant: str, solver: str | None = None) -> Experiment:
         data = load_yaml(path)
         standard_solver = (data.get("generator") or {}).get("solver")
         experiment = experiment_from_dict(data, source=str(path))
-        if experiment.problem.plant.get("name") == plant and solver in (None, standard_solver):
+        # A continuous problem names its plant; a discrete one is its plant (maze, sudoku).
+        named = experiment.problem.plant.get("name") if experiment.kind == "continuous" else experiment.problem.kind
+        if named == plant and solver in (None, standard_solver):
             return experiment
     if solver is None:
         raise ConfigError(f"plant {plant!r} has no standard configuration in {CONFIG_DIR}; give a solver (--solver)")
