@@ -249,7 +249,7 @@ def evaluate_checkpoint(model: TinyRecursiveControl, checkpoint: str | os.PathLi
     Returns
     -------
     dict
-        The metrics written to ``report.json``.
+        The metrics written to ``report.json``, and ``report``, the path of ``report.md``.
 
     Raises
     ------
@@ -275,7 +275,9 @@ def evaluate_checkpoint(model: TinyRecursiveControl, checkpoint: str | os.PathLi
     if metrics_file.is_file():
         history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     extra = {"checkpoint": str(checkpoint), "dataset": str(data_path), **(meta.get("training") or {})}
-    return evaluate_run(model, dataset.problem, dataset, eval_cfg, out_dir, history=history, extra=extra, split=split)
+    metrics = evaluate_run(model, dataset.problem, dataset, eval_cfg, out_dir, history=history, extra=extra,
+                           split=split)
+    return {**metrics, "report": str(out_dir / "report.md")}
 
 
 def fine_tune_rl(exp, model: TinyRecursiveControl, run: Path, config: ContinuousRLConfig) -> dict:
@@ -368,8 +370,7 @@ class ContinuousKind(ProblemKind):
     def evaluate(self, model, checkpoint, args: argparse.Namespace) -> str:
         metrics = evaluate_checkpoint(model, checkpoint, data=args.data, out=args.out, split=args.split,
                                       latency_repeats=args.latency_repeats)
-        out = Path(args.out) if args.out is not None else Path(checkpoint).resolve().parent / "evaluation"
-        return f"{summary_text(metrics)}\nreport: {out / 'report.md'}"
+        return f"{summary_text(metrics)}\nreport: {metrics['report']}"
 
     def model_fields(self, model) -> dict:
         if model.problem_dict is None:
