@@ -22,6 +22,7 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import yaml
 
 from dynamics.errors import ConfigError
@@ -29,7 +30,7 @@ from dynamics.errors import ConfigError
 from .io import atomic_write_text
 
 __all__ = ["load_yaml", "from_dict", "to_dict", "dump_yaml", "is_int", "is_real", "check_int", "check_real",
-           "check_bool", "check_choice", "MAX_SEED", "check_seed"]
+           "check_bool", "check_choice", "MAX_SEED", "check_seed", "describe"]
 
 #: Largest seed: seeds are stored as int64 attributes and given to torch (a signed 64-bit seed).
 MAX_SEED = 2**63 - 1
@@ -37,13 +38,18 @@ MAX_SEED = 2**63 - 1
 
 # ---------------------------------------------------------------------------- value checks
 def is_int(value) -> bool:
-    """Whether ``value`` is an integer (``bool`` is not)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    """Whether ``value`` is an integer (a ``bool`` or NumPy bool is not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def is_real(value) -> bool:
-    """Whether ``value`` is a finite real number (``bool`` is not)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    """Whether ``value`` is a finite real number (a ``bool`` or NumPy bool is not)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+
+
+def describe(value) -> str:
+    """``repr(value)`` for error messages, noting that a bool is not a number (``True`` is an int in Python)."""
+    return f"{bool(value)!r} (a bool)" if isinstance(value, (bool, np.bool_)) else repr(value)
 
 
 def check_int(value, where: str, low: int | None = None, high: int | None = None) -> int:
@@ -61,7 +67,7 @@ def check_int(value, where: str, low: int | None = None, high: int | None = None
             rng = f"an integer in [{low}, {high}]"
         else:
             rng = "an integer" + (f" >= {low}" if low is not None else "") + (f" <= {high}" if high is not None else "")
-        raise ConfigError(f"{where} must be {rng}, got {value!r}")
+        raise ConfigError(f"{where} must be {rng}, got {describe(value)}")
     return int(value)
 
 
@@ -74,7 +80,7 @@ def check_seed(seed, what: str = "generator.seed") -> int:
         If ``seed`` is not an integer (booleans included) or lies outside ``[0, 2**63 - 1]``.
     """
     if not is_int(seed) or not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"{what} must be an integer in [0, 2**63 - 1], got {seed!r}")
+        raise ConfigError(f"{what} must be an integer in [0, 2**63 - 1], got {describe(seed)}")
     return int(seed)
 
 
@@ -90,7 +96,7 @@ def check_real(value, where: str, low: float = -math.inf, high: float = math.inf
     ok = is_real(value) and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
         lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ConfigError(f"{where} must be a finite number in {lo}{low}, {high}{hi}, got {value!r}")
+        raise ConfigError(f"{where} must be a finite number in {lo}{low}, {high}{hi}, got {describe(value)}")
     return float(value)
 
 

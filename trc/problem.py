@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +40,7 @@ import dynamics
 from dynamics import tasks
 from dynamics.errors import ConfigError
 
-from .config import from_dict
+from .config import describe, from_dict, is_int, is_real
 from .cost import trajectory_cost
 
 __all__ = ["Box", "Problem"]
@@ -67,19 +65,6 @@ _REQUIRED = ("name", "plant", "dt", "horizon", "initial_state", "target_state")
 _DEFAULTS = {
     "cost": "quadratic", "Q": 1.0, "R": 1.0, "Qf": None, "Qf_scale": 1.0, "tolerance": 0.1, "options": {},
 }
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _got(value) -> str:
-    """``value!r``, noting that a bool is not a number (``True`` is an int in Python)."""
-    return f"{bool(value)!r} (a bool)" if isinstance(value, (bool, np.bool_)) else repr(value)
 
 
 @dataclass
@@ -201,17 +186,17 @@ class Problem:
             raise ConfigError(f"problem.name must be a non-empty string, got {self.name!r}")
         if not isinstance(self.plant, dict) or "name" not in self.plant:
             raise ConfigError(f"problem.plant must be a mapping with a 'name', got {self.plant!r}")
-        if not (_is_real(self.dt) and math.isfinite(self.dt) and self.dt > 0):
-            raise ConfigError(f"problem.dt must be a positive finite number of seconds, got {_got(self.dt)}")
-        if not (_is_int(self.horizon) and self.horizon >= 1):
-            raise ConfigError(f"problem.horizon must be a positive integer, got {_got(self.horizon)}")
+        if not (is_real(self.dt) and self.dt > 0):
+            raise ConfigError(f"problem.dt must be a positive finite number of seconds, got {describe(self.dt)}")
+        if not (is_int(self.horizon) and self.horizon >= 1):
+            raise ConfigError(f"problem.horizon must be a positive integer, got {describe(self.horizon)}")
         self.horizon = int(self.horizon)
         if self.cost not in COSTS:
             raise ConfigError(f"problem.cost must be one of {COSTS}, got {self.cost!r}")
-        if not (_is_real(self.tolerance) and math.isfinite(self.tolerance) and self.tolerance > 0):
-            raise ConfigError(f"problem.tolerance must be a positive finite number, got {_got(self.tolerance)}")
-        if not (_is_real(self.Qf_scale) and math.isfinite(self.Qf_scale) and self.Qf_scale >= 0):
-            raise ConfigError(f"problem.Qf_scale must be a finite number >= 0, got {_got(self.Qf_scale)}")
+        if not (is_real(self.tolerance) and self.tolerance > 0):
+            raise ConfigError(f"problem.tolerance must be a positive finite number, got {describe(self.tolerance)}")
+        if not (is_real(self.Qf_scale) and self.Qf_scale >= 0):
+            raise ConfigError(f"problem.Qf_scale must be a finite number >= 0, got {describe(self.Qf_scale)}")
         if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
             raise ConfigError(f"problem.options must be a mapping of named settings, got {self.options!r}")
         plant = self.make_plant()  # validates the plant name and parameters

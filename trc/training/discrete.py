@@ -45,6 +45,7 @@ from torch import nn
 from dynamics.discrete_env import Rewards, maze_transition, sudoku_transition
 from dynamics.errors import ConfigError
 
+from ..config import check_int
 from ..generators.discrete import generate_discrete
 from ..models.discrete import PolicyOutput, count_parameters
 from ..models.recursion import LatentState
@@ -136,13 +137,9 @@ class DiscreteTrainConfig:
 
     def __post_init__(self):
         for key in ("batch_size", "rl_batch", "rl_minibatch", "eval_episodes"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"training.{key} must be a positive integer, got {v!r}")
+            check_int(getattr(self, key), f"training.{key}", 1)
         for key in ("seed", "supervised_batches", "rl_iterations"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"training.{key} must be a non-negative integer, got {v!r}")
+            check_int(getattr(self, key), f"training.{key}", 0)
         for key in ("lr", "rl_lr", "max_minutes", "grad_clip"):
             if not (isinstance(getattr(self, key), (int, float)) and getattr(self, key) > 0):
                 raise ConfigError(f"training.{key} must be positive, got {getattr(self, key)!r}")
@@ -152,8 +149,8 @@ class DiscreteTrainConfig:
             raise ConfigError("training.entropy, dense_weight and weight_decay must be non-negative")
         if self.baseline not in ("optimal", "mean"):
             raise ConfigError(f"training.baseline must be 'optimal' or 'mean', got {self.baseline!r}")
-        if self.max_sequence is not None and (not isinstance(self.max_sequence, int) or self.max_sequence < 1):
-            raise ConfigError(f"training.max_sequence must be a positive integer or null, got {self.max_sequence!r}")
+        if self.max_sequence is not None:
+            check_int(self.max_sequence, "training.max_sequence (or null)", 1)
 
 
 # ---------------------------------------------------------------------------- instances
