@@ -17,9 +17,27 @@ import torch
 
 from .errors import UnknownNameError
 
-__all__ = ["Registry", "register", "make", "names", "get"]
+__all__ = ["Registry", "unknown_name", "register", "make", "names", "get"]
 
 T = TypeVar("T")
+
+
+def unknown_name(what: str, name, choices) -> UnknownNameError:
+    """The error for an unregistered ``name``: the close names and all the choices.
+
+    Parameters
+    ----------
+    what : str
+        What was looked up (``"plant"``, ``"problem kind"``).
+    name : object
+        The name given.
+    choices : iterable of str
+        The registered names.
+    """
+    choices = sorted(str(c) for c in choices)
+    close = difflib.get_close_matches(str(name), choices, n=3)
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    return UnknownNameError(f"unknown {what} {name!r}{hint}; choose one of {choices}")
 
 
 class Registry(Generic[T]):
@@ -77,9 +95,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except (KeyError, TypeError):
-            close = difflib.get_close_matches(str(name), list(self._items), n=3)
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise UnknownNameError(f"unknown {self.what} {name!r}{hint}; choose one of {self.names()}") from None
+            raise unknown_name(self.what, name, self._items) from None
 
     def names(self) -> list[str]:
         """Sorted registered names."""

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import abc
 import argparse
-import difflib
 import os
 from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
 
-from dynamics.errors import ConfigError, UnknownNameError
+from dynamics.errors import ConfigError
+from dynamics.registry import Registry, unknown_name
 
 from ..model_file import read_model_file, save_model_file
 
@@ -129,7 +129,7 @@ class ProblemKind(abc.ABC):
         """
 
 
-_KINDS: dict[str, ProblemKind] = {}
+_KINDS: Registry[ProblemKind] = Registry("problem kind")
 
 
 def register(kind: ProblemKind) -> ProblemKind:
@@ -146,14 +146,7 @@ def register(kind: ProblemKind) -> ProblemKind:
         taken = set(other.problem_kinds) & set(kind.problem_kinds) or set(other.model_classes) & set(kind.model_classes)
         if taken:
             raise ConfigError(f"problem kind {kind.name!r} claims {sorted(taken, key=str)}, already {other.name!r}'s")
-    _KINDS[kind.name] = kind
-    return kind
-
-
-def _unknown(what: str, value, choices) -> UnknownNameError:
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=3)
-    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-    return UnknownNameError(f"unknown {what} {value!r}{hint} Known: {sorted(str(c) for c in choices)}")
+    return _KINDS.add(kind.name, kind)
 
 
 def get(name: str) -> ProblemKind:
@@ -164,15 +157,12 @@ def get(name: str) -> ProblemKind:
     UnknownNameError
         Listing the registered kinds.
     """
-    try:
-        return _KINDS[name]
-    except KeyError:
-        raise _unknown("problem kind", name, _KINDS) from None
+    return _KINDS.get(name)
 
 
 def names() -> list[str]:
-    """The registered kinds' names, in registration order."""
-    return list(_KINDS)
+    """The registered kinds' names, sorted."""
+    return _KINDS.names()
 
 
 def for_problem_kind(value) -> ProblemKind:
@@ -186,8 +176,7 @@ def for_problem_kind(value) -> ProblemKind:
     for kind in _KINDS.values():
         if value in kind.problem_kinds:
             return kind
-    choices = [v for k in _KINDS.values() for v in k.problem_kinds if v is not None]
-    raise _unknown("problem.kind", value, choices)
+    raise unknown_name("problem.kind", value, [v for k in _KINDS.values() for v in k.problem_kinds if v is not None])
 
 
 def for_model(model: nn.Module) -> ProblemKind:
@@ -202,7 +191,7 @@ def for_model(model: nn.Module) -> ProblemKind:
     for kind in _KINDS.values():
         if cls in kind.model_classes:
             return kind
-    raise _unknown("policy class", cls, [c for k in _KINDS.values() for c in k.model_classes])
+    raise unknown_name("policy class", cls, [c for k in _KINDS.values() for c in k.model_classes])
 
 
 def save(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
