@@ -184,3 +184,21 @@ def test_stops_once_every_sample_is_within_tol():
     assert torch.equal(kept, a)  # already within tol: no step taken
     moved = terminal_correction(plant, x0, target, a, lambda v: v, torch.ones(2, dtype=torch.float64), tol=1e-6)
     assert not torch.equal(moved, a)
+
+
+def test_rank_deficient_jacobian_with_a_vanishing_damping_is_not_singular():
+    """G G^T singular and the damping underflowing to zero (float32): solving the step used to
+    raise torch.linalg.LinAlgError (seen on the pendulum in closed loop); the floor on the
+    damping keeps the system solvable. Controls that cannot move (G = 0) stay as they are; a
+    rank-1 G (one control step of the double integrator) still reduces the reachable miss."""
+    plant = dynamics.make("double_integrator", dt=DT)
+    x0 = torch.zeros(2, 2)
+    target = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    a = torch.zeros(2, 1, 1)
+    frozen = terminal_correction(plant, x0, target, a, lambda v: 0 * v, torch.ones(2), steps=3, damping=1e-45)
+    assert torch.equal(frozen, a)
+    out = terminal_correction(plant, x0, target, a, lambda v: v, torch.ones(2), steps=3, damping=1e-45)
+    assert torch.isfinite(out).all()
+    err = lambda u: torch.linalg.vector_norm(plant.rollout(x0, u)[:, -1] - target, dim=-1)  # noqa: E731
+    assert err(out)[0] < err(a)[0] - 1e-3  # the miss fell
+    assert err(out)[1] == err(a)[1] == 0  # nothing to correct: unchanged

@@ -38,10 +38,15 @@ from dataclasses import dataclass
 
 import casadi as ca
 import numpy as np
+import scipy.linalg
 import torch
 
-__all__ = ["MODELS", "vector_field", "discrete_step", "IpoptReference", "ReferenceResult", "RocketReference",
+__all__ = ["MODELS", "PARAMETERS", "DEFAULTS", "G0", "vector_field", "discrete_step", "IpoptReference", "ReferenceResult", "RocketReference",
            "rocket_step"]
+
+
+#: Standard gravity that turns a specific impulse (s) into an exhaust velocity (m/s).
+G0 = 9.80665
 
 
 # ----------------------------------------------------------------------------- models
@@ -60,10 +65,11 @@ def _van_der_pol(p):
 
 
 def _double_integrator(p):
-    """Unit mass pushed by a force, ``x'' = u``."""
+    """A mass pushed by a force, ``m x'' = u`` (``m`` = 1 unless given: the plant is the unit mass)."""
+    mass = p.get("m", 1.0)
 
     def f(x, u):
-        return ca.vertcat(x[1], u[0])
+        return ca.vertcat(x[1], u[0] / mass)
 
     return f
 
@@ -103,13 +109,37 @@ def _cartpole(p):
     return f
 
 
+def _rocket(p):
+    """Powered descent with mass depletion, ``r' = v``, ``v' = T / m + (0, 0, -g)``,
+    ``m' = -||T|| / (Isp g0)`` (Açıkmeşe & Ploen 2007, eqs. (1)-(2); ``z`` up)."""
+    g, isp = p["g"], p["isp"]
+
+    def f(x, u):
+        thrust = ca.sqrt(ca.sumsqr(u) + 1e-12)
+        return ca.vertcat(x[3], x[4], x[5], u[0] / x[6], u[1] / x[6], u[2] / x[6] - g, -thrust / (isp * G0))
+
+    return f
+
+
 #: ``MODELS[name] = (state_dim, control_dim, factory)``; ``factory(config)`` returns ``f(x, u)``.
 MODELS = {
     "van_der_pol": (2, 1, _van_der_pol),
     "double_integrator": (2, 1, _double_integrator),
     "pendulum": (2, 1, _pendulum),
     "cartpole": (4, 1, _cartpole),
+    "rocket": (7, 3, _rocket),
 }
+
+#: The physical parameters each model's vector field reads (scaled by parameter-mismatch studies,
+#: :mod:`trc.closed_loop`); :data:`DEFAULTS` holds the values of those a plant's config lacks.
+PARAMETERS = {
+    "van_der_pol": ("mu",),
+    "double_integrator": ("m",),
+    "pendulum": ("m", "g", "lc", "I", "b"),
+    "cartpole": ("m_c", "m_p", "l", "g", "b_c", "b_p"),
+    "rocket": ("g", "isp"),
+}
+DEFAULTS = {"m": 1.0}
 
 
 def vector_field(config: dict):
@@ -141,10 +171,24 @@ def _rk_step(f, x, u, h, method):
 
 
 def discrete_step(config: dict) -> ca.Function:
-    """The zero-order-hold step ``F(x, u)`` of a plant config as a CasADi function."""
+    """The zero-order-hold step ``F(x, u)`` of a plant config as a CasADi function.
+
+    ``method: exact`` (linear plants): ``F(x, u) = A_d x + B_d u`` with ``[[A_d, B_d], [0, I]] =
+    expm([[A, B], [0, 0]] dt)`` (Van Loan, *IEEE Trans. Automat. Control* 23 (1978) 395), ``A`` and
+    ``B`` the Jacobians of the vector field; a vector field that is not linear raises ValueError.
+    """
     f = vector_field(config)
     n, m = _dims(config)
     x, u = ca.SX.sym("x", n), ca.SX.sym("u", m)
+    if config.get("method") == "exact":
+        rhs = f(x, u)
+        jac = ca.Function("linearisation", [x, u], [ca.jacobian(rhs, x), ca.jacobian(rhs, u), rhs])
+        A, B, f0 = (np.asarray(v, dtype=float) for v in jac(np.zeros(n), np.zeros(m)))
+        if np.abs(f0).max() > 0 or ca.depends_on(ca.jacobian(rhs, ca.vertcat(x, u)), ca.vertcat(x, u)):
+            raise ValueError(f"method 'exact' needs a linear vector field; plant {config['name']!r} is not linear")
+        M = scipy.linalg.expm(np.block([[A, B], [np.zeros((m, n + m))]]) * float(config["dt"]))
+        return ca.Function("F", [x, u], [ca.mtimes(ca.DM(M[:n, :n]), x) + ca.mtimes(ca.DM(M[:n, n:]), u)],
+                           ["x", "u"], ["x_next"])
     substeps = int(config.get("substeps", 1))
     h = float(config["dt"]) / substeps
     y = x
@@ -323,8 +367,6 @@ class IpoptReference:
 
 
 # ----------------------------------------------------------------------------- rocket
-#: Standard gravity that turns a specific impulse (s) into an exhaust velocity (m/s).
-G0 = 9.80665
 
 
 def rocket_step(x, thrust, gamma, dt: float, g: float, alpha: float):

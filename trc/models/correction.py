@@ -16,7 +16,10 @@ the damped minimum-norm Gauss-Newton step
 the smallest change of the plan that removes the linearised miss, so the plan stays near the
 network's (near-optimal) one. The damping ``lambda`` of each sample follows Levenberg-Marquardt
 (Nocedal & Wright, *Numerical Optimization*, 2nd ed., Sec. 10.3): divided by 3 after a step
-that lowers ``||e||``, multiplied by 4 (and the step undone) after one that does not. The
+that lowers ``||e||``, multiplied by 4 (and the step undone) after one that does not, and
+kept above ``16 eps max(1, max diag(G G^T))`` (``eps`` the dtype's machine epsilon), so that a
+rank-deficient ``G`` (saturated controls, a target direction the plan cannot move) never makes
+the system singular; a sample whose system still cannot be solved takes no step. The
 controls stay within their bounds because the steps are taken on the pre-activations.
 
 Every sample is corrected at once; no Python loop runs over the batch.
@@ -105,7 +108,13 @@ def terminal_correction(
                 for i in range(len(idx))
             ]
             G = torch.where(better.view(-1, 1, 1), torch.stack(rows, 1), G)
-            GGt = G @ G.transpose(1, 2) + lam.view(-1, 1, 1) * eye
-            step = G.transpose(1, 2) @ torch.linalg.solve(GGt, e_best.unsqueeze(-1))
+            GGt = G @ G.transpose(1, 2)
+            # a damping below the matrix's rounding level leaves G G^T singular when G is rank
+            # deficient (saturated controls, an unreachable direction): keep it above that level
+            floor = 16 * torch.finfo(a.dtype).eps * GGt.diagonal(dim1=1, dim2=2).amax(-1).clamp_min(1.0)
+            lam = torch.maximum(lam, floor)
+            solution, info = torch.linalg.solve_ex(GGt + lam.view(-1, 1, 1) * eye, e_best.unsqueeze(-1))
+            solution = torch.where((info == 0).view(-1, 1, 1), solution, torch.zeros_like(solution))
+            step = G.transpose(1, 2) @ solution.nan_to_num(0.0, 0.0, 0.0)
             trial = best - step.view_as(best)
     return best.detach()
