@@ -215,3 +215,22 @@ def test_call_times_take_repeats_calls_and_the_time_window(monkeypatch):
     times = evaluation.call_times(fn, repeats=3, warmup=0, seconds=0.099)
     assert times.shape == (50,) and clock["calls"] == 50  # 0.1 s of 2 ms calls, the last ending after 0.099 s
     assert evaluation.measure_latency(fn, repeats=4, warmup=1) == pytest.approx(2.0)
+
+
+def test_a_plan_that_reaches_the_target_through_a_forbidden_state_is_not_a_success():
+    """Open-loop reports apply the rule of the closed-loop harness: a violated state constraint
+    (the rocket's glide slope, a state box) is a failure even when x_N is on the target."""
+    from trc import Problem
+    from trc.evaluation import rollout_metrics
+
+    problem = Problem(task="double_integrator", plant={"x_min": [-5.0, -0.5], "x_max": [5.0, 0.5]})
+    solution = make_solver("qp", Problem(task="double_integrator")).solve(np.array([[0.0, 0.0], [0.0, 0.0]]),
+                                                                          np.array([[3.0, 0.0], [0.2, 0.0]]))
+    plant = problem.make_plant(torch.float64)
+    r = rollout_metrics(problem, plant, torch.zeros(2, 2, dtype=torch.float64),
+                        torch.tensor([[3.0, 0.0], [0.2, 0.0]], dtype=torch.float64),
+                        torch.as_tensor(solution.controls), torch.as_tensor(solution.costs))
+    assert (r["terminal_error"] < problem.tolerance).all()
+    fast = (r["states"][..., 1].abs() > 0.5).any(1)
+    assert fast.tolist() == [True, False]  # the long move needs more than 0.5 m/s
+    assert r["violation"].tolist() == [True, False] and r["success"].tolist() == [False, True]

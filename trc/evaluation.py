@@ -5,7 +5,9 @@ float64 (the same simulator, cost, ``dt`` and horizon as the optimal solutions):
 
 ``success_rate``
     Fraction of samples with ``||x_N - x*||_2 < problem.tolerance`` (:func:`terminal_error`;
-    for the rocket ``||r_N - r*|| + ||v_N - v*||``, the convention of its solver).
+    for the rocket ``||r_N - r*|| + ||v_N - v*||``, the convention of its solver) that violate
+    no constraint (``constraint_violation_rate`` below): a landing that cuts the glide slope is
+    not a success.
 ``terminal_error_mean``, ``terminal_error_median``, ``terminal_error_p95``
     Statistics of ``||x_N - x*||_2`` (state units).
 ``cost_gap_median``, ``cost_gap_p95``, ``cost_gap_mean``
@@ -159,7 +161,8 @@ def terminal_error(problem, x_N: torch.Tensor, target: torch.Tensor) -> torch.Te
 
     ``||x_N - x*||_2`` in state units, except for the rocket: ``||r_N - r*|| + ||v_N - v*||``
     (metres plus metres per second), the landing check of the ``rocket`` solver
-    (:mod:`trc.generators.rocket`). Success is ``terminal_error < problem.tolerance``.
+    (:mod:`trc.generators.rocket`). Success is ``terminal_error < problem.tolerance`` with no
+    constraint violated (:func:`rollout_metrics`).
     """
     d = x_N - target
     if problem.plant.get("name") == "rocket":
@@ -204,8 +207,8 @@ def rollout_metrics(problem, plant, x0, target, controls, J_opt) -> dict[str, to
     Returns
     -------
     dict of str to Tensor, each ``(B,)``
-        ``success`` (bool), ``terminal_error``, ``cost``, ``gap`` (``J / J_opt - 1``),
-        ``violation`` (bool), and ``states`` ``(B, N + 1, n)``.
+        ``success`` (bool: within the tolerance and no violation), ``terminal_error``, ``cost``,
+        ``gap`` (``J / J_opt - 1``), ``violation`` (bool), and ``states`` ``(B, N + 1, n)``.
     """
     controls = controls.to(torch.float64)
     states = plant.rollout(x0, controls)
@@ -223,7 +226,7 @@ def rollout_metrics(problem, plant, x0, target, controls, J_opt) -> dict[str, to
     violation = outside(controls, plant.u_min, plant.u_max) | outside(states, plant.x_min, plant.x_max)
     violation = violation | problem_violations(problem, plant, states, controls, target)
     return {
-        "success": err < problem.tolerance,
+        "success": (err < problem.tolerance) & ~violation,
         "terminal_error": err,
         "cost": J,
         "gap": gap,
