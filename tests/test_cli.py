@@ -193,7 +193,7 @@ def test_console_scripts_name_the_commands(capsys):
     cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
     lines = [line.split("=") for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines()]
     scripts = {name.strip(): target.strip() for name, target in lines}
-    assert set(scripts) == {"trc-generate", "trc-train", "trc-evaluate", "trc-export"}
+    assert set(scripts) == {"trc-generate", "trc-train", "trc-evaluate", "trc-export", "trc-convert"}
     for name, target in scripts.items():
         module, _, function = target.partition(":")
         main = getattr(importlib.import_module(module), function)

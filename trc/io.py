@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import socket
 import stat
 import tempfile
@@ -41,6 +42,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = [
     "atomic_path",
+    "atomic_directory",
     "atomic_write_text",
     "atomic_torch_save",
     "remove_stale_temporaries",
@@ -109,17 +111,20 @@ def _writer_alive(pid: int, start: int) -> bool:
     return start == 0 or started == start  # another start time: the pid was reused
 
 
-def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporaries of :func:`atomic_path` for ``path`` whose writer is gone.
+def remove_stale_temporaries(path: str | os.PathLike, suffixes: tuple[str, ...] = (_TMP_SUFFIX,)) -> list[Path]:
+    """Remove the temporaries of :func:`atomic_path` (or :func:`atomic_directory`) for ``path``
+    whose writer is gone.
 
-    A temporary ``.<name>.<pid>-<start>-<host>-<random>.tmp`` is removed when it was made on
+    A temporary ``.<name>.<pid>-<start>-<host>-<random><suffix>`` is removed when it was made on
     this host by a process that no longer runs (``kill -9``, a crash). Temporaries of live
     writers, of other hosts, and files of other names are left alone.
 
     Parameters
     ----------
     path : str or PathLike
-        The file whose temporaries to clean (it need not exist).
+        The file or folder whose temporaries to clean (it need not exist).
+    suffixes : tuple of str
+        Suffixes of the temporaries (files or folders).
 
     Returns
     -------
@@ -136,15 +141,19 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         name = entry.name
-        if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
+        suffix = next((x for x in suffixes if name.endswith(x)), None)
+        if not name.startswith(prefix) or suffix is None:
             continue
-        match = _TMP_RE.match(name[len(prefix):-len(_TMP_SUFFIX)])
+        match = _TMP_RE.match(name[len(prefix):-len(suffix)])
         if match is None or match["host"] != host:
             continue
         if _writer_alive(int(match["pid"]), int(match["start"])):
             continue
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
             removed.append(Path(entry.path))
             log.info("removed %s, left by writer process %s that no longer runs", entry.path, match["pid"])
     return removed
@@ -203,6 +212,64 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_DIR_SUFFIXES = (".tmpdir", ".olddir")
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder``, deepest first."""
+    for dirpath, _, filenames in os.walk(folder, topdown=False):
+        for name in filenames:
+            with open(Path(dirpath) / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False):
+    """Yield a temporary folder beside ``path``; on success fsync its tree and rename it to ``path``.
+
+    An existing ``path`` is replaced only with ``overwrite``: it is moved aside, the new folder
+    renamed in, then the old one removed (a failed rename puts it back). On an exception the
+    temporary folder is removed and ``path`` is left untouched; temporaries of writers that were
+    killed are removed first (:func:`remove_stale_temporaries`).
+
+    Raises
+    ------
+    ConfigError
+        If ``path`` exists (or appears while writing) and ``overwrite`` is false, or the final
+        rename fails.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path, _DIR_SUFFIXES)
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{str(path)!r} exists; refusing to replace it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_process_token()}-", suffix=".tmpdir", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        _fsync_tree(tmp)
+        old = None
+        if path.exists():
+            if not overwrite:
+                raise ConfigError(f"{str(path)!r} appeared while writing; refusing to replace it")
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_process_token()}-", suffix=".olddir", dir=path.parent))
+            os.rmdir(old)
+            os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except OSError as exc:
+            if old is not None:
+                os.rename(old, path)
+            raise ConfigError(f"cannot rename the new folder to {str(path)!r}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
