@@ -59,7 +59,8 @@ from .errors import ConfigError, DimensionError, NonFiniteError, TRCError
 from .plant import Plant
 from .registry import get, make, names
 
-__all__ = ["PlantEnv", "PlantVectorEnv", "make_env", "make_vector_env", "register_envs", "env_id", "default_task"]
+__all__ = ["PlantEnv", "PlantVectorEnv", "make_env", "make_vector_env", "register_envs", "env_id", "default_task",
+           "problem_kwargs"]
 
 #: Gymnasium names of plants whose CamelCase name is not the usual one.
 _GYM_NAMES = {"cartpole": "CartPole"}
@@ -269,7 +270,7 @@ class PlantEnv(gymnasium.Env):
         **overrides
             Keyword arguments of :class:`PlantEnv` that replace the problem's values.
         """
-        return cls(problem.make_plant(torch.float64), **{**_problem_kwargs(problem), **overrides})
+        return cls(problem.make_plant(torch.float64), **{**problem_kwargs(problem), **overrides})
 
     # ------------------------------------------------------------------ gymnasium API
     @property
@@ -351,6 +352,14 @@ class PlantEnv(gymnasium.Env):
         return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), _unbatch(info)
 
     # ------------------------------------------------------------------ batched core
+    def simulate(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """The plant over one sample interval: states ``(B, n)`` and held controls ``(B, m)``
+        to the next states ``(B, n)`` (float64). Here the plant's own integrator
+        (:meth:`Plant.step`); a subclass may simulate it otherwise (``trc.closed_loop.ClosedLoopEnv``:
+        ``solve_ivp`` with perturbed parameters and noise)."""
+        with torch.no_grad():
+            return self.plant.step(torch.as_tensor(x), torch.as_tensor(u)).numpy()
+
     def _parse_options(self, options, batch: int | None = None):
         """``options["x0"]`` and ``options["target"]`` validated, or ``None`` where absent."""
         options = dict(options or {})
@@ -393,8 +402,7 @@ class PlantEnv(gymnasium.Env):
         Gymnasium ``(obs, reward, terminated, truncated, info)`` as arrays over ``B``."""
         u = np.clip(u, self.u_min, self.u_max)
         err = x - target
-        with torch.no_grad():
-            x_next = self.plant.step(torch.as_tensor(x), torch.as_tensor(u)).numpy()
+        x_next = self.simulate(x, u)
         if self.cost == "quadratic":
             stage = self.dt * (np.einsum("bi,ij,bj->b", err, self.Q, err) + np.einsum("bi,ij,bj->b", u, self.R, u))
         else:  # propellant burnt: the mass (last state) lost in the step
@@ -412,7 +420,7 @@ class PlantEnv(gymnasium.Env):
         return x_next, obs, -(stage + terminal), terminated, truncated, info
 
 
-def _problem_kwargs(problem) -> dict:
+def problem_kwargs(problem) -> dict:
     """The :class:`PlantEnv` arguments of a :class:`trc.problem.Problem` (duck-typed)."""
     Q, R, Qf = problem.weights
     return dict(
@@ -479,7 +487,7 @@ class PlantVectorEnv(gymnasium.vector.VectorEnv):
     @classmethod
     def from_problem(cls, problem, num_envs: int = 1, **overrides) -> "PlantVectorEnv":
         """``num_envs`` copies of :meth:`PlantEnv.from_problem` ``(problem, **overrides)``."""
-        return cls(problem.make_plant(torch.float64), num_envs=num_envs, **{**_problem_kwargs(problem), **overrides})
+        return cls(problem.make_plant(torch.float64), num_envs=num_envs, **{**problem_kwargs(problem), **overrides})
 
     @property
     def plant(self) -> Plant:

@@ -105,7 +105,7 @@ def test_argument_types_are_refused_by_argparse(main, argv, capsys):
 
 
 def test_the_kinds_are_registered_once():
-    assert kinds.names() == ["continuous", "discrete", "libero"]
+    assert kinds.names() == ["continuous", "discrete", "libero", "recap"]
     assert kinds.for_problem_kind(None).name == "continuous" and kinds.for_problem_kind("sudoku").name == "discrete"
     with pytest.raises(UnknownNameError, match="did you mean 'maze'"):
         kinds.for_problem_kind("mazes")
@@ -158,8 +158,10 @@ EVALUATE_CASES = {
     "missing model file": (lambda run: ["--checkpoint", str(run / "none.pt")], EXIT_FAILURE, "does not exist"),
     "not a model file": (lambda run: ["--checkpoint", str(run / "config.yaml")], EXIT_FAILURE, "cannot be read"),
     "training state instead": (lambda run: ["--checkpoint", str(run / "checkpoint.pt")], EXIT_FAILURE, "format"),
-    "option of another kind": (lambda run: ["--checkpoint", str(run / "model.pt"), "--episodes", "3"], EXIT_USAGE,
-                               "--episodes: not used for continuous problems"),
+    "option of another kind": (lambda run: ["--checkpoint", str(run / "model.pt"), "--tasks", "3"], EXIT_USAGE,
+                               "--tasks: not used for continuous problems"),
+    "closed-loop option alone": (lambda run: ["--checkpoint", str(run / "model.pt"), "--episodes", "3"], EXIT_USAGE,
+                                 "--episodes: options of --closed-loop"),
     "missing data set": (lambda run: ["--checkpoint", str(run / "model.pt"), "--data", str(run / "none.h5")],
                          EXIT_FAILURE, "does not exist"),
 }

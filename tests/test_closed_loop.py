@@ -10,7 +10,12 @@ import pytest
 import torch
 
 import dynamics
-from dynamics.errors import ConfigError, DimensionError, NonFiniteError, UnknownNameError
+from dynamics.errors import (
+    ConfigError,
+    DimensionError,
+    NonFiniteError,
+    UnknownNameError,
+)
 from trc import Problem
 from trc import closed_loop as cl
 from trc.models import TinyRecursiveControl, TRCConfig
@@ -50,7 +55,7 @@ def test_lqr_closed_loop_cost_equals_the_riccati_cost_to_go():
 def test_mpc_with_the_riccati_terminal_weight_is_the_lqr():
     """Unconstrained linear MPC with terminal weight P is the infinite-horizon LQR (Rawlings, Mayne
     & Diehl 2017, sec. 2.5): the two closed loops have the same cost."""
-    problem, P = riccati_problem()
+    problem, _ = riccati_problem()
     config = cl.ClosedLoopConfig(episodes=2, steps=10, seed=1)
     lqr = cl.run(problem, cl.LQRController(problem), config, timing=False)
     mpc = cl.run(problem, cl.MPCController(problem, tol=1e-10), config, timing=False)
@@ -200,3 +205,64 @@ def test_a_target_that_is_not_an_equilibrium_is_refused():
         cl.hold_targets(problem, np.array([[0.0, 0.0, 1.0, 0.0]]))
     moving, _ = cl.hold_targets(Problem(task="double_integrator"), np.array([[1.0, 2.0]]))
     np.testing.assert_array_equal(moving, [[1.0, 0.0]])  # the rate is set to zero: a target that can be held
+
+
+def test_evaluate_command_runs_the_closed_loop_and_refuses_its_options_without_it(tmp_path):
+    import trc
+    from trc.evaluate import main
+
+    problem, _ = riccati_problem()
+    torch.manual_seed(0)
+    model = TinyRecursiveControl.from_problem(problem, TRCConfig(latent_dim=8, hidden_dim=16, H_cycles=1, L_cycles=1))
+    path = tmp_path / "model.pt"
+    trc.save(model, path)
+    out = tmp_path / "report"
+    argv = ["--checkpoint", str(path), "--out", str(out)]
+    assert main(argv + ["--closed-loop", "--episodes", "2", "--steps", "3", "--no-mpc", "--perturbation", "nominal",
+                        "mismatch"]) == 0
+    data = json.loads((out / "closed_loop.json").read_text())
+    assert set(data["results"]) == {"nominal", "mismatch"}
+    assert set(data["results"]["nominal"]) == {"trc", "lqr", "optimum"}
+    assert data["results"]["mismatch"]["lqr"]["episodes"] == 2
+    before = sorted(p.name for p in out.iterdir())
+    assert main(argv + ["--episodes", "3"]) == 2  # a closed-loop option without --closed-loop
+    assert main(argv + ["--closed-loop", "--perturbation", "wind"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(argv + ["--closed-loop", "--replan-every", "0"])
+    assert exc.value.code == 2
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing written by the refused runs
+
+
+def test_gymnasium_env_runs_the_harness_plant_and_a_gym_policy_runs_in_the_harness():
+    """ClosedLoopEnv simulates as the harness does: the LQR driven through the environment (as a
+    gymnasium policy) and through cl.run give the same trajectory; a perturbed environment is
+    reproducible from its reset seed."""
+    from gymnasium.utils.env_checker import check_env
+
+    problem = vdp_problem()
+    lqr = cl.LQRController(problem)
+    x0, target = np.array([[1.0, -0.5]]), np.zeros((1, 2))
+    lqr.reset(x0, target)
+
+    def policy(obs):
+        obs = np.atleast_2d(obs).astype(float)
+        return lqr.plan(obs[:, :2], obs[:, 2:], problem.horizon)[:, 0]
+
+    env = cl.ClosedLoopEnv.from_problem(problem, terminate_at_target=False)
+    obs, info = env.reset(seed=0, options={"x0": x0[0], "target": target[0]})
+    states = [info["state"]]
+    for _ in range(10):  # the policy is given the true state (float64), as the harness gives it
+        obs, reward, terminated, truncated, info = env.step(policy(np.concatenate([info["state"], target[0]]))[0])
+        states.append(info["state"])
+    harness = cl.run(problem, cl.PolicyController(policy, name="lqr via gym"), cl.ClosedLoopConfig(steps=10),
+                     x0=x0, target=target, timing=False)
+    np.testing.assert_allclose(np.stack(states), harness.states[0], atol=1e-6)  # float32 observations
+
+    noisy = cl.ClosedLoopEnv.from_problem(problem, perturbation="perturbed")
+    runs = []
+    for _ in range(2):
+        obs, info = noisy.reset(seed=5)
+        runs.append([obs] + [noisy.step(np.array([0.5], dtype=np.float32))[0] for _ in range(5)])
+    np.testing.assert_array_equal(np.stack(runs[0]), np.stack(runs[1]))
+    assert not np.allclose(noisy.params, cl._Simulator(problem).nominal)
+    check_env(cl.ClosedLoopEnv.from_problem(problem, perturbation="noise"), skip_render_check=True)

@@ -15,7 +15,8 @@ import dynamics
 import trc
 from dynamics.errors import ConfigError, DimensionError, TRCError
 from dynamics.interval import IntervalRollout
-from trc.export import ExportedController, export_controller, load_controller, main
+from trc.export import ExportedController, export_controller, load_controller
+from trc.export.cli import main
 from trc.export.formats import _onnx_translations
 from trc.models import TinyRecursiveControl, TRCConfig, TrajectoryErrorEncoder, trajectory_error
 from trc.problem import Problem

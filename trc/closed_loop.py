@@ -77,15 +77,21 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from dynamics.errors import ConfigError, DimensionError, NonFiniteError, UnknownNameError
+from dynamics.env import PlantEnv, problem_kwargs
+from dynamics.errors import (
+    ConfigError,
+    DimensionError,
+    NonFiniteError,
+    UnknownNameError,
+)
 
 from .config import check_int, check_real, check_seed
 from .evaluation import problem_violations, terminal_error
 from .generators import ipopt, make_solver
-from .io import atomic_path
+from .io import atomic_write_text
 
 __all__ = ["Perturbation", "PERTURBATIONS", "ClosedLoopConfig", "ClosedLoopResult", "Controller", "TRCController",
-           "ExportedTRCController", "LQRController", "MPCController", "baselines", "hold_targets",
+           "ExportedTRCController", "LQRController", "PolicyController", "ClosedLoopEnv", "MPCController", "baselines", "hold_targets",
            "state_scale", "simulate", "run", "compare", "optimal_costs", "default_solver", "fixed_final_time",
            "write_report", "summary_table"]
 
@@ -358,16 +364,22 @@ class TRCController(Controller):
 
 
 class ExportedTRCController(Controller):
-    """An exported TRC program (:func:`trc.export.load_controller`) as a receding-horizon controller."""
+    """An exported TRC program as a receding-horizon controller.
 
-    def __init__(self, path, name: str = "trc (exported)"):
-        from .export.controller import load_controller  # the export package loads optional runtimes
+    Parameters
+    ----------
+    program : trc.export.ExportedController
+        A loaded program (:func:`trc.export.load_controller`): ``program(x, target)`` returns
+        ``(B, horizon, control_dim)`` controls; a program compiled for batch 1 plans one state at a time.
+    name : str
+    """
 
-        self.program = load_controller(path)
+    def __init__(self, program, name: str = "trc (exported)"):
+        self.program = program
         self.name = name
 
     def plan(self, x, target, steps_to_go):
-        if self.program.batch not in (None, x.shape[0]):  # a fixed-batch program plans one state at a time
+        if getattr(self.program, "batch", None) not in (None, x.shape[0]):
             return np.concatenate([self.program(x[i:i + 1], target[i:i + 1]) for i in range(x.shape[0])]).astype(float)
         return np.asarray(self.program(x, target), dtype=float)
 
@@ -499,6 +511,78 @@ class MPCController(Controller):
         if self.solve_ms:
             return float(np.median(self.solve_ms))
         return super().batch1_ms(x, target, steps_to_go, repeats=5)
+
+
+class PolicyController(Controller):
+    """A Gymnasium-style policy ``policy(observation) -> action`` of the TRC environments
+    (observation ``concatenate(x, x*)``, e.g. :class:`trc.policy.RecedingHorizonPolicy` or a
+    Stable-Baselines3 model's ``predict``) in the harness; it is called on the whole batch."""
+
+    def __init__(self, policy, name: str = "policy", dt: float | None = None):
+        self.policy, self.name, self.dt = policy, name, dt
+
+    def plan(self, x, target, steps_to_go):
+        action = self.policy(np.concatenate([x, target], axis=1).astype(np.float32))
+        action = action[0] if isinstance(action, tuple) else action  # predict() returns (action, state)
+        return np.asarray(action, dtype=float).reshape(x.shape[0], 1, -1)
+
+
+class ClosedLoopEnv(PlantEnv):
+    """The TRC Gymnasium environment of a problem, simulated as the harness simulates it.
+
+    :class:`dynamics.env.PlantEnv` (same spaces, reward and termination) whose plant is the
+    independent vector field integrated by ``solve_ivp``, with the :class:`Perturbation` of
+    ``perturbation``: at every :meth:`reset` the physical parameters are drawn, then every step
+    adds process noise, the observation carries measurement noise (``info["state"]`` is the true
+    state), and the impulse comes at step ``horizon // 2``. All draws come from the
+    environment's ``np_random`` (seeded by ``reset(seed=...)``).
+
+    >>> env = ClosedLoopEnv.from_problem(problem, perturbation="perturbed")   # doctest: +SKIP
+    >>> obs, info = env.reset(seed=0)                                          # doctest: +SKIP
+    """
+
+    def __init__(self, plant, *, problem=None, perturbation: str | Perturbation = "nominal", rtol: float = 1e-9,
+                 **kwargs):
+        super().__init__(plant, **kwargs)
+        if problem is None:
+            raise ConfigError("ClosedLoopEnv needs the problem (use ClosedLoopEnv.from_problem)")
+        self.levels = ClosedLoopConfig(perturbation=perturbation, rtol=rtol).levels
+        self.rtol = rtol
+        self._sim = _Simulator(problem)
+        self._scale = state_scale(problem)
+        self._atol = rtol * np.maximum(self._scale, 1.0)
+        self.params = self._sim.nominal.copy()
+
+    @classmethod
+    def from_problem(cls, problem, perturbation: str | Perturbation = "nominal", **overrides) -> "ClosedLoopEnv":
+        """The environment of ``problem`` (:meth:`PlantEnv.from_problem`) with ``perturbation``."""
+        return cls(problem.make_plant(torch.float64), problem=problem, perturbation=perturbation,
+                   **{**problem_kwargs(problem), **overrides})
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        p = self.levels.param_scale
+        self.params = self._sim.nominal * self.np_random.uniform(1 - p, 1 + p, size=self._sim.nominal.shape)
+        return self._noisy(obs), info
+
+    def simulate(self, x, u):
+        x = self._sim.step(x, u, np.broadcast_to(self.params, (len(x), len(self.params))), self.dt, self.rtol,
+                           self._atol)
+        x = x + self.np_random.standard_normal(x.shape) * self.levels.process_noise * self._scale
+        if self._k == self.horizon // 2:
+            x = x + np.where(self.np_random.random(x.shape) < 0.5, -1.0, 1.0) * self.levels.impulse * self._scale
+        return x
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return self._noisy(obs), reward, terminated, truncated, info
+
+    def _noisy(self, obs):
+        n = self.plant.state_dim
+        noise = self.np_random.standard_normal(n) * self.levels.measurement_noise * self._scale
+        obs = obs.copy()
+        obs[:n] += noise.astype(obs.dtype)
+        return obs
 
 
 def baselines(problem, *, mpc: bool = True, warm_start=None) -> list[Controller]:
@@ -667,7 +751,7 @@ def run(problem, controller: Controller, config: ClosedLoopConfig | None = None,
     sim = _Simulator(problem)
     ep = _episodes(problem, config, sim, x0, target)
     plant = problem.make_plant(torch.float64)
-    B, n, m = ep.x0.shape[0], problem.state_dim, problem.control_dim
+    B, m = ep.x0.shape[0], problem.control_dim
     N, dt = problem.horizon, float(problem.dt)
     atol = config.rtol * np.maximum(state_scale(problem), 1.0)
     shrinking = fixed_final_time(problem)
@@ -791,13 +875,11 @@ def write_report(out_dir, results_by_case: dict[str, dict[str, ClosedLoopResult]
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {case: {name: r.summary() for name, r in results.items()} for case, results in results_by_case.items()}
     payload = {"problem": problem.name, "settings": config, "results": summary}
-    with atomic_path(out_dir / "closed_loop.json") as tmp:
-        Path(tmp).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / "closed_loop.json", json.dumps(payload, indent=2, default=str) + "\n")
     text = [f"# Closed loop: {problem.name}", "", "Settings: " + ", ".join(f"{k} = {v}" for k, v in config.items()), ""]
     for case, results in results_by_case.items():
         text += [summary_table(results, case), ""]
-    with atomic_path(out_dir / "closed_loop.md") as tmp:
-        Path(tmp).write_text("\n".join(text))
+    atomic_write_text(out_dir / "closed_loop.md", "\n".join(text) + "\n")
     return out_dir / "closed_loop.md"
 
 

@@ -27,6 +27,7 @@ import torch
 
 from . import kinds
 from .cli import add_quiet, add_seed, add_threads, option_defaults, positive_int, run
+from .closed_loop import PERTURBATIONS
 
 __all__ = ["main", "build_parser"]
 
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m trc.evaluate``."""
     p = argparse.ArgumentParser(
         prog="python -m trc.evaluate",
-        description="Evaluate a trained policy: against the optimal solutions of a data set, or closed loop (LIBERO).",
+        description="Evaluate a trained policy: against the optimal solutions of a data set, or in closed loop "
+        "(--closed-loop; LIBERO always).",
         epilog="Example: python -m trc.evaluate --checkpoint runs/double_integrator/model.pt",
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="model file written by trc.train (model.pt)")
@@ -45,8 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-repeats", type=positive_int, metavar="R", help="timed batch-1 passes (default 200)")
     add_threads(p)
     add_seed(p, default=0, help="seed of torch's generator (evaluation is deterministic)")
+    loop = p.add_argument_group("closed loop (continuous problems: trc.closed_loop; LIBERO: always)")
+    loop.add_argument("--closed-loop", action="store_true",
+                      help="run the model as a feedback controller against the saturated LQR, MPC and the optimum, "
+                           "on a plant simulated by scipy solve_ivp; writes closed_loop.json and closed_loop.md")
+    loop.add_argument("--episodes", type=positive_int, default=20,
+                      help="episodes per perturbation case (LIBERO: per task) (default 20)")
+    loop.add_argument("--perturbation", nargs="+", metavar="NAME",
+                      help=f"cases, from {sorted(PERTURBATIONS)} (default: nominal perturbed impulse)")
+    loop.add_argument("--replan-every", type=positive_int, metavar="K",
+                      help="controls of each plan applied before re-planning (default 1)")
+    loop.add_argument("--steps", type=positive_int, metavar="T",
+                      help="control steps per episode (default 2 N; fixed final time: N)")
+    loop.add_argument("--exported", metavar="PATH", help="also run this exported program of the model (trc.export)")
+    loop.add_argument("--no-mpc", action="store_true", help="leave the MPC baseline out (the slowest part)")
     libero = p.add_argument_group("LIBERO (closed-loop episodes)")
-    libero.add_argument("--episodes", type=positive_int, default=20, help="episodes per task (default 20)")
     libero.add_argument("--tasks", type=int, nargs="+", metavar="T", help="task indices (default: the problem's)")
     libero.add_argument("--workers", type=positive_int, metavar="W", help="parallel processes (default 1)")
     libero.add_argument("--videos", type=int, default=1, metavar="V", help="episodes recorded per task (default 1)")

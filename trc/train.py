@@ -8,6 +8,7 @@ Usage::
     python -m trc.train --config configs/double_integrator.yaml --stage rl      # REINFORCE fine-tuning
     python -m trc.train --config configs/maze.yaml [--stage all|supervised|rl]
     python -m trc.train --config configs/libero_spatial.yaml [--data DIR] [--sweep]
+    python -m trc.train --config configs/recap_maze.yaml --stage demos|corrections|autonomous   # RECAP
 
 The configuration's problem kind (:mod:`trc.kinds`) trains; options a kind does not use are
 refused. Continuous problems: if the data set (``generator.out``, default
@@ -33,6 +34,7 @@ from dynamics.errors import ConfigError
 from .cli import add_quiet, add_seed, option_defaults, positive_int, run
 from .experiment import Experiment, experiment_from_dict, load_experiment
 from .kinds.continuous import DEFAULT_RUNS_DIR, RunResult, run_training
+from .recap.stages import STAGES as RECAP_STAGES
 
 __all__ = ["main", "build_parser", "train", "RunResult", "DEFAULT_RUNS_DIR"]
 
@@ -53,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="start afresh even if the run folder has a checkpoint")
     p.add_argument("--epochs", type=positive_int, metavar="E", help="override training.epochs")
     p.add_argument("--workers", type=positive_int, metavar="W", help="worker processes if the data set must be generated")
-    p.add_argument("--stage", choices=("all", "supervised", "rl"),
+    p.add_argument("--stage", choices=("all", "supervised", "rl", *RECAP_STAGES),
                    help="discrete: all (default), supervised or rl; continuous: rl fine-tunes --init (or "
-                   "<out>/model.pt) with REINFORCE")
+                   "<out>/model.pt) with REINFORCE; RECAP problems (kind: recap): demos, corrections or "
+                   "autonomous (default: the three in order)")
     p.add_argument("--init", metavar="MODEL", help="model file to start from (--stage rl, discrete runs)")
     rl = p.add_argument_group("REINFORCE fine-tuning of continuous models (--stage rl)")
     rl.add_argument("--rl-iterations", type=positive_int, default=100, help="policy-gradient steps")
@@ -127,6 +130,9 @@ def train(config, *, out: str | os.PathLike | None = None, seed: int | None = No
 def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     experiment = load_experiment(args.config)
     kind = experiment.problem_kind
+    if args.stage in RECAP_STAGES and args.stage not in getattr(kind, "stages", ()):
+        raise ConfigError(f"--stage {args.stage}: {kind.name} problems have no RECAP stages (demos, corrections, "
+                          f"autonomous); those are for configurations with problem.kind: recap")
     kind.check_options("train", args, option_defaults(parser, exclude=("config",)))
     summary = kind.train(experiment, args)
     if summary:

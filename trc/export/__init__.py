@@ -29,7 +29,6 @@ One module per concern:
 The exported programs' plant rollouts are :class:`dynamics.interval.IntervalRollout`.
 """
 
-from .cli import main
 from .controller import ExportedController, load_controller, planner_inputs
 from .formats import FORMATS, ExportResult, export_controller
 from .parallel import ParallelController
@@ -42,5 +41,4 @@ __all__ = [
     "load_controller",
     "planner_inputs",
     "ParallelController",
-    "main",
 ]

@@ -2,7 +2,7 @@
 
 >>> import trc.kinds
 >>> trc.kinds.names()
-['continuous', 'discrete', 'libero']
+['continuous', 'discrete', 'libero', 'recap']
 >>> trc.kinds.for_problem_kind("maze").name
 'discrete'
 
@@ -16,6 +16,8 @@ from .base import ProblemKind, for_model, for_problem_kind, get, load, names, re
 from .continuous import ContinuousKind
 from .discrete import DiscreteKind
 from .libero import LiberoKind
+from .recap import RecapKind
 
 __all__ = ["ProblemKind", "register", "get", "names", "for_problem_kind", "for_model", "load", "save",
-           "ContinuousKind", "DiscreteKind", "LiberoKind"]
+           "ContinuousKind", "DiscreteKind", "LiberoKind",
+           "RecapKind"]

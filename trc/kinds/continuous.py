@@ -34,9 +34,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dynamics.errors import CheckpointError, ConfigError, TRCError
 
+from .. import closed_loop
 from ..config import dump_yaml, from_dict
 from ..data import load_dataset
 from ..evaluation import evaluate_model, split_data
+from ..export.controller import load_controller
 from ..generators.config import DEFAULT_DATASET_DIR, GeneratorConfig
 from ..generators.pipeline import generate as generate_dataset
 from ..io import atomic_write_text
@@ -215,6 +217,30 @@ def evaluate_run(model, problem, data, eval_cfg, out_dir, *, history=None, extra
     return metrics
 
 
+def evaluate_closed_loop(model: TinyRecursiveControl, checkpoint, args: argparse.Namespace) -> str:
+    """``python -m trc.evaluate --closed-loop``: the model, its exported program if given, the saturated
+    LQR and MPC on the same episodes of every perturbation case (:mod:`trc.closed_loop`); writes
+    ``closed_loop.json`` and ``closed_loop.md`` into ``--out`` (default ``<checkpoint folder>/evaluation``)
+    and returns the tables."""
+    problem = model.problem
+    cases = args.perturbation or ["nominal", "perturbed", "impulse"]
+    configs = {case: closed_loop.ClosedLoopConfig(
+        episodes=args.episodes, steps=args.steps, replan_every=args.replan_every or 1, perturbation=case,
+        seed=0 if args.seed is None else args.seed) for case in cases}  # validates every case before running
+    controllers = [closed_loop.TRCController(model)]
+    if args.exported:
+        controllers.append(closed_loop.ExportedTRCController(load_controller(args.exported)))
+    controllers += closed_loop.baselines(problem, mpc=not args.no_mpc)
+    results = {case: closed_loop.compare(problem, controllers, config) for case, config in configs.items()}
+    out_dir = Path(args.out) if args.out else Path(checkpoint).resolve().parent / "evaluation"
+    settings = {"checkpoint": str(checkpoint), "episodes": args.episodes, "steps": args.steps,
+                "replan_every": args.replan_every or 1, "seed": 0 if args.seed is None else args.seed,
+                "exported": args.exported, "mpc": not args.no_mpc}
+    path = closed_loop.write_report(out_dir, results, problem=problem, config=settings)
+    tables = "\n\n".join(closed_loop.summary_table(r, case) for case, r in results.items())
+    return f"{tables}\nreport: {path}"
+
+
 def check_compatible(model_problem, data_problem, checkpoint: str, data: str) -> None:
     """Refuse a model whose plant, dimensions, horizon, ``dt`` or cost differ from the data set's.
 
@@ -320,7 +346,8 @@ class ContinuousKind(ProblemKind):
         "generate": frozenset({"num_samples", "seed", "out", "workers", "chunk_size", "solver", "force", "quiet"}),
         "train": frozenset({"out", "seed", "resume", "overwrite", "epochs", "workers", "quiet", "stage", "init",
                             "rl_iterations", "rl_lr", "rl_sigma", "rl_batch"}),
-        "evaluate": frozenset({"data", "out", "split", "latency_repeats", "threads", "seed"}),
+        "evaluate": frozenset({"data", "out", "split", "latency_repeats", "threads", "seed", "closed_loop",
+                               "episodes", "perturbation", "replan_every", "steps", "exported", "no_mpc"}),
     }
 
     def parse_problem(self, section):
@@ -368,6 +395,14 @@ class ContinuousKind(ProblemKind):
         return ""  # run_training printed the summary (on the main process only)
 
     def evaluate(self, model, checkpoint, args: argparse.Namespace) -> str:
+        loop_options = ("perturbation", "replan_every", "steps", "exported", "no_mpc")
+        if not args.closed_loop:
+            given = [o for o in loop_options if getattr(args, o, None) not in (None, False)]
+            if given or args.episodes != 20:
+                flags = ", ".join("--" + o.replace("_", "-") for o in given or ["episodes"])
+                raise ConfigError(f"{flags}: options of --closed-loop; add --closed-loop")
+        else:
+            return evaluate_closed_loop(model, checkpoint, args)
         metrics = evaluate_checkpoint(model, checkpoint, data=args.data, out=args.out, split=args.split,
                                       latency_repeats=args.latency_repeats)
         return f"{summary_text(metrics)}\nreport: {metrics['report']}"
