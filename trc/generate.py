@@ -4,8 +4,9 @@ Usage::
 
     python -m trc.generate --config configs/double_integrator.yaml [--num-samples N] [--seed S]
                            [--out PATH] [--workers W] [--chunk-size C] [--solver NAME]
-                           [--force] [--quiet]
+                           [--backend local|ray] [--address HOST:PORT] [--force] [--quiet]
     python -m trc.generate --plant double_integrator --solver lqr --num-samples 1000
+    python -m trc.generate --config configs/van_der_pol.yaml --backend ray --address 10.0.0.1:6379
     python -m trc.generate --list
 
 The configuration's problem kind (:mod:`trc.kinds`: continuous, discrete, LIBERO) generates
@@ -19,6 +20,15 @@ finished command does nothing unless ``--force`` is given; an existing ``--out``
 this run's output is refused unless ``--force`` is given. The same seed gives the same arrays.
 See :mod:`trc.generators.pipeline` for the design and ``datasets/README.md`` for the file.
 
+Backends (:mod:`trc.backends`; continuous data sets and LIBERO demonstrations):
+``--backend local`` (the default) solves in worker processes on this machine;
+``--backend ray`` runs one Ray task per chunk (LIBERO: per episode) on the Ray cluster at
+``--address`` (the head's ``host:port`` printed by ``ray start --head``, or ``auto`` for the
+cluster started on this machine), or without ``--address`` on a private Ray started on this
+machine. Both give the same arrays; a Ray task whose worker dies is run again by Ray.
+``--backend ray`` needs the ``ray`` extra (``pip install "tiny-recursive-control[ray]"``); an
+``--address`` that does not accept a connection within 30 s is refused (exit status 2).
+
 Exit status (:mod:`trc.cli`): 0 success, 1 run-time failure, 2 bad usage or configuration,
 130 interrupted.
 """
@@ -31,6 +41,7 @@ import sys
 import dynamics
 
 from . import kinds
+from .backends import BACKENDS, CONNECT_TIMEOUT, check_backend
 from .cli import add_quiet, add_seed, option_defaults, positive_int, run
 from .experiment import default_experiment, load_experiment
 from .generators import solver_names
@@ -61,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=positive_int, metavar="W",
                         help="worker processes (default: all cores; 1: in this process)")
     parser.add_argument("--chunk-size", type=positive_int, metavar="C", help="instances per work unit (resume granularity)")
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="where the work runs: worker processes on this machine (local, the default) or a Ray "
+                        "cluster (ray: one task per chunk or episode; needs the 'ray' extra)")
+    parser.add_argument("--address", metavar="HOST:PORT",
+                        help="with --backend ray: the Ray cluster to join (the head's address from `ray start --head`, "
+                        f"or 'auto'); refused if not reachable within {CONNECT_TIMEOUT:g} s. Default: a private Ray "
+                        "on this machine")
     parser.add_argument("--force", action="store_true",
                         help="regenerate even if the output already holds this data set, or replace another file")
     add_quiet(parser)
@@ -76,6 +94,7 @@ def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     experiment = load_experiment(args.config) if args.config else default_experiment(args.plant, args.solver)
     kind = experiment.problem_kind
     kind.check_options("generate", args, option_defaults(parser, exclude=("config", "plant", "list")))
+    check_backend(args.backend, args.address)
     print(kind.generate(experiment, args))
     return 0
 

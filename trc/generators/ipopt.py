@@ -1,7 +1,7 @@
 """Independent reference solvers: CasADi models of the plants, IPOPT multiple shooting.
 
-Needs CasADi (``pip install "tiny-recursive-control[ipopt]"``; CasADi bundles IPOPT); the
-rest of :mod:`trc.generators` does not import this module.
+CasADi (a requirement of TRC; it bundles IPOPT) builds the models; the closed-loop harness
+(:mod:`trc.closed_loop`) simulates and controls the plants with them.
 
 The vector fields below are written from the equations in the cited textbooks, not from the
 torch plants in :mod:`dynamics`; only the numerical parameter values (masses, lengths,

@@ -26,10 +26,8 @@ executed ones are stored as ``executed_actions``.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing.util import Finalize
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from tqdm import tqdm
 from dynamics.errors import ConfigError, SolverError
 from dynamics.libero import LiberoSimulator, get_task, load_init_states, proprio_from_raw
 
+from ..backends import TaskPool, check_backend
 from ..config import check_choice, check_int, check_real, from_dict
 from .libero_storage import Episode, LiberoProblem, load_staged, stage_episode, task_file_name, write_task_file
 
@@ -477,7 +476,8 @@ class LiberoGeneratorConfig:
     output : str
         Output folder; one ``<task name>_demo.hdf5`` per task.
     workers : int
-        Parallel worker processes (one simulator each).
+        Parallel worker processes (one simulator each); with the Ray backend, the most
+        episodes run at once across the cluster.
     expert : ExpertConfig
     """
 
@@ -524,10 +524,10 @@ def _close_worker_sims() -> None:
 
 
 def _init_worker() -> None:
-    """Set up a worker process: close its simulator when the process ends.
+    """Set up a worker process (local or Ray): close its simulator when the process ends.
 
-    ``multiprocessing`` runs the finalizer when the worker leaves, before the interpreter's
-    exit handlers, among them robosuite's ``eglTerminate``.
+    ``multiprocessing`` runs the finalizer when the worker leaves (for Ray workers, from its
+    exit handler), before robosuite's ``eglTerminate``.
     """
     Finalize(None, _close_worker_sims, exitpriority=10)
 
@@ -551,15 +551,20 @@ def _worker_episode(args: tuple) -> Episode:
 
 
 def generate(problem: LiberoProblem, config: LiberoGeneratorConfig, *, output: str | os.PathLike | None = None,
-             seed: int = 0, resume: bool = True, progress: bool = True) -> dict:
+             seed: int = 0, resume: bool = True, progress: bool = True, backend: str = "local",
+             address: str | None = None) -> dict:
     """Generate scripted demonstrations for the tasks of a LIBERO problem.
 
     Episodes run from the official init states in order (``first_init_state``, then the next
     ones, cycling), each with
     its own seed derived from ``seed``, task and attempt, so the same seed gives the same data
-    whatever the number of workers. Finished episodes are staged in ``<output>/.staging``
-    (atomically), so an interrupted run resumes where it stopped; a task's HDF5 file is
-    written (atomically) when its demonstrations are complete.
+    whatever the number of workers or the backend. Finished episodes are staged in
+    ``<output>/.staging`` (atomically, by this process), so an interrupted run resumes where it
+    stopped; a task's HDF5 file is written (atomically) when its demonstrations are complete.
+    Episodes run in worker processes (``backend="local"``, ``config.workers`` of them) or as
+    one Ray task each (``backend="ray"``, see :mod:`trc.backends`; a task only gets the
+    problem's dictionary, the task, init state, seed and expert settings, and returns the
+    episode; one whose worker dies is run again by Ray).
 
     Parameters
     ----------
@@ -572,13 +577,27 @@ def generate(problem: LiberoProblem, config: LiberoGeneratorConfig, *, output: s
         Reuse staged episodes and finished task files.
     progress : bool
         Show a tqdm progress bar.
+    backend : {"local", "ray"}
+    address : str, optional
+        ``backend="ray"``: the cluster to join (default: a Ray initialised in this process,
+        else a private Ray on this machine with ``config.workers`` CPUs).
 
     Returns
     -------
     dict
         Per task: ``attempts``, ``successes``, ``success_rate``, ``mean_length``,
         ``cpu_seconds``, ``file``.
+
+    Raises
+    ------
+    ConfigError
+        Before any episode: a bad ``backend`` or ``address``, Ray not installed (the
+        message names the ``ray`` extra), an ``address`` not reachable within
+        :data:`trc.backends.CONNECT_TIMEOUT` seconds.
+    SolverError
+        If a local worker process dies, or a Ray task's worker died in all its attempts.
     """
+    check_backend(backend, address)
     out = Path(output or config.output)
     out.mkdir(parents=True, exist_ok=True)
     staging = out / ".staging"
@@ -623,28 +642,32 @@ def generate(problem: LiberoProblem, config: LiberoGeneratorConfig, *, output: s
         if ep.success:
             bar.update(1)
 
-    ctx = mp.get_context("spawn")
     # Each worker closes its simulator when it ends (_init_worker), before EGL is terminated.
-    with ProcessPoolExecutor(max_workers=config.workers, mp_context=ctx, initializer=_init_worker) as pool:
-        try:
-            futures = {pool.submit(_worker_episode, args): (t, attempt) for t, attempt, args in jobs}
-            while futures:
-                fut = next(as_completed(list(futures)))
-                t, attempt = futures.pop(fut)
-                ep = fut.result()
-                handle(t, attempt, ep)
-                n_ok = sum(e["success"] for e in staged[t])
-                n_running = sum(1 for v in futures.values() if v[0] == t)
-                if (not ep.success and n_ok + n_running < config.demos_per_task
-                        and next_attempt[t] < config.max_attempts_per_task):
-                    a = next_attempt[t]
-                    next_attempt[t] += 1
-                    n_init = len(load_init_states(infos[t]))
-                    ep_seed = int(np.random.SeedSequence([seed, t, a]).generate_state(1)[0])
-                    args = (pdict, t, init_state_of_attempt(config, a, n_init), ep_seed, config.noise_std, expert_cfg)
-                    futures[pool.submit(_worker_episode, args)] = (t, a)
-        finally:
-            bar.close()
+    pool = None
+    finished = False
+    try:
+        if jobs:
+            pool = TaskPool(_worker_episode, backend=backend, address=address, workers=config.workers,
+                            inline=False, initializer=_init_worker)
+        running = {pool.submit(args): (t, attempt) for t, attempt, args in jobs}
+        for index, ep in (pool.as_completed() if pool is not None else ()):
+            t, attempt = running.pop(index)
+            handle(t, attempt, ep)
+            n_ok = sum(e["success"] for e in staged[t])
+            n_running = sum(1 for v in running.values() if v[0] == t)
+            if (not ep.success and n_ok + n_running < config.demos_per_task
+                    and next_attempt[t] < config.max_attempts_per_task):
+                a = next_attempt[t]
+                next_attempt[t] += 1
+                n_init = len(load_init_states(infos[t]))
+                ep_seed = int(np.random.SeedSequence([seed, t, a]).generate_state(1)[0])
+                args = (pdict, t, init_state_of_attempt(config, a, n_init), ep_seed, config.noise_std, expert_cfg)
+                running[pool.submit(args)] = (t, a)
+        finished = True
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close(finished)
     for t in staged:
         episodes = load_staged(staging, t, with_data=True)
         ok = [e for e in episodes if e["episode"].success]

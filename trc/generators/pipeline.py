@@ -8,15 +8,19 @@ How a run is organised (see :func:`generate`):
    ``numpy.random.default_rng(SeedSequence(seed, spawn_key=(0, b)))``. Any prefix of the
    stream is therefore the same whatever the sample count, chunk size or number of workers.
 2. **Chunks.** Instances ``[c * chunk_size, (c + 1) * chunk_size)`` form chunk ``c``, solved
-   as one batch by one worker (this process or a ``spawn`` process). Every chunk is solved
+   as one batch by one worker: this process, a ``spawn`` process (``backend="local"``) or a
+   Ray task anywhere in a cluster (``backend="ray"``, see :mod:`trc.backends`); a task gets
+   only the problem's dictionary, the solver, its options, the seed and the chunk's range,
+   and returns the chunk's arrays. Every chunk is solved
    by a solver built afresh for it, from the problem's dictionary and the options, with one
    torch and one BLAS/OpenMP thread (``torch.set_num_threads(1)`` and
    ``threadpoolctl.threadpool_limits(1)``, restored afterwards): solvers that keep state
    between calls (cvxpy's warm starts keep the backend's factorisation) would otherwise make
    a chunk depend on the chunks the same worker solved before it. A chunk's arrays are
    therefore a function of the configuration and the chunk index only, bitwise, whatever the
-   number of workers or the chunks resumed from an earlier run.
-3. **Parts.** Every solved chunk is written at once, atomically, to
+   backend, the number of workers or the chunks resumed from an earlier run. A Ray task whose
+   worker dies is run again by Ray (``max_retries``) and returns the same arrays.
+3. **Parts.** Every solved chunk is written at once, atomically, by this process to
    ``<out>.parts/<tag>-<c>.npz``. The ``tag`` hashes the problem, solver, solver options,
    seed, chunk size and TRC version, so a rerun with the same configuration skips finished
    chunks (resume after a crash or ``kill -9``) and a changed configuration never reuses
@@ -51,15 +55,11 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
 import shutil
 import sys
-import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +72,7 @@ from tqdm.auto import tqdm
 from dynamics.errors import ConfigError, DatasetError, SolverError, TRCError
 from trc.problem import Problem
 
+from ..backends import TaskPool, check_backend
 from ..io import atomic_path, check_output_file, check_output_path, output_lock
 from ..version import __version__
 from .checks import failure_counts
@@ -88,6 +89,9 @@ __all__ = [
     "run_hash",
     "parts_dir",
     "default_workers",
+    "chunk_tasks",
+    "solve_chunk",
+    "chunk_pool",
 ]
 
 log = logging.getLogger("trc.generate")
@@ -300,27 +304,73 @@ def _load_part(path: Path, start: int, stop: int, keys=_PART_KEYS) -> dict | Non
 # ---------------------------------------------------------------------------- workers
 _WORKER_CACHE: dict = {}
 
-
-def _watch_parent(parent_pid: int) -> None:  # pragma: no cover - runs in worker processes
-    """Exit the worker when the parent dies (e.g. ``kill -9``), so no orphan keeps solving."""
-    while True:
-        if os.getppid() != parent_pid:
-            os._exit(1)
-        time.sleep(0.5)
+#: One BLAS/OpenMP thread in local worker processes, read when a worker imports NumPy/torch.
+_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
-def _init_worker(parent_pid: int) -> None:  # pragma: no cover - runs in worker processes
+def _init_worker() -> None:  # pragma: no cover - runs in worker processes
     torch.set_num_threads(1)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
 
 
-def _run_chunk(task: dict) -> dict:
-    """Solve chunk ``task['chunk']`` and save it as a part; return its summary.
+def chunk_tasks(problem, config: GeneratorConfig, chunks, tag: str | None = None, solver_cls=None) -> list[dict]:
+    """The task arguments of :func:`solve_chunk` for ``chunks`` of a run: small plain values
+    (the problem's dictionary, the solver class, its options, the seed, the chunk's range).
 
-    The same code runs in this process and in worker processes: the problem is rebuilt from
-    its dictionary (once per run), the solver is built afresh for the chunk, and both run with
-    one thread (:func:`_single_threaded`), so the chunk's arrays do not depend on where, after
-    which other chunks, or with how many threads of the calling process it is solved.
+    Parameters
+    ----------
+    problem : trc.problem.Problem
+    config : GeneratorConfig
+    chunks : iterable of int
+        Chunk indices.
+    tag : str, optional
+        :func:`run_hash` of the run (computed if not given).
+    solver_cls : type, optional
+        The solver's class (default: of ``config.make_solver(problem)``).
+
+    Returns
+    -------
+    list of dict
+    """
+    tag = run_hash(problem, config) if tag is None else tag
+    solver_cls = type(config.make_solver(problem)) if solver_cls is None else solver_cls
+    size = config.chunk_size
+    return [
+        {"tag": tag, "problem": problem.to_dict(), "solver_cls": solver_cls, "options": config.options,
+         "seed": config.seed, "chunk": c, "start": c * size, "stop": (c + 1) * size}
+        for c in chunks
+    ]
+
+
+def chunk_pool(backend: str = "local", workers: int | None = 1, address: str | None = None) -> TaskPool:
+    """The :class:`~trc.backends.TaskPool` that solves :func:`solve_chunk` tasks.
+
+    Parameters
+    ----------
+    backend : {"local", "ray"}
+    workers : int, optional
+        ``local``: processes (1: this process). ``ray``: most chunks at once (None: the cluster's CPUs).
+    address : str, optional
+        Ray cluster address (``ray`` only).
+
+    Returns
+    -------
+    trc.backends.TaskPool
+        Local worker processes run with one torch and one BLAS/OpenMP thread.
+    """
+    if backend == "ray":
+        return TaskPool(solve_chunk, backend="ray", address=address, workers=workers)
+    return TaskPool(solve_chunk, backend=backend, address=address, workers=workers, initializer=_init_worker,
+                    env=_WORKER_ENV)
+
+
+def solve_chunk(task: dict) -> dict:
+    """Solve chunk ``task['chunk']``; return its part arrays (:data:`_PART_KEYS`).
+
+    The same code runs in this process, in local worker processes and in Ray tasks: the
+    problem is rebuilt from its dictionary (once per run and process), the solver is built
+    afresh for the chunk, and both run with one thread (:func:`_single_threaded`), so the
+    chunk's arrays do not depend on where, after which other chunks, or with how many threads
+    of the calling process it is solved.
     """
     key = task["tag"]
     if key not in _WORKER_CACHE:
@@ -333,8 +383,7 @@ def _run_chunk(task: dict) -> dict:
         x0, target = sample_instances(problem, task["seed"], start, stop)
         arrays = solve_batch(solver, problem, x0, target)
     arrays.update(instance_index=np.arange(start, stop, dtype=np.int64), initial_states=x0, target_states=target)
-    _save_part(Path(task["part"]), arrays)
-    return _summary(task["chunk"], arrays)
+    return arrays
 
 
 def _summary(chunk: int, part: dict) -> dict:
@@ -361,61 +410,6 @@ def _single_threaded():
         torch.set_num_threads(threads)
 
 
-@contextlib.contextmanager
-def _environment(**values):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-class _Executor:
-    """Runs chunk tasks in this process (one worker) or in a pool of spawned processes."""
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.pool = None
-
-    def map(self, tasks: list[dict]):
-        """Yield the summaries of ``tasks`` in order of completion."""
-        if self.workers == 1:
-            for task in tasks:
-                yield _run_chunk(task)
-            return
-
-        # spawn: workers start clean (no forked torch/OpenMP state); one BLAS/OpenMP thread
-        # each, read from the environment when a worker imports NumPy/torch. With spawn the
-        # executor starts its processes on submit, so all of them start inside this block.
-        with _environment(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"):
-            if self.pool is None:
-                self.pool = ProcessPoolExecutor(
-                    self.workers, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_init_worker, initargs=(os.getpid(),),
-                )
-            futures = [self.pool.submit(_run_chunk, task) for task in tasks]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        except BrokenProcessPool as exc:
-            raise SolverError(
-                "a generation worker process died (killed, out of memory, or a crash in the solver). "
-                "Finished chunks are kept; rerun to resume. When calling generate() from a script, "
-                "guard the call with `if __name__ == '__main__':` (workers are spawned and import "
-                f"the main module). Cause: {exc}"
-            ) from exc
-
-    def close(self, ok: bool):
-        if self.pool is not None:
-            self.pool.shutdown(wait=ok, cancel_futures=not ok)
-        _WORKER_CACHE.clear()
-
-
 # ---------------------------------------------------------------------------- the run
 @dataclass
 class GenerationReport:
@@ -439,7 +433,9 @@ class GenerationReport:
     elapsed : float
         Wall-clock seconds of this run.
     workers : int
-        Processes that solved chunks (1: in this process).
+        Processes that solved chunks (1: in this process; Ray: the tasks run at once).
+    backend : str
+        ``local`` or ``ray`` (:mod:`trc.backends`).
     chunks_solved, chunks_resumed : int
         Chunks solved in this run and chunks taken from the parts of an earlier run.
     up_to_date : bool
@@ -459,6 +455,7 @@ class GenerationReport:
     failure_examples: dict = None
     solver: str = ""
     problem: str = ""
+    backend: str = "local"
 
     def summary(self) -> str:
         """A human-readable multi-line summary."""
@@ -480,6 +477,7 @@ class GenerationReport:
             lines.append(f"  ... and {len(self.failure_reasons) - 10} more reasons")
         lines.append(
             f"time         {self.elapsed:.2f} s with {self.workers} worker(s)"
+            + (" on Ray" if self.backend == "ray" else "")
             + (f", {self.num_attempts / self.elapsed:.0f} instances/s" if self.elapsed > 0 else "")
             + (f"; {self.chunks_resumed} chunk(s) resumed from an earlier run" if self.chunks_resumed else "")
         )
@@ -508,6 +506,8 @@ def generate(
     workers: int | None = None,
     progress: bool = True,
     force: bool = False,
+    backend: str = "local",
+    address: str | None = None,
 ) -> GenerationReport:
     """Generate (or resume, or confirm) the data set of ``config`` for ``problem``.
 
@@ -521,16 +521,24 @@ def generate(
         replaced only if it is this run's own output (then nothing is done, see ``force``)
         or with ``force``; its folder is created if needed.
     workers : int, optional
-        Worker processes. Default: all cores (:func:`default_workers`) if the work is worth
-        it, i.e. if the remaining chunks would take more than :data:`POOL_MIN_SECONDS` in
-        one process (estimated by solving the first chunk here), else this process. An
-        explicit ``workers > 1`` always starts that many processes (at most one per chunk);
-        ``1`` solves in this process. The arrays do not depend on it.
+        ``backend="local"``: worker processes. Default: all cores (:func:`default_workers`)
+        if the work is worth it, i.e. if the remaining chunks would take more than
+        :data:`POOL_MIN_SECONDS` in one process (estimated by solving the first chunk here),
+        else this process. An explicit ``workers > 1`` always starts that many processes (at
+        most one per chunk); ``1`` solves in this process. ``backend="ray"``: most chunks
+        solved at once (default: as many as the cluster's CPUs). The arrays do not depend
+        on it.
     progress : bool
         Show a tqdm progress bar on stderr.
     force : bool
         Regenerate even if ``out`` already holds this exact data set, and replace an existing
         ``out`` that holds anything else (another data set, another file).
+    backend : {"local", "ray"}
+        Where chunks are solved (:mod:`trc.backends`): worker processes on this machine, or
+        one Ray task per chunk. The arrays do not depend on it.
+    address : str, optional
+        ``backend="ray"``: the cluster to join (``host:port`` of the head, ``auto``); default:
+        a Ray already initialised in this process, else a private Ray on this machine.
 
     Returns
     -------
@@ -544,11 +552,16 @@ def generate(
         file, or in a folder that cannot be written (:func:`trc.io.check_output_path`);
         ``out`` exists and is not this run's own output (a file that is not a TRC data set,
         e.g. the configuration file, or a data set of another problem or other settings)
-        and ``force`` is False; or another process is writing ``out``
-        (:func:`trc.io.output_lock`).
+        and ``force`` is False; another process is writing ``out``
+        (:func:`trc.io.output_lock`); ``backend`` is not ``local`` or ``ray``, ``address``
+        is given with ``local``, Ray is not installed (the message names the ``ray`` extra),
+        or ``address`` does not accept a connection within
+        :data:`trc.backends.CONNECT_TIMEOUT` seconds.
     SolverError
         If more than ``config.max_failure_rate`` of the solves fail (the message lists the
-        most frequent reasons), or a solver returns arrays of the wrong shape.
+        most frequent reasons), a solver returns arrays of the wrong shape, or a worker
+        process dies (local; Ray runs the chunk again, up to :data:`trc.backends.MAX_RETRIES`
+        times).
     """
     t_start = time.perf_counter()
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -558,6 +571,7 @@ def generate(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     check_seed(config.seed)  # the config may have been changed since it was validated
+    check_backend(backend, address)
     solver = config.make_solver(problem)  # validates the options before any work starts
     tag = run_hash(problem, config)
     dataset_id = _dataset_hash(tag, config)
@@ -574,7 +588,7 @@ def generate(
                 solver=config.solver, problem=problem.name,
             )
         return _generate_locked(problem, config, path, auto, workers, progress, type(solver), tag, dataset_id,
-                                created, t_start)
+                                created, t_start, backend, address)
 
 
 def _is_own_output(path: Path, problem, config: GeneratorConfig, dataset_id: str, found: dict) -> bool | str:
@@ -606,7 +620,8 @@ def _is_own_output(path: Path, problem, config: GeneratorConfig, dataset_id: str
 
 
 def _generate_locked(problem, config: GeneratorConfig, path: Path, auto: bool, workers: int, progress: bool,
-                     solver_cls, tag: str, dataset_id: str, created: str, t_start: float) -> GenerationReport:
+                     solver_cls, tag: str, dataset_id: str, created: str, t_start: float, backend: str,
+                     address: str | None) -> GenerationReport:
     """The run of :func:`generate` once the output is checked and locked."""
     folder = parts_dir(path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -630,7 +645,7 @@ def _generate_locked(problem, config: GeneratorConfig, path: Path, auto: bool, w
     cap = math.ceil(config.num_samples / (1.0 - config.max_failure_rate))
     max_chunks = max(math.ceil(cap / size), 1)
     planned = math.ceil(config.num_samples / size)
-    executor = None
+    pool = None
     solved = 0
     n_workers = 1
     bar = tqdm(total=planned * size, unit="inst", desc=f"{problem.name}/{config.solver}", disable=not progress,
@@ -638,9 +653,11 @@ def _generate_locked(problem, config: GeneratorConfig, path: Path, auto: bool, w
                initial=sum(s["attempts"] for c, s in summaries.items() if c < planned))
     failures = sum(s["attempts"] - s["successes"] for s in summaries.values())
 
-    def record(summary):
+    def record(chunk, arrays):
         nonlocal solved, failures
-        summaries[summary["chunk"]] = summary
+        _save_part(_part_path(folder, tag, chunk), arrays)
+        summary = _summary(chunk, arrays)
+        summaries[chunk] = summary
         solved += 1
         failures += summary["attempts"] - summary["successes"]
         bar.update(summary["attempts"])
@@ -650,36 +667,29 @@ def _generate_locked(problem, config: GeneratorConfig, path: Path, auto: bool, w
     try:
         while True:
             todo = [c for c in range(planned) if c not in summaries]
-            tasks = [
-                {
-                    "tag": tag, "problem": problem.to_dict(), "solver_cls": solver_cls,
-                    "options": config.options, "seed": config.seed, "chunk": c,
-                    "start": bounds(c)[0], "stop": bounds(c)[1], "part": str(_part_path(folder, tag, c)),
-                }
-                for c in todo
-            ]
-            if tasks and executor is None:
-                n_workers = max(1, min(workers, len(tasks)))
-                if auto and n_workers > 1:
-                    # Probe: solve one chunk here; start worker processes only if the rest
-                    # would take long enough to repay their start-up (imports of torch etc.).
-                    executor = _Executor(1)
-                    t0 = time.perf_counter()
-                    for summary in executor.map(tasks[:1]):
-                        record(summary)
-                    rest = (time.perf_counter() - t0) * (len(tasks) - 1)
-                    tasks = tasks[1:]
-                    if rest > POOL_MIN_SECONDS:
-                        executor.close(True)
-                        executor = _Executor(n_workers)
-                    else:
-                        n_workers = 1
-                        log.info("solving in this process: the remaining %d chunk(s) take about %.1f s", len(tasks), rest)
+            tasks = chunk_tasks(problem, config, todo, tag, solver_cls)
+            if tasks and pool is None:
+                if backend == "ray":
+                    pool = chunk_pool("ray", None if auto else workers, address)
+                    n_workers = min(pool.capacity(), len(tasks))
                 else:
-                    executor = _Executor(n_workers)
+                    n_workers = max(1, min(workers, len(tasks)))
+                    if auto and n_workers > 1:
+                        # Probe: solve one chunk here; start worker processes only if the rest
+                        # would take long enough to repay their start-up (imports of torch etc.).
+                        t0 = time.perf_counter()
+                        record(tasks[0]["chunk"], solve_chunk(tasks[0]))
+                        rest = (time.perf_counter() - t0) * (len(tasks) - 1)
+                        tasks = tasks[1:]
+                        if rest <= POOL_MIN_SECONDS:
+                            n_workers = 1
+                            log.info("solving in this process: the remaining %d chunk(s) take about %.1f s",
+                                     len(tasks), rest)
+                    pool = chunk_pool("local", n_workers)
             if tasks:
-                for summary in executor.map(tasks):
-                    record(summary)
+                chunk_of = {pool.submit(task): task["chunk"] for task in tasks}
+                for index, arrays in pool.as_completed():
+                    record(chunk_of[index], arrays)
             used = [summaries[c] for c in range(planned)]
             attempts = sum(s["attempts"] for s in used)
             successes = sum(s["successes"] for s in used)
@@ -704,8 +714,9 @@ def _generate_locked(problem, config: GeneratorConfig, path: Path, auto: bool, w
         ok = True
     finally:
         bar.close()
-        if executor is not None:
-            executor.close(ok)
+        if pool is not None:
+            pool.close(ok)
+        _WORKER_CACHE.clear()
 
     data = _assemble(problem, config, folder, tag, planned, bounds)
     info = data.attrs
@@ -721,7 +732,7 @@ def _generate_locked(problem, config: GeneratorConfig, path: Path, auto: bool, w
         failure_reasons=info["failure_reasons"], failure_examples=info["failure_examples"],
         num_attempts=int(info["num_attempts"]),
         elapsed=time.perf_counter() - t_start, workers=n_workers, chunks_solved=solved,
-        chunks_resumed=resumed, solver=config.solver, problem=problem.name,
+        chunks_resumed=resumed, solver=config.solver, problem=problem.name, backend=backend,
     )
 
 

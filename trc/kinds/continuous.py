@@ -343,7 +343,8 @@ class ContinuousKind(ProblemKind):
     problem_kinds = (None, "continuous")
     model_classes = ("TinyRecursiveControl",)
     options = {
-        "generate": frozenset({"num_samples", "seed", "out", "workers", "chunk_size", "solver", "force", "quiet"}),
+        "generate": frozenset({"num_samples", "seed", "out", "workers", "chunk_size", "solver", "force", "quiet",
+                               "backend", "address"}),
         "train": frozenset({"out", "seed", "resume", "overwrite", "epochs", "workers", "quiet", "stage", "init",
                             "rl_iterations", "rl_lr", "rl_sigma", "rl_batch"}),
         "evaluate": frozenset({"data", "out", "split", "latency_repeats", "threads", "seed", "closed_loop",
@@ -376,7 +377,9 @@ class ContinuousKind(ProblemKind):
             config = dataclasses.replace(config, **overrides)  # re-validated by __post_init__
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
             report = generate_dataset(experiment.problem, config, out=args.out, workers=args.workers,
-                                      progress=not args.quiet, force=args.force)
+                                      progress=not args.quiet, force=args.force,
+                                      backend=getattr(args, "backend", "local"),
+                                      address=getattr(args, "address", None))
         return report.summary()
 
     def train(self, experiment, args: argparse.Namespace) -> str:

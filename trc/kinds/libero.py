@@ -47,7 +47,7 @@ class LiberoKind(ProblemKind):
     problem_kinds = ("libero",)
     model_classes = ("VisuomotorPolicy",)
     options = {
-        "generate": frozenset({"num_samples", "seed", "out", "workers", "force", "quiet"}),
+        "generate": frozenset({"num_samples", "seed", "out", "workers", "force", "quiet", "backend", "address"}),
         "train": frozenset({"out", "seed", "epochs", "data", "sweep", "overwrite", "quiet"}),
         "evaluate": frozenset({"out", "episodes", "tasks", "workers", "videos", "action_steps", "max_steps", "render",
                                "seed", "threads", "quiet"}),
@@ -76,7 +76,8 @@ class LiberoKind(ProblemKind):
         seed = 0 if args.seed is None else args.seed
         t0 = time.time()
         report = generate_demos(experiment.problem, gen, output=out, seed=seed, resume=not args.force,
-                                progress=not args.quiet)
+                                progress=not args.quiet, backend=getattr(args, "backend", "local"),
+                                address=getattr(args, "address", None))
         summary = {"seed": seed, "wall_seconds": time.time() - t0, "tasks": {str(k): v for k, v in report.items()}}
         atomic_write_text(out / "generation.json", json.dumps(summary, indent=2, default=float))
         lines = [f"problem      {experiment.problem.name} (LIBERO {experiment.problem.suite})"]

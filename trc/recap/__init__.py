@@ -31,8 +31,9 @@ from .advantage import (
            task_thresholds,
 )
 from .guidance import NEGATIVE, NULL, POSITIVE, drop_indicators, guide
-from .value import NUM_BINS, ValueHead, bin_centers, expected_value, two_hot, value_loss
+from .value import (NUM_BINS, ValueCalibration, ValueHead, auroc, bin_centers, calibration, expected_value,
+                    steps_to_go, two_hot, value_loss)
 
 __all__ = ["NUM_BINS", "ValueHead", "bin_centers", "two_hot", "expected_value", "value_loss", "n_step_advantages",
            "gae_advantages", "lambda_returns", "task_thresholds", "label_advantages", "NEGATIVE", "POSITIVE", "NULL",
-           "drop_indicators", "guide"]
+           "drop_indicators", "guide", "auroc", "steps_to_go", "calibration", "ValueCalibration"]

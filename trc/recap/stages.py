@@ -23,7 +23,12 @@
    writes the model file ``model.pt``, read by :func:`trc.load`);
 5. evaluates the policy, guided with ``training.beta``, on the held-out episodes (the same
    for every stage, never used for training) and writes ``metrics.json``: success with its 95 %
-   Wilson interval, mean steps to success, ``advantage_mean``, ``value_loss``.
+   Wilson interval, mean steps to success, ``advantage_mean``, ``value_loss``, and the
+   calibration of the stage's value on those episodes (:func:`trc.recap.value.calibration`):
+   ``value_auroc`` (AUROC of success from the value of the first frame), ``value_auroc_frames``
+   (over every frame), ``value_steps_to_go_mae`` and ``value_steps_to_go_median_ae`` (steps to
+   go read back from the value against the true ones, on the successful episodes), and the
+   whole :class:`~trc.recap.value.ValueCalibration` as ``value_calibration``.
 
 Training saves ``checkpoint.pt`` every ``checkpoint_every`` steps (weights, optimiser,
 random-generator state): a stage killed, even with ``kill -9``, resumes where it stopped and
@@ -72,6 +77,7 @@ from .policies import (
     MazeValueNet,
 )
 from .value import (
+    calibration,
     discounted_returns,
     normalize_returns,
     recap_rewards,
@@ -80,7 +86,8 @@ from .value import (
 )
 
 __all__ = ["STAGES", "RecapProblem", "RecapGeneratorConfig", "RecapTrainConfig", "RecapRun", "wilson_interval",
-           "run_stage", "load_state", "train_value", "train_policy", "evaluate", "make_episodes", "make_policy", "make_value",
+           "run_stage", "load_state", "train_value", "train_policy", "evaluate", "evaluate_value", "predict_obs_values",
+           "make_episodes", "make_policy", "make_value",
            "stage_training_data", "episode_sets", "frames_from_episodes", "Frames", "MODES"]
 
 log = logging.getLogger("trc.recap")
@@ -386,14 +393,26 @@ def _value_logits(vnet, env, obs: dict) -> torch.Tensor:
     return vnet(obs["observation.state"], obs["observation.environment_state"])
 
 
-@torch.no_grad()
 def predict_values(vnet, env, fr: Frames, batch: int = 4096) -> np.ndarray:
     """Expected normalised values ``(frames,)`` of every frame."""
+    return predict_obs_values(vnet, env, fr.obs, batch)
+
+
+@torch.no_grad()
+def predict_obs_values(vnet, env, obs: dict, batch: int = 4096) -> np.ndarray:
+    """Expected normalised values ``(frames,)`` float64 of per-frame observation columns.
+
+    Parameters
+    ----------
+    obs : dict of str to ndarray
+        ``env.obs_columns``, each ``(frames, d)``.
+    """
     vnet.eval()
+    n = len(next(iter(obs.values()))) if obs else 0
     out = []
-    for s in range(0, len(fr), batch):
-        idx = np.arange(s, min(s + batch, len(fr)))
-        logits = _value_logits(vnet, env, _obs_tensors(env, fr, idx))
+    for s in range(0, n, batch):
+        idx = np.arange(s, min(s + batch, n))
+        logits = _value_logits(vnet, env, {k: torch.as_tensor(v[idx]) for k, v in obs.items()})
         out.append(vnet_value(vnet, logits))
     vnet.train()
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
@@ -549,14 +568,22 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
 
 
 @torch.no_grad()
+def _guided_episodes(policy, env, ctx, beta: float) -> dict:
+    policy.eval()
+    ep = run_episodes(env, ctx, lambda obs, t: env.act(policy, obs, beta))
+    policy.train()
+    return ep
+
+
 def evaluate(policy, env, ctx, beta: float) -> dict:
     """Guided greedy episodes on ``ctx``: success rate, Wilson interval, steps, per-episode success.
 
     ``mean_steps_to_success`` is None when no episode succeeds.
     """
-    policy.eval()
-    ep = run_episodes(env, ctx, lambda obs, t: env.act(policy, obs, beta))
-    policy.train()
+    return _episode_metrics(_guided_episodes(policy, env, ctx, beta), beta)
+
+
+def _episode_metrics(ep: dict, beta: float) -> dict:
     succ, n = ep["success"].numpy(), len(ep["success"])
     k = int(succ.sum())
     lo, hi = wilson_interval(k, n)
@@ -564,6 +591,35 @@ def evaluate(policy, env, ctx, beta: float) -> dict:
     return {"episodes": n, "successes": k, "success_rate": k / n, "success_ci95": [lo, hi],
             "mean_steps_to_success": float(steps[succ].mean()) if k else None,
             "mean_steps": float(steps.mean()), "beta": float(beta), "eval_success": succ.astype(int).tolist()}
+
+
+def evaluate_value(vnet, env, problem: RecapProblem, episodes: dict, gamma: float = 1.0):
+    """Calibration of a value network on rolled-out episodes (:func:`trc.recap.value.calibration`).
+
+    Parameters
+    ----------
+    vnet : MazeValueNet or ContinuousValueNet
+    env : MazeEpisodes or ContinuousEpisodes
+    problem : RecapProblem
+        Its ``max_steps`` and ``c_fail`` are the value's normalisation.
+    episodes : dict
+        :func:`trc.recap.envs.run_episodes` output (e.g. the held-out evaluation episodes).
+    gamma : float
+        The discount the value was trained with.
+
+    Returns
+    -------
+    trc.recap.value.ValueCalibration
+
+    Raises
+    ------
+    ConfigError, DimensionError
+        From :func:`trc.recap.value.calibration` (e.g. no frame, a bad ``gamma``).
+    """
+    cols = frames_of(env, episodes)
+    v = predict_obs_values(vnet, env, {k: cols[k] for k in env.obs_columns})
+    return calibration(v, cols["episode_index"], episodes["success"].numpy(), problem.max_steps, problem.c_fail,
+                       gamma)
 
 
 # ---------------------------------------------------------------------------- the pipeline
@@ -787,10 +843,15 @@ def run_stage(experiment, stage: str, *, out=None, seed: int | None = None) -> d
         ploss = train_policy(policy, env, fr, "recap", labels.advantage, labels.indicator, cfg, gen, ckpt, fp)
         atomic_write_text(folder / "policy.json", json.dumps({"policy_loss": ploss}))
         atomic_torch_save(policy.state_dict(), policy_path)
-    # 5. evaluation
-    metrics = evaluate(policy, env, episodes["eval"], cfg.beta)
+    # 5. evaluation: the guided policy, then the value's calibration on the same held-out episodes
+    eval_ep = _guided_episodes(policy, env, episodes["eval"], cfg.beta)
+    metrics = _episode_metrics(eval_ep, cfg.beta)
+    calib = evaluate_value(vnet, env, problem, eval_ep, cfg.gamma)
     metrics.update({
         "stage": stage, "problem": problem.name, "plant": problem.plant, "value_loss": vloss, "policy_loss": ploss,
+        "value_auroc": calib.auroc_first_frame, "value_auroc_frames": calib.auroc_frames,
+        "value_steps_to_go_mae": calib.steps_to_go_mae, "value_steps_to_go_median_ae": calib.steps_to_go_median_ae,
+        "value_calibration": calib.to_dict(),
         "advantage_mean": labels.advantage_mean, "positive_fraction": labels.positive_fraction,
         "thresholds": {str(t): e for t, e in labels.thresholds.items()},
         "collected_episodes": int(len(roll["lengths"])),
