@@ -190,7 +190,10 @@ def test_fixed_batch_aoti_program_keeps_its_buffers_on_the_stack(tmp_path):
     x0, xt = np.array([[1.5, -0.5]], np.float32), np.array([[0.0, 0.0]], np.float32)
     with torch.no_grad():
         expected = model(torch.from_numpy(x0), torch.from_numpy(xt)).numpy()
-    np.testing.assert_allclose(ctrl(x0, xt), expected, rtol=1e-5, atol=1e-5)
+    first = ctrl(x0, xt)
+    np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-5)
+    ctrl(-x0, xt)  # the runner reuses its output buffer: an earlier result must not change
+    np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(DimensionError, match="compiled for batch 1"):
         ctrl(np.zeros((3, 2)), np.zeros((3, 2)))
     assert ctrl.state_dim == 2  # from the package's metadata: the program itself would take any width

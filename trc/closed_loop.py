@@ -97,6 +97,7 @@ __all__ = ["Perturbation", "PERTURBATIONS", "ClosedLoopConfig", "ClosedLoopResul
 
 _HOLD_FRACTION = 0.1  # the last 10 % of an episode must stay within the tolerance
 _EQUILIBRIUM_TOL = 1e-6
+_MIN_SHRINKING_HORIZON = 3  # shrinking-horizon MPC stops re-planning below this many steps to go
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -438,7 +439,9 @@ class MPCController(Controller):
     :class:`~trc.generators.ipopt.RocketReference` with the time remaining) at every step,
     warm-started from the previous solution shifted by one step (Rawlings, Mayne & Diehl 2017,
     sec. 2.4). The first plan of an episode starts from ``warm_start`` (e.g. the open-loop optimum)
-    if given. A failed solve keeps the previous plan, shifted (counted in ``failures``).
+    if given. A failed solve keeps the previous plan, shifted (counted in ``failures``). With a
+    fixed final time the last 2 steps fly the previous plan (too few controls are left to re-plan
+    a landing).
 
     Parameters
     ----------
@@ -481,6 +484,12 @@ class MPCController(Controller):
         if len(self._prev) != x.shape[0]:
             self._prev = [None] * x.shape[0]
         N = steps_to_go if fixed_final_time(self.problem) else self.problem.horizon
+        if N < _MIN_SHRINKING_HORIZON and all(p is not None for p in self._prev):
+            # the last intervals cannot meet the landing conditions with so few controls left:
+            # fly the rest of the previous plan, as powered-descent guidance does near touchdown
+            plans = [u[: N] for _, u in self._prev]
+            self._prev = [(s[1:], u[1:]) for s, u in self._prev]
+            return np.stack(plans)
         solver = self._solver(N)
         plans = []
         for i in range(x.shape[0]):  # IPOPT solves one instance at a time

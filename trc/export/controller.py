@@ -98,7 +98,8 @@ class ExportedController:
             extra[STATE_DIM_KEY] = metadata.get(STATE_DIM_KEY, "")
             loader = module.loader  # called directly: the package's Python wrapper re-parses its call spec per call
             self._module = module
-            self._run = lambda x0, xt: loader.run([torch.from_numpy(x0), torch.from_numpy(xt)])[0].numpy()
+            # the runner reuses its output buffer on the next call: copy, so earlier results stay valid
+            self._run = lambda x0, xt: loader.run([torch.from_numpy(x0), torch.from_numpy(xt)])[0].numpy().copy()
         else:
             if fmt == "torchscript":
                 with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
