@@ -19,6 +19,7 @@
         halting: 0.0             # ACT halting loss (needs model.act: true)
         cycle_weights: uniform   # deep supervision: uniform | linear | last | [w_0, ..., w_K]
         rollout_cycles: last     # cost and terminal terms on the final controls (or: all)
+        first_controls: null     # e.g. {k: 1, weight: 100}: imitation weight of u_0..u_{k-1}
 
     evaluation:
       split: test
@@ -39,7 +40,7 @@ from dynamics.errors import ConfigError
 
 from ..config import check_int, check_real, from_dict, is_real
 
-__all__ = ["LossConfig", "TrainConfig", "EvaluationConfig", "CYCLE_WEIGHT_SCHEMES", "MONITORS", "cycle_weights"]
+__all__ = ["LossConfig", "FirstControlsConfig", "TrainConfig", "EvaluationConfig", "CYCLE_WEIGHT_SCHEMES", "MONITORS", "cycle_weights"]
 
 #: Validation metrics that ``training.monitor`` can select (all: lower is better).
 MONITORS = ("cost_gap_median", "cost_gap_p95", "cost_gap_mean", "failure_rate", "terminal_error_mean")
@@ -106,6 +107,48 @@ def cycle_weights(spec, num_cycles: int) -> list[float]:
 
 
 @dataclass
+class FirstControlsConfig:
+    """Extra imitation weight on the first controls of a plan (``training.loss.first_controls``).
+
+    A receding-horizon controller applies only the first control ``u_0`` of each plan (or the
+    first ``k`` when it re-plans every ``k`` steps); the plain imitation loss spreads over all
+    ``N`` controls, so an error in ``u_0`` hardly counts. With this option the squared error of
+    step ``j`` is multiplied by
+
+    .. math::
+
+        w_j = \\text{weight} \\; (j < k), \\qquad w_j = 1 \\; (j \\ge k),
+
+    and the imitation term becomes ``mean_{j, i}(w_j ((u_ji - u*_ji) / s_i)^2)`` (still divided
+    by ``N m``, not by the sum of the weights: the later controls keep their weight and ``u_0``
+    gains ``weight - 1`` times its own). With ``k = 1`` and ``weight = N - 1`` the first control
+    counts as much as the other ``N - 1`` together. Only ``u_0`` of each plan reaches the plant
+    in receding-horizon control (Mayne, Rawlings, Rao & Scokaert, *Constrained model predictive
+    control: Stability and optimality*, Automatica 36(6), 2000, Sec. 2).
+
+    Attributes
+    ----------
+    k : int
+        Number of leading controls weighted, ``1 <= k <= N`` (``N`` is checked against the
+        problem's horizon when the loss is built).
+    weight : float
+        Their weight ``w``, ``>= 1`` (``1`` gives the plain imitation loss).
+
+    Raises
+    ------
+    ConfigError
+        If ``k`` is not an integer ``>= 1`` or ``weight`` is not a finite number ``>= 1``.
+    """
+
+    k: int = 1
+    weight: float = 10.0
+
+    def __post_init__(self):
+        self.k = check_int(self.k, "training.loss.first_controls.k", 1)
+        self.weight = check_real(self.weight, "training.loss.first_controls.weight", 1.0)
+
+
+@dataclass
 class LossConfig:
     """Weights of the training loss terms (``training.loss``); see :mod:`trc.training.losses`.
 
@@ -134,11 +177,16 @@ class LossConfig:
         (``last``, the default: on Van der Pol it lowered the validation gap from 56 % to 16 %
         after 105 steps, and it needs one differentiable rollout instead of ``K + 1`` with the
         model's ``detach_feedback``), or those of ``cycle_weights`` (``all``).
+    first_controls : FirstControlsConfig or None
+        Extra imitation weight on the first ``k`` controls of each plan, for models used as
+        receding-horizon controllers (``{k: 1, weight: 100}``), see
+        :class:`FirstControlsConfig`. ``None`` (the default) keeps every control's weight 1.
 
     Raises
     ------
     ConfigError
-        On a negative or non-finite weight, or when all weights are zero.
+        On a negative or non-finite weight, when all weights are zero, or on an invalid
+        ``first_controls`` mapping (unknown key, ``k < 1``, ``weight < 1``).
     """
 
     imitation: float = 1.0
@@ -149,6 +197,7 @@ class LossConfig:
     cycle_weights: Any = "uniform"
     cost_floor: float = 0.01
     rollout_cycles: str = "last"
+    first_controls: Optional[FirstControlsConfig] = None
 
     def __post_init__(self):
         for name in ("imitation", "cost", "terminal", "halting", "states"):
@@ -160,6 +209,11 @@ class LossConfig:
         self.cost_floor = check_real(self.cost_floor, "training.loss.cost_floor", 0.0, 1.0, low_open=True)
         if self.rollout_cycles not in ("all", "last"):
             raise ConfigError(f"training.loss.rollout_cycles must be 'all' or 'last', got {self.rollout_cycles!r}")
+        if self.first_controls is not None and not isinstance(self.first_controls, FirstControlsConfig):
+            if not isinstance(self.first_controls, dict):
+                raise ConfigError(f"training.loss.first_controls must be null or a mapping {{k: <int>, weight: "
+                                  f"<number>}}, got {self.first_controls!r}")
+            self.first_controls = from_dict(FirstControlsConfig, self.first_controls, "training.loss.first_controls")
         spec = self.cycle_weights
         if isinstance(spec, str):
             if spec not in CYCLE_WEIGHT_SCHEMES:
@@ -301,8 +355,15 @@ class TrainConfig:
             raise ConfigError(f"training.loss must be a mapping, got {self.loss!r}")
 
     def to_dict(self) -> dict:
-        """Plain data (round-trips through :meth:`from_dict`)."""
-        return dataclasses.asdict(self)
+        """Plain data (round-trips through :meth:`from_dict`).
+
+        ``loss.first_controls`` is left out when it is ``None``, so that configurations without
+        it give the same dictionary (checkpoints, run fingerprints) as before the option existed.
+        """
+        data = dataclasses.asdict(self)
+        if data["loss"].get("first_controls") is None:
+            data["loss"].pop("first_controls", None)
+        return data
 
     def replace(self, **changes) -> "TrainConfig":
         """A validated copy with ``changes`` applied.

@@ -16,12 +16,16 @@ Supervised pre-training (:func:`train_supervised`)
 RL fine-tuning (:func:`train_reinforce`)
     REINFORCE (Williams, *Machine Learning* 8, 1992) with a baseline, an entropy bonus and
     discount ``gamma``, on fresh instances of the problem:
-    ``loss = -mean[(G_t - b(x_t)) log pi(a_t | x_t)] - beta H(pi(. | x_t))``, averaged over the
-    H-cycles (deep supervision). The default baseline is the optimal value ``V*(x_t)`` known
+    ``loss = -mean[A_t log pi(a_t | x_t)] - beta H(pi(. | x_t))``, averaged over the H-cycles
+    (deep supervision). The advantage ``A_t`` is ``G_t - V*(x_t)`` with the optimal value known
     from the generator (a function of the state, so the gradient stays unbiased, and optimal
-    episodes have zero advantage: fine-tuning cannot unlearn an optimal policy by noise);
-    ``baseline: mean`` uses the batch mean of the return at each step instead. Rollouts run
-    without gradient; log-probabilities are then recomputed in mini-batches from the stored
+    episodes have zero advantage), ``G_t`` minus the batch mean of the return at each step
+    (``baseline: mean``), or the episode's return minus the mean return of the other episodes
+    on the same instance (``baseline: group``, ``rl_group`` episodes per instance). Optional, to
+    fine-tune a supervised policy without losing it: a KL penalty ``kl_coef KL(pi || pi_ref)``
+    to the policy at the start of the stage, PPO's clipped ratio (``clip``, ``rl_epochs``), a
+    learning-rate warm-up and a sampling temperature (:func:`policy_gradient_terms`). Rollouts
+    run without gradient; log-probabilities are then recomputed in mini-batches from the stored
     states (and carried latents), or, for maze planners, read from one recursion per episode.
 
 Evaluation (:func:`evaluate_policy`)
@@ -32,6 +36,7 @@ Evaluation (:func:`evaluate_policy`)
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -43,9 +48,9 @@ import torch
 from torch import nn
 
 from dynamics.discrete_env import Rewards, maze_transition, sudoku_transition
-from dynamics.errors import ConfigError
+from dynamics.errors import ConfigError, DimensionError
 
-from ..config import check_int
+from ..config import check_int, check_real
 from ..generators.discrete import generate_discrete
 from ..models.discrete import PolicyOutput, count_parameters
 from ..models.recursion import LatentState
@@ -53,6 +58,7 @@ from ..models.recursion import LatentState
 __all__ = [
     "DiscreteTrainConfig", "Instances", "instances_from_dataset", "instances_from_problem", "optimal_action_mask",
     "dense_targets", "set_loss", "train_supervised", "train_reinforce", "evaluate_policy", "rollout",
+    "policy_gradient_terms", "discounted_returns", "group_advantages", "optimal_value",
 ]
 
 log = logging.getLogger("trc.training.discrete")
@@ -91,15 +97,47 @@ class DiscreteTrainConfig:
     rl_batch : int
         Episodes per REINFORCE iteration.
     rl_lr : float
+        AdamW learning rate of the RL stage.
+    rl_warmup : int
+        RL iterations of linear learning-rate warm-up from ``rl_lr / (rl_warmup + 1)`` to ``rl_lr``.
+    rl_epochs : int
+        Optimiser steps on each batch of episodes (PPO's epochs; 1: plain policy gradient).
     gamma : float
         Discount.
     entropy : float
         Entropy bonus ``beta``.
-    baseline : {"optimal", "mean"}
+    baseline : {"optimal", "mean", "group"}
         REINFORCE baseline: the optimal value ``V*(x)`` of the generator's solution
-        (:func:`optimal_value`, state-dependent) or the batch mean of the return per step.
+        (:func:`optimal_value`, state-dependent), the batch mean of the return per step, or
+        ``group``: every instance is played ``rl_group`` times and each episode's advantage
+        (at every one of its steps) is its return minus the mean return of the other episodes
+        on the same instance (:func:`group_advantages`; the leave-one-out baseline of Kool,
+        van Hoof & Welling, ICLR 2019 workshop, "Buy 4 REINFORCE samples, get a baseline for
+        free"). Instances the policy always or never solves then give no gradient, where the
+        other baselines give every step of an unsolvable instance a large negative advantage.
+    rl_group : int
+        Episodes per instance in each batch (``rl_batch`` must be a multiple of it; at least 2
+        with ``baseline: group``).
     normalize_advantage : bool
-        Divide advantages by their standard deviation.
+        Divide advantages by their standard deviation (not centred, so that optimal episodes
+        keep a zero advantage under the optimal baseline).
+    kl_coef : float
+        Weight of the penalty ``KL(pi || pi_ref)`` to the policy at the start of the RL stage
+        (the supervised policy), exact over the actions at every visited state
+        (:func:`policy_gradient_terms`); 0: none.
+    clip : float, optional
+        PPO's clip ``eps`` in ``(0, 1)`` on the ratio to the policy that collected the episodes
+        (Schulman et al., arXiv 1707.06347); null: no clipping.
+    rl_max_ratio : float
+        Truncation of the importance weight ``pi_c / pi_K,old`` (V-trace's ``rho_bar``, Espeholt
+        et al., arXiv 1802.01561): with deep supervision the earlier H-cycles are trained on
+        actions of the last one, and their weights have a heavy tail (up to 70 for the first of
+        three cycles of the supervised maze policy), each such transition a spike in the
+        gradient. At 1 (default) the last cycle's first epoch is untouched (its ratio is 1).
+    rl_temperature : float
+        Temperature of the policy trained and sampled by the RL stage, ``softmax(logits / T)``.
+        Evaluation is greedy (the limit ``T -> 0``); ``T < 1`` brings the episodes RL learns
+        from closer to the greedy ones.
     rl_minibatch : int
         Transitions per gradient mini-batch when recomputing log-probabilities.
     eval_episodes : int
@@ -125,10 +163,17 @@ class DiscreteTrainConfig:
     rl_iterations: int = 0
     rl_batch: int = 64
     rl_lr: float = 3e-4
+    rl_warmup: int = 0
+    rl_epochs: int = 1
     gamma: float = 0.99
     entropy: float = 0.001
     baseline: str = "optimal"
     normalize_advantage: bool = False
+    rl_group: int = 1
+    kl_coef: float = 0.0
+    clip: Optional[float] = None
+    rl_max_ratio: float = 1.0
+    rl_temperature: float = 1.0
     rl_minibatch: int = 1024
     eval_episodes: int = 500
     max_minutes: float = 20.0
@@ -138,8 +183,14 @@ class DiscreteTrainConfig:
     def __post_init__(self):
         for key in ("batch_size", "rl_batch", "rl_minibatch", "eval_episodes"):
             check_int(getattr(self, key), f"training.{key}", 1)
-        for key in ("seed", "supervised_batches", "rl_iterations"):
+        for key in ("seed", "supervised_batches", "rl_iterations", "rl_warmup"):
             check_int(getattr(self, key), f"training.{key}", 0)
+        check_int(self.rl_epochs, "training.rl_epochs", 1)
+        check_real(self.kl_coef, "training.kl_coef", 0.0)
+        check_real(self.rl_max_ratio, "training.rl_max_ratio", 1.0)
+        check_real(self.rl_temperature, "training.rl_temperature", 0.0, low_open=True)
+        if self.clip is not None:
+            check_real(self.clip, "training.clip (or null)", 0.0, 1.0, low_open=True, high_open=True)
         for key in ("lr", "rl_lr", "max_minutes", "grad_clip"):
             if not (isinstance(getattr(self, key), (int, float)) and getattr(self, key) > 0):
                 raise ConfigError(f"training.{key} must be positive, got {getattr(self, key)!r}")
@@ -147,8 +198,12 @@ class DiscreteTrainConfig:
             raise ConfigError(f"training.gamma must lie in (0, 1], got {self.gamma!r}")
         if self.entropy < 0 or self.dense_weight < 0 or self.weight_decay < 0:
             raise ConfigError("training.entropy, dense_weight and weight_decay must be non-negative")
-        if self.baseline not in ("optimal", "mean"):
-            raise ConfigError(f"training.baseline must be 'optimal' or 'mean', got {self.baseline!r}")
+        if self.baseline not in ("optimal", "mean", "group"):
+            raise ConfigError(f"training.baseline must be 'optimal', 'mean' or 'group', got {self.baseline!r}")
+        check_int(self.rl_group, "training.rl_group", 2 if self.baseline == "group" else 1)
+        if self.rl_batch % self.rl_group:
+            raise ConfigError(f"training.rl_batch must be a multiple of training.rl_group = {self.rl_group}, "
+                              f"got {self.rl_batch!r}")
         if self.max_sequence is not None:
             check_int(self.max_sequence, "training.max_sequence (or null)", 1)
 
@@ -494,7 +549,8 @@ def train_supervised(policy, train: Instances, cfg: DiscreteTrainConfig, deadlin
 # ---------------------------------------------------------------------------- rollouts and RL
 @torch.no_grad()
 def rollout(policy, inst: Instances, max_steps: int, *, greedy: bool = True, rewards: Rewards = Rewards(),
-            on_mistake: str = "terminate", generator: torch.Generator | None = None, record: bool = False) -> dict:
+            on_mistake: str = "terminate", generator: torch.Generator | None = None, record: bool = False,
+            temperature: float = 1.0) -> dict:
     """Batched episodes of a policy from ``inst.x0``.
 
     Parameters
@@ -510,6 +566,8 @@ def rollout(policy, inst: Instances, max_steps: int, *, greedy: bool = True, rew
         Sudoku only, see :func:`dynamics.discrete_env.sudoku_transition`.
     generator : torch.Generator, optional
         For sampling.
+    temperature : float
+        Samples from ``softmax(logits / temperature)`` (ignored when greedy).
     record : bool
         Keep the per-step states, latents, previous actions, actions and alive masks (RL).
 
@@ -540,7 +598,10 @@ def rollout(policy, inst: Instances, max_steps: int, *, greedy: bool = True, rew
         else:
             out = policy(x, prev, state if carry else None)
         logits = out.logits[-1]
-        a = logits.argmax(-1) if greedy else torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+        if greedy:
+            a = logits.argmax(-1)
+        else:
+            a = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
         if record:
             rec["x"].append(x)
             rec["state"].append(state if carry else None)
@@ -568,19 +629,202 @@ def _problem_rewards(problem) -> Rewards:
     return Rewards(**problem.rewards)
 
 
+def policy_gradient_terms(logits: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor,
+                          old_logp: torch.Tensor, ref_logp: torch.Tensor | None = None, *,
+                          clip: float | None = None, temperature: float = 1.0, max_ratio: float | None = None):
+    """Per-transition terms of the clipped policy-gradient loss with a KL penalty to a reference policy.
+
+    With ``log pi = log_softmax(logits / temperature)`` and the ratio
+    ``rho = pi(a | x) / pi_old(a | x)`` to the policy that collected the transitions, the
+    surrogate is ``rho A`` (its gradient at ``rho = 1`` is REINFORCE's ``A grad log pi(a | x)``),
+    or with ``clip = eps`` PPO's ``min(rho A, clip(rho, 1 - eps, 1 + eps) A)`` (Schulman et al.,
+    arXiv 1707.06347, eq. 7). The penalty is the exact KL divergence over the actions
+    ``KL(pi || pi_ref) = sum_a pi(a | x) (log pi(a | x) - log pi_ref(a | x))`` (the KL-regularised
+    objective of Jaques et al., arXiv 1611.02796, and of RL fine-tuning from a supervised
+    policy, Ziegler et al., arXiv 1909.08593); masked actions (logits at ``-1e9``) have zero
+    probability under both policies and add nothing.
+
+    Parameters
+    ----------
+    logits : Tensor, shape ``(n, num_actions)``
+        Current logits at the visited states.
+    actions : Tensor of int64, shape ``(n,)``
+        Actions taken.
+    advantages : Tensor, shape ``(n,)``
+    old_logp : Tensor, shape ``(n,)``
+        ``log pi_old(a | x)`` of the actions taken, under the policy that collected them.
+    ref_logp : Tensor, shape ``(n, num_actions)``, optional
+        Log-probabilities of the reference policy; default: no KL term (returned as zeros).
+    clip : float, optional
+        PPO's ``eps`` in ``(0, 1)``; default: no clipping.
+    temperature : float
+        Temperature of the policy (``> 0``).
+    max_ratio : float, optional
+        Truncation ``rho_bar`` of the ratio, applied before the clip: a ratio above it counts as
+        ``rho_bar`` and its gradient is ``rho_bar A grad log pi(a | x)`` (the truncated importance
+        weight of V-trace, Espeholt et al., arXiv 1802.01561, eq. 4); default: none.
+
+    Returns
+    -------
+    surrogate, entropy, kl : Tensor, each ``(n,)``
+        The loss is ``-surrogate - beta * entropy + kl_coef * kl``, averaged over transitions.
+    clipped : Tensor of bool, shape ``(n,)``
+        Transitions whose ratio lies outside ``[1 - eps, 1 + eps]``.
+
+    Raises
+    ------
+    DimensionError
+        If the shapes do not match.
+    """
+    n = logits.shape[0]
+    if logits.ndim != 2 or actions.shape != (n,) or advantages.shape != (n,) or old_logp.shape != (n,):
+        raise DimensionError(
+            f"policy_gradient_terms: logits {tuple(logits.shape)}, actions {tuple(actions.shape)}, advantages "
+            f"{tuple(advantages.shape)}, old_logp {tuple(old_logp.shape)}; expected (n, A), (n,), (n,), (n,)")
+    if ref_logp is not None and ref_logp.shape != logits.shape:
+        raise DimensionError(f"policy_gradient_terms: ref_logp has shape {tuple(ref_logp.shape)}; expected "
+                             f"{tuple(logits.shape)} like the logits")
+    logp = torch.log_softmax(logits / temperature, -1)
+    finite = logp.clamp(min=-1e4)
+    p = logp.exp()
+    chosen = logp.gather(1, actions[:, None])[:, 0]
+    ratio = torch.exp(chosen - old_logp)
+    if max_ratio is not None:
+        ratio = torch.where(ratio.detach() > max_ratio, max_ratio * ratio / ratio.detach(), ratio)
+    surrogate = ratio * advantages
+    clipped = torch.zeros(n, dtype=torch.bool, device=logits.device)
+    if clip is not None:
+        surrogate = torch.minimum(surrogate, ratio.clamp(1 - clip, 1 + clip) * advantages)
+        clipped = (ratio < 1 - clip) | (ratio > 1 + clip)
+    entropy = -(p * finite).sum(-1)
+    if ref_logp is None:
+        kl = torch.zeros_like(entropy)
+    else:
+        kl = (p * (finite - ref_logp.clamp(min=-1e4))).sum(-1)
+    return surrogate, entropy, kl, clipped
+
+
+def discounted_returns(rewards: torch.Tensor, alive: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``G_t = sum_k gamma^k r_{t+k}`` of every step of batched episodes.
+
+    Parameters
+    ----------
+    rewards : Tensor, shape ``(T, B)``
+        Rewards, zero after an episode ended.
+    alive : Tensor of bool, shape ``(T, B)``
+        Steps taken before the end of each episode.
+    gamma : float
+
+    Returns
+    -------
+    Tensor, shape ``(T, B)``
+    """
+    G = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0]) if len(rewards) else None
+    for t in reversed(range(rewards.shape[0])):
+        running = rewards[t] + gamma * running * alive[t].float()
+        G[t] = running
+    return G
+
+
+def group_advantages(returns: torch.Tensor, group: int) -> torch.Tensor:
+    """Leave-one-out advantages ``R_i - mean_{j != i} R_j`` within consecutive groups of episodes.
+
+    Parameters
+    ----------
+    returns : Tensor, shape ``(B,)``
+        Episode returns, ``B = M * group`` with the ``group`` episodes of one instance adjacent.
+    group : int
+        Episodes per instance (``>= 2``).
+
+    Returns
+    -------
+    Tensor, shape ``(B,)``
+        Equal to ``group / (group - 1) * (R_i - mean of the group)`` (Kool, van Hoof & Welling,
+        2019): an unbiased baseline, since it does not depend on episode ``i``.
+
+    Raises
+    ------
+    DimensionError
+        If ``B`` is not a multiple of ``group`` or ``group < 2``.
+    """
+    if returns.ndim != 1 or group < 2 or returns.shape[0] % group:
+        raise DimensionError(f"group_advantages: returns of shape {tuple(returns.shape)} with group {group}; "
+                             f"expected (M * group,) with group >= 2")
+    R = returns.reshape(-1, group)
+    return (group / (group - 1) * (R - R.mean(1, keepdim=True))).reshape(-1)
+
+
+def _transition_chunks(t_idx: torch.Tensor, carried: bool, size: int) -> list:
+    """Index chunks into the visited transitions; with a carried latent, first steps (no latent
+    yet) and later steps are never mixed in one chunk."""
+    groups = [t_idx == 0, t_idx > 0] if carried else [torch.ones_like(t_idx, dtype=torch.bool)]
+    chunks = []
+    for group in groups:
+        sel = group.nonzero(as_tuple=True)[0]
+        chunks += [sel[s:s + size] for s in range(0, len(sel), size)]
+    return chunks
+
+
+def _cycle_logits(net, field, steps, ti, bi) -> list:
+    """Action logits of every trained H-cycle at the recorded transitions ``(ti, bi)``.
+
+    ``steps`` is ``(X, P, Z_H, Z_L, deep_supervision)``: the stacked states ``(T, B, state_dim)``,
+    previous actions ``(T, B)`` and carried latents (or None) of the episodes; ``field`` the
+    per-cell logits of a maze planner (:func:`_planner_field`) or None.
+    """
+    X, P, Z_H, Z_L, deep = steps
+    if field is not None:
+        return [net.action_logits(tl[bi], X[ti, bi]) for tl in field]
+    state = None
+    if Z_H is not None and bool((ti > 0).all()):
+        state = LatentState(Z_H[ti - 1, bi], None if Z_L is None else Z_L[ti - 1, bi])
+    logits = net(X[ti, bi], P[ti, bi], state).logits
+    return logits if deep else logits[-1:]
+
+
+def _planner_field(net, x0: torch.Tensor, deep: bool) -> list:
+    """Per-cell logits of a maze planner, one recursion per episode (its outputs ignore the current cell)."""
+    token_logits, _ = net.token_outputs(x0)
+    return token_logits if deep else token_logits[-1:]
+
+
 def train_reinforce(policy, problem, cfg: DiscreteTrainConfig, deadline: float | None = None,
                     history: list | None = None, instance_pool: Instances | None = None) -> list:
-    """REINFORCE fine-tuning on fresh instances (see the module notes).
+    """Policy-gradient fine-tuning on fresh instances (see the module notes).
+
+    Every iteration samples ``rl_batch`` episodes (``rl_group`` per instance) with the current
+    policy (at ``rl_temperature``), computes the discounted returns and the advantages of
+    ``baseline`` (see :class:`DiscreteTrainConfig`), then takes ``rl_epochs`` optimiser steps on
+    the loss of :func:`policy_gradient_terms`
+    (clipped with ``clip``, KL penalty ``kl_coef`` to the policy as it was when this stage
+    started, entropy bonus ``entropy``), averaged over the visited transitions and the H-cycles.
+
+    Deep supervision: the actions are sampled from the last H-cycle, so the ratio of every
+    cycle ``c`` is ``pi_c(a | x) / pi_K,old(a | x)``, an importance weight that makes cycle
+    ``c``'s term an off-policy gradient of its own return (the baseline then cancels for it as
+    well). Without the weight, ``E_{a ~ pi_K}[(G - b) grad log pi_c(a)]`` keeps the term
+    ``-b grad sum_a pi_K(a) log pi_c(a)``, which for the positive ``V*`` baseline pushes the
+    earlier cycles, and through the shared weights the whole network, away from the acting
+    policy. The weights are truncated at ``rl_max_ratio``. The KL penalty compares each cycle
+    with the same cycle of the reference. With the
+    defaults (one epoch, no clip, no KL, temperature 1) and one H-cycle (or
+    ``deep_supervision: false``) this is REINFORCE with a baseline.
 
     Parameters
     ----------
     policy : RecursivePolicy or MLPPolicy
     problem : trc.discrete.MazeProblem or trc.discrete.SudokuProblem
     cfg : DiscreteTrainConfig
-        ``rl_iterations``, ``rl_batch``, ``rl_lr``, ``gamma``, ``entropy``, ``rl_minibatch``.
+        ``rl_iterations``, ``rl_batch``, ``rl_group``, ``rl_lr``, ``rl_warmup``, ``rl_epochs``,
+        ``gamma``, ``entropy``, ``baseline``, ``normalize_advantage``, ``kl_coef``, ``clip``,
+        ``rl_max_ratio``, ``rl_temperature``, ``rl_minibatch``.
     deadline : float, optional
     history : list, optional
-        Appended with ``{"stage": "rl", "iteration", "mean_return", "success", "seconds"}``.
+        Appended with ``{"stage": "rl", "iteration", "mean_return", "success", "kl",
+        "clip_fraction", "lr", "seconds"}`` (``kl``: mean ``KL(pi || pi_ref)`` of the last
+        H-cycle over the visited states before the update; ``clip_fraction`` over the last
+        epoch).
     instance_pool : Instances, optional
         Draw episodes from this pool instead of generating fresh instances (faster for 9 x 9
         sudoku, whose generation takes ~0.1 s per puzzle).
@@ -596,34 +840,39 @@ def train_reinforce(policy, problem, cfg: DiscreteTrainConfig, deadline: float |
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     rng = np.random.default_rng([cfg.seed, 2])
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.rl_lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / (cfg.rl_warmup + 1)))
+    reference = None
+    if cfg.kl_coef > 0:
+        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    planner = getattr(policy, "agent_independent", False)
+    tau = cfg.rl_temperature
     t0 = time.monotonic()
     for it in range(cfg.rl_iterations):
         if deadline is not None and time.monotonic() > deadline:
             log.info("RL stage stopped by the time budget after %d iterations", it)
             break
+        distinct = cfg.rl_batch // cfg.rl_group
         if instance_pool is not None:
-            inst = instance_pool.subset(torch.randint(len(instance_pool), (cfg.rl_batch,), generator=gen))
+            inst = instance_pool.subset(torch.randint(len(instance_pool), (distinct,), generator=gen))
             if cfg.augment:
                 inst = _augment(plant, inst, gen)
         else:
-            inst = instances_from_problem(problem, cfg.rl_batch, rng)
+            inst = instances_from_problem(problem, distinct, rng)
+        if cfg.rl_group > 1:  # the episodes of one instance adjacent
+            inst = inst.subset(torch.arange(distinct).repeat_interleave(cfg.rl_group))
         policy.eval()
         ep = rollout(policy, inst, problem.max_steps, greedy=False, rewards=rewards, on_mistake=on_mistake,
-                     generator=gen, record=True)
-        T = ep["rewards"].shape[0]
-        G = torch.zeros_like(ep["rewards"])
-        running = torch.zeros(len(inst))
-        for t in reversed(range(T)):
-            running = ep["rewards"][t] + cfg.gamma * running * ep["alive"][t].float()
-            G[t] = running
+                     generator=gen, record=True, temperature=tau)
         alive = ep["alive"]
+        G = discounted_returns(ep["rewards"], alive, cfg.gamma)
         X, P, A = torch.stack(ep["x"]), torch.stack(ep["prev"]), torch.stack(ep["actions"])  # (T, B, ...)
         if cfg.baseline == "optimal":
-            baseline = optimal_value(plant, X, inst, rewards, cfg.gamma)
-        else:
+            adv = (G - optimal_value(plant, X, inst, rewards, cfg.gamma)) * alive
+        elif cfg.baseline == "mean":
             count = alive.float().sum(1, keepdim=True).clamp(min=1)
-            baseline = ((G * alive).sum(1, keepdim=True) / count).expand_as(G)
-        adv = (G - baseline) * alive
+            adv = (G - ((G * alive).sum(1, keepdim=True) / count).expand_as(G)) * alive
+        else:
+            adv = group_advantages(G[0], cfg.rl_group)[None, :] * alive
         if cfg.normalize_advantage and alive.sum() > 1:
             adv = adv / (adv[alive].std() + 1e-6)
         carried = [s for s in ep["state"][1:]]
@@ -631,44 +880,57 @@ def train_reinforce(policy, problem, cfg: DiscreteTrainConfig, deadline: float |
         Z_L = torch.stack([s.z_L for s in carried]) if Z_H is not None and carried[0].z_L is not None else None
         t_idx, b_idx = alive.nonzero(as_tuple=True)
         total = len(t_idx)
+        chunks = _transition_chunks(t_idx, Z_H is not None and not planner, cfg.rl_minibatch)
+        steps = (X, P, Z_H, Z_L, cfg.deep_supervision)
+
+        def cycle_logits(net, field, sel, steps=steps, t_idx=t_idx, b_idx=b_idx):
+            return _cycle_logits(net, field, steps, t_idx[sel], b_idx[sel])
+
+        def field_of(net, x0=inst.x0):
+            return _planner_field(net, x0, cfg.deep_supervision) if planner else None
+
+        with torch.no_grad():  # the collecting and the reference policy at every visited transition
+            field, ref_field = field_of(policy), None if reference is None else field_of(reference)
+            old, ref = [], []
+            for sel in chunks:
+                a = A[t_idx[sel], b_idx[sel]][:, None]
+                # the collecting policy is the last H-cycle: every cycle's ratio is taken against it
+                last = cycle_logits(policy, field, sel)[-1]
+                old.append(torch.log_softmax(last / tau, -1).gather(1, a)[:, 0])
+                ref.append(None if reference is None else
+                           [torch.log_softmax(lg / tau, -1) for lg in cycle_logits(reference, ref_field, sel)])
+        kl_start = float("nan")
         policy.train()
-        opt.zero_grad(set_to_none=True)
-
-        def pg_loss(cycles, ti, bi):
-            loss = 0.0
-            for logits in cycles:
-                logp = torch.log_softmax(logits, -1)
-                chosen = logp.gather(1, A[ti, bi][:, None])[:, 0]
-                ent = -(logp.exp() * logp.clamp(min=-1e4)).sum(-1)
-                loss = loss + (-(adv[ti, bi] * chosen) - cfg.entropy * ent).sum() / total
-            return loss / len(cycles)
-
-        if getattr(policy, "agent_independent", False):
-            # one recursion per episode, read out at every visited cell
-            token_logits, _ = policy.token_outputs(inst.x0)
-            cycles = token_logits if cfg.deep_supervision else token_logits[-1:]
-            for start in range(0, total, cfg.rl_minibatch):
-                ti, bi = t_idx[start:start + cfg.rl_minibatch], b_idx[start:start + cfg.rl_minibatch]
-                logits = [policy.action_logits(tl[bi], X[ti, bi]) for tl in cycles]
-                pg_loss(logits, ti, bi).backward(retain_graph=start + cfg.rl_minibatch < total)
-        else:
-            groups = [t_idx == 0, t_idx > 0] if Z_H is not None else [torch.ones_like(t_idx, dtype=torch.bool)]
-            for group in groups:
-                gt, gb = t_idx[group], b_idx[group]
-                for start in range(0, len(gt), cfg.rl_minibatch):
-                    ti, bi = gt[start:start + cfg.rl_minibatch], gb[start:start + cfg.rl_minibatch]
-                    state = None
-                    if Z_H is not None and bool((ti > 0).all()):
-                        state = LatentState(Z_H[ti - 1, bi], None if Z_L is None else Z_L[ti - 1, bi])
-                    out = policy(X[ti, bi], P[ti, bi], state)
-                    pg_loss(out.logits if cfg.deep_supervision else out.logits[-1:], ti, bi).backward()
-        nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-        opt.step()
+        for epoch in range(cfg.rl_epochs):
+            opt.zero_grad(set_to_none=True)
+            field = field_of(policy)
+            n_clipped, kl_sum = 0, 0.0
+            for k, sel in enumerate(chunks):
+                ti, bi = t_idx[sel], b_idx[sel]
+                cycles = cycle_logits(policy, field, sel)
+                loss = 0.0
+                for c, lg in enumerate(cycles):
+                    surrogate, ent, kl, clipped = policy_gradient_terms(
+                        lg, A[ti, bi], adv[ti, bi], old[k], None if ref[k] is None else ref[k][c],
+                        clip=cfg.clip, temperature=tau, max_ratio=cfg.rl_max_ratio)
+                    loss = loss + (-surrogate - cfg.entropy * ent + cfg.kl_coef * kl).sum() / total
+                n_clipped += int(clipped.sum())
+                kl_sum += float(kl.detach().sum())
+                (loss / len(cycles)).backward(retain_graph=field is not None and k + 1 < len(chunks))
+            if epoch == 0:
+                kl_start = kl_sum / max(total, 1)
+            nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            opt.step()
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
         history.append({"stage": "rl", "iteration": it, "mean_return": float(ep["returns"].mean()),
-                        "success": float(ep["success"].float().mean()), "seconds": time.monotonic() - t0})
+                        "success": float(ep["success"].float().mean()), "kl": kl_start,
+                        "clip_fraction": n_clipped / max(total, 1), "lr": lr,
+                        "seconds": time.monotonic() - t0})
         if it % 10 == 0:
-            log.info("RL iteration %d: return %.3f, success %.3f", it, history[-1]["mean_return"],
-                     history[-1]["success"])
+            log.info("RL iteration %d: return %.3f, success %.3f, KL to reference %.4f", it,
+                     history[-1]["mean_return"], history[-1]["success"], kl_start)
+    policy.eval()
     return history
 
 

@@ -9,7 +9,10 @@ refinement cycle ``k = 1..K``, the loss is
     L = \\sum_{k=0}^{K} w_k \\big[ \\lambda_{im} L_{im}(u^{(k)}) + \\lambda_J L_J(u^{(k)})
         + \\lambda_T L_T(u^{(k)}) \\big] + \\lambda_{halt} L_{halt}
 
-* imitation ``L_im = mean(((u - u*) / s_u)^2)``, ``s_u`` the control half-range;
+* imitation ``L_im = mean_{j,i}(w_j ((u_ji - u*_ji) / s_i)^2)``, ``s_u`` the control half-range and
+  ``w_j = 1`` except, with ``first_controls: {k, weight}``, ``w_j = weight`` on the first ``k``
+  steps (the controls a receding-horizon controller applies;
+  :class:`trc.training.config.FirstControlsConfig`);
 * cost ``L_J = mean(J(u) / max(J*, c) - 1)`` with ``J(u)`` the :mod:`trc.cost` cost of the
   rollout of ``u`` through the differentiable plant (same cost, same ``dt`` as ``J*``) and
   ``c`` a floor (``cost_floor`` times the median ``J*`` of the training set);
@@ -37,28 +40,70 @@ from dynamics.errors import ConfigError, DimensionError
 
 from ..evaluation import target_dims
 from ..models.halting import halting_loss
-from .config import LossConfig, cycle_weights
+from .config import FirstControlsConfig, LossConfig, cycle_weights
 
-__all__ = ["imitation_loss", "cost_ratio_loss", "terminal_loss", "control_scale", "state_scale", "TRCLoss"]
+__all__ = ["imitation_loss", "first_control_weights", "cost_ratio_loss", "terminal_loss", "control_scale",
+           "state_scale", "TRCLoss"]
 
 
-def imitation_loss(controls: torch.Tensor, optimal: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Mean squared control error in units of the control scale.
+def first_control_weights(config: FirstControlsConfig, horizon: int) -> torch.Tensor:
+    """Per-step imitation weights ``w_j``: ``config.weight`` for ``j < config.k``, else 1.
+
+    Parameters
+    ----------
+    config : FirstControlsConfig
+    horizon : int
+        ``N``, the number of controls of a plan.
+
+    Returns
+    -------
+    Tensor, shape ``(N,)``
+
+    Raises
+    ------
+    ConfigError
+        If ``config.k`` exceeds ``N``.
+    """
+    if config.k > horizon:
+        raise ConfigError(f"training.loss.first_controls.k must be at most the horizon N = {horizon}, got {config.k}")
+    w = torch.ones(horizon)
+    w[: config.k] = config.weight
+    return w
+
+
+def imitation_loss(controls: torch.Tensor, optimal: torch.Tensor, scale: torch.Tensor,
+                   step_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared control error in units of the control scale, optionally weighted per step.
 
     Parameters
     ----------
     controls, optimal : Tensor, shape ``(..., N, m)``
     scale : Tensor, shape ``(m,)``
         Positive control scale ``s_u`` (control units).
+    step_weights : Tensor, shape ``(N,)``, optional
+        Weight ``w_k`` of the squared error of step ``k`` (:func:`first_control_weights`);
+        ``None`` weights every step 1.
 
     Returns
     -------
     Tensor, shape ``controls.shape[:-2]``
-        ``mean_{k, j}(((u_kj - u*_kj) / s_j)^2)`` per sample.
+        ``mean_{k, j}(w_k ((u_kj - u*_kj) / s_j)^2)`` per sample (divided by ``N m``).
+
+    Raises
+    ------
+    DimensionError
+        If the last two axes of ``controls`` and ``optimal`` differ, or ``step_weights`` does
+        not have ``N`` entries.
     """
     if controls.shape[-2:] != optimal.shape[-2:]:
         raise DimensionError(f"controls {tuple(controls.shape)} and optimal controls {tuple(optimal.shape)} differ")
-    return (((controls - optimal) / scale) ** 2).mean(dim=(-2, -1))
+    err = ((controls - optimal) / scale) ** 2
+    if step_weights is not None:
+        if step_weights.shape != (controls.shape[-2],):
+            raise DimensionError(f"step_weights has shape {tuple(step_weights.shape)}; expected "
+                                 f"({controls.shape[-2]},), one weight per control step")
+        err = err * step_weights.to(err)[:, None]
+    return err.mean(dim=(-2, -1))
 
 
 def cost_ratio_loss(J: torch.Tensor, J_opt: torch.Tensor, floor: float) -> torch.Tensor:
@@ -122,6 +167,11 @@ class TRCLoss:
         respect to the controls (the model's ``detach_feedback`` is false).
     traj_scale : Tensor, shape ``(n,)``, optional
         Scale ``s_traj`` of the states term (default ``x_scale``).
+
+    Raises
+    ------
+    ConfigError
+        If ``config.first_controls.k`` exceeds the problem's horizon ``N``.
     """
 
     def __init__(self, problem, plant, config: LossConfig, num_cycles: int, u_scale: torch.Tensor,
@@ -137,6 +187,8 @@ class TRCLoss:
         self.reuse_rollouts = reuse_rollouts
 
         self.dims = target_dims(problem)
+        self.step_weights = (None if config.first_controls is None
+                             else first_control_weights(config.first_controls, int(problem.horizon)))
         self.needs_rollout = config.cost > 0 or config.terminal > 0
 
     def __call__(self, output, x0: torch.Tensor, target: torch.Tensor, u_opt: torch.Tensor,
@@ -159,8 +211,9 @@ class TRCLoss:
         -------
         loss : Tensor, scalar
         parts : dict of str to float
-            The unweighted terms of the final output (``imitation``, ``cost_ratio``,
-            ``terminal``), ``halting`` when used, and the total ``loss``.
+            The terms of the final output before their ``training.loss`` weights
+            (``imitation``, with its per-step weights ``w_j``; ``cost_ratio``, ``terminal``),
+            ``halting`` when used, and the total ``loss``.
 
         Raises
         ------
@@ -189,7 +242,7 @@ class TRCLoss:
         parts: dict[str, torch.Tensor] = {}
         total = all_u.new_zeros(())
 
-        im = imitation_loss(all_u, u_opt.unsqueeze(0), self.u_scale).mean(1)  # (C,)
+        im = imitation_loss(all_u, u_opt.unsqueeze(0), self.u_scale, self.step_weights).mean(1)  # (C,)
         parts["imitation"] = im[-1]
         if cfg.imitation > 0:
             total = total + cfg.imitation * (w * im).sum()
