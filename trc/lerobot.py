@@ -919,7 +919,7 @@ def _parquet_files(folder: Path, root: Path, what: str) -> list[tuple[int, int, 
             files.append((int(m[0].group(1)), int(m[1].group(1)), p))
     if not files:
         raise DatasetError(f"LeRobot data set {str(root)!r} has no {what} file ({str(folder.relative_to(root))}/"
-                           "chunk-XXX/file-XXX.parquet)")
+                           "chunk-<i>/file-<j>.parquet)")
     return sorted(files)
 
 
