@@ -86,7 +86,7 @@ from dynamics.errors import (
 )
 
 from .config import check_int, check_real, check_seed
-from .evaluation import problem_violations, terminal_error
+from .evaluation import constraint_violations, terminal_error
 from .generators import ipopt, make_solver
 from .io import atomic_write_text
 
@@ -710,18 +710,8 @@ def _error(problem, x: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def _violations(problem, plant, states: np.ndarray, controls: np.ndarray, target: np.ndarray) -> np.ndarray:
-    rel = 1e-6
-    u, x = torch.as_tensor(controls), torch.as_tensor(states)
-
-    def outside(v, lo, hi):
-        lo, hi = lo.to(v), hi.to(v)
-        tol_lo = rel * (1 + lo.abs().nan_to_num(posinf=0, neginf=0))
-        tol_hi = rel * (1 + hi.abs().nan_to_num(posinf=0, neginf=0))
-        return ((v < lo - tol_lo) | (v > hi + tol_hi) | ~torch.isfinite(v)).flatten(1).any(1)
-
-    bad = outside(u, plant.u_min, plant.u_max) | outside(x, plant.x_min, plant.x_max)
-    bad = bad | problem_violations(problem, plant, x, u, torch.as_tensor(target))
-    return bad.numpy()
+    return constraint_violations(problem, plant, torch.as_tensor(states), torch.as_tensor(controls),
+                                 torch.as_tensor(target)).numpy()
 
 
 def run(problem, controller: Controller, config: ClosedLoopConfig | None = None, *, x0=None, target=None,

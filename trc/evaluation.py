@@ -48,7 +48,8 @@ import torch
 from dynamics.errors import DimensionError
 
 __all__ = ["REPORT_KEYS", "SplitData", "split_data", "Evaluation", "terminal_error", "target_dims",
-           "problem_violations", "rollout_metrics", "call_times", "measure_latency", "evaluate_model"]
+           "problem_violations", "constraint_violations", "rollout_metrics", "call_times", "measure_latency",
+           "evaluate_model"]
 
 #: Keys every evaluation report holds.
 REPORT_KEYS = (
@@ -191,6 +192,29 @@ def problem_violations(problem, plant, states: torch.Tensor, controls: torch.Ten
     return bad | (margin < -glide_tol).any(1)
 
 
+def constraint_violations(problem, plant, states: torch.Tensor, controls: torch.Tensor,
+                          target: torch.Tensor) -> torch.Tensor:
+    """Samples ``(B,)`` (bool) with a control outside ``[u_min, u_max]``, a state outside
+    ``[x_min, x_max]`` (relative tolerance ``1e-6``), a non-finite value, or a violation of the
+    problem's own constraints (:func:`problem_violations`).
+
+    Parameters
+    ----------
+    states : Tensor, shape ``(B, T + 1, n)``
+    controls : Tensor, shape ``(B, T, m)``
+    target : Tensor, shape ``(B, n)``
+    """
+
+    def outside(v, lo, hi):
+        lo, hi = lo.to(v), hi.to(v)
+        tol_lo = _REL_TOL * (1 + lo.abs().nan_to_num(posinf=0, neginf=0))
+        tol_hi = _REL_TOL * (1 + hi.abs().nan_to_num(posinf=0, neginf=0))
+        return ((v < lo - tol_lo) | (v > hi + tol_hi) | ~torch.isfinite(v)).flatten(1).any(1)
+
+    violation = outside(controls, plant.u_min, plant.u_max) | outside(states, plant.x_min, plant.x_max)
+    return violation | problem_violations(problem, plant, states, controls, target)
+
+
 def rollout_metrics(problem, plant, x0, target, controls, J_opt) -> dict[str, torch.Tensor]:
     """Per-sample success, terminal error, cost gap and constraint violation of ``controls``.
 
@@ -217,14 +241,7 @@ def rollout_metrics(problem, plant, x0, target, controls, J_opt) -> dict[str, to
     gap = J / J_opt.clamp_min(torch.finfo(torch.float64).tiny) - 1.0
     gap = torch.nan_to_num(gap, nan=math.inf)
 
-    def outside(v, lo, hi):
-        lo, hi = lo.to(v), hi.to(v)
-        tol_lo = _REL_TOL * (1 + lo.abs().nan_to_num(posinf=0, neginf=0))
-        tol_hi = _REL_TOL * (1 + hi.abs().nan_to_num(posinf=0, neginf=0))
-        return ((v < lo - tol_lo) | (v > hi + tol_hi) | ~torch.isfinite(v)).flatten(1).any(1)
-
-    violation = outside(controls, plant.u_min, plant.u_max) | outside(states, plant.x_min, plant.x_max)
-    violation = violation | problem_violations(problem, plant, states, controls, target)
+    violation = constraint_violations(problem, plant, states, controls, target)
     return {
         "success": (err < problem.tolerance) & ~violation,
         "terminal_error": err,
