@@ -91,7 +91,8 @@ from .generators import ipopt, make_solver
 from .io import atomic_write_text
 
 __all__ = ["Perturbation", "PERTURBATIONS", "ClosedLoopConfig", "ClosedLoopResult", "Controller", "TRCController",
-           "ExportedTRCController", "LQRController", "PolicyController", "ClosedLoopEnv", "MPCController", "baselines", "hold_targets",
+           "ExportedTRCController", "LQRController", "PolicyController", "ClosedLoopEnv", "MPCController",
+           "baselines", "hold_targets",
            "state_scale", "simulate", "run", "compare", "optimal_costs", "default_solver", "fixed_final_time",
            "write_report", "summary_table"]
 
@@ -215,7 +216,8 @@ class _Simulator:
             raise ConfigError(f"no independent simulation model of plant {name!r}; have {sorted(ipopt.MODELS)}")
         self.n, self.m = ipopt.MODELS[name][0], ipopt.MODELS[name][1]
         self.param_names = ipopt.PARAMETERS[name]
-        self.nominal = np.array([float(np.asarray(config.get(k, ipopt.DEFAULTS.get(k, 0.0)))) for k in self.param_names])
+        self.nominal = np.array([float(np.asarray(config.get(k, ipopt.DEFAULTS.get(k, 0.0))))
+                                 for k in self.param_names])
         symbols = {k: ca.SX.sym(k) for k in self.param_names}
         x, u = ca.SX.sym("x", self.n), ca.SX.sym("u", self.m)
         p = ca.vertcat(*symbols.values()) if symbols else ca.SX(0, 1)
@@ -768,7 +770,8 @@ def run(problem, controller: Controller, config: ClosedLoopConfig | None = None,
                 raise NonFiniteError(f"measured state at step {k} is not finite")
             plan = np.asarray(controller.plan(y, ep.target, steps_to_go), dtype=float)
             if plan.ndim != 3 or plan.shape[0] != B or plan.shape[2] != m or plan.shape[1] < 1:
-                raise DimensionError(f"{controller.name} planned controls of shape {plan.shape}; expected ({B}, H, {m})")
+                raise DimensionError(f"{controller.name} planned controls of shape {plan.shape}; "
+                                     f"expected ({B}, H, {m})")
             used = 0
         u = np.clip(plan[:, used], lo, hi)
         if not np.isfinite(u).all():
@@ -861,7 +864,8 @@ def compare(problem, controllers: list[Controller], config: ClosedLoopConfig | N
     plant = problem.make_plant(torch.float64)
     violation = _violations(problem, plant, x_opt, opt_controls, ep.target)
     out["optimum"] = ClosedLoopResult(
-        name="optimum (open loop)", states=x_opt, controls=opt_controls, success=ok & (err < problem.tolerance) & ~violation,
+        name="optimum (open loop)", states=x_opt, controls=opt_controls,
+        success=ok & (err < problem.tolerance) & ~violation,
         violation=violation, cost=J_opt, cost_ratio=np.where(ok, 1.0, math.nan), steady_state_error=err,
         ms_per_step=math.nan, extra={"solver": solver or default_solver(problem), "solver_failures": int((~ok).sum())})
     return out
@@ -885,7 +889,8 @@ def write_report(out_dir, results_by_case: dict[str, dict[str, ClosedLoopResult]
 def summary_table(results: dict[str, ClosedLoopResult], title: str | None = None) -> str:
     """A markdown table of :meth:`ClosedLoopResult.summary` rows."""
     lines = [f"### {title}", ""] if title else []
-    lines += ["| controller | success | cost / optimum (median) | p95 | steady-state error | violations | ms per step |",
+    lines += ["| controller | success | cost / optimum (median) | p95 | steady-state error | violations "
+              "| ms per step |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results.values():
         s = r.summary()

@@ -268,7 +268,8 @@ class RecapTrainConfig:
 
     def __post_init__(self):
         check_seed(self.seed, "training.seed")
-        for key in ("batch_size", "value_steps", "policy_steps", "value_hidden", "n_step", "checkpoint_every", "threads"):
+        for key in ("batch_size", "value_steps", "policy_steps", "value_hidden", "n_step", "checkpoint_every",
+                    "threads"):
             check_int(getattr(self, key), f"training.{key}", 1)
         check_real(self.lr, "training.lr", 0.0, low_open=True)
         check_real(self.gamma, "training.gamma", 0.0, 1.0, low_open=True)
