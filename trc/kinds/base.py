@@ -18,12 +18,13 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
-from dynamics.errors import ConfigError
+from dynamics.errors import CheckpointError, ConfigError
 from dynamics.registry import Registry, unknown_name
 
 from ..model_file import read_model_file, save_model_file
 
-__all__ = ["ProblemKind", "register", "get", "names", "for_problem_kind", "for_model", "load", "save"]
+__all__ = ["ProblemKind", "register", "get", "names", "for_problem_kind", "for_model", "load", "save",
+           "load_policy_weights"]
 
 
 class ProblemKind(abc.ABC):
@@ -247,3 +248,21 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
     model = get(payload["kind"]).build_model(payload, f"model file {str(path)!r}")
     model.metadata = dict(payload["metadata"])
     return model.to(map_location).eval()
+
+
+def load_policy_weights(policy: nn.Module, payload: Mapping[str, Any], source: str) -> nn.Module:
+    """Load a model file's weights into the policy its configuration built; returns ``policy``.
+
+    Raises
+    ------
+    CheckpointError
+        If the configuration builds another class than the file records, or the weights do not fit.
+    """
+    if type(policy).__name__ != payload["model_class"]:
+        raise CheckpointError(f"{source}: its configuration builds a {type(policy).__name__}, the file records "
+                              f"a {payload['model_class']}")
+    try:
+        policy.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: the weights do not fit the policy it describes: {exc}") from exc
+    return policy

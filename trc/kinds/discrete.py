@@ -37,7 +37,7 @@ from ..io import atomic_write_text, output_lock
 from ..models.discrete import DiscretePolicyConfig, make_discrete_policy
 from ..training.discrete import (DiscreteTrainConfig, evaluate_policy, instances_from_dataset, train_reinforce,
                                  train_supervised)
-from .base import ProblemKind, load, register, save
+from .base import ProblemKind, load, load_policy_weights, register, save
 
 __all__ = ["DiscreteKind", "run_discrete_training", "evaluate_discrete"]
 
@@ -253,13 +253,7 @@ class DiscreteKind(ProblemKind):
             policy = make_discrete_policy(problem.make_plant(), payload["model_config"])
         except TRCError as exc:
             raise CheckpointError(f"{source}: its problem or policy configuration is invalid: {exc}") from exc
-        if type(policy).__name__ != payload["model_class"]:
-            raise CheckpointError(f"{source}: its configuration builds a {type(policy).__name__}, the file records "
-                                  f"a {payload['model_class']}")
-        try:
-            policy.load_state_dict(payload["state_dict"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"{source}: the weights do not fit the policy it describes: {exc}") from exc
+        load_policy_weights(policy, payload, source)
         policy.problem = problem
         return policy
 

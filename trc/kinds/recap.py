@@ -41,7 +41,7 @@ from ..recap.stages import (
     make_policy,
     run_stage,
 )
-from .base import ProblemKind, register, save
+from .base import ProblemKind, load_policy_weights, register, save
 
 __all__ = ["RecapKind"]
 
@@ -127,13 +127,7 @@ class RecapKind(ProblemKind):
             policy = make_policy(problem, payload["model_config"], 0)
         except TRCError as exc:
             raise CheckpointError(f"{source}: its problem or policy configuration is invalid: {exc}") from exc
-        if type(policy).__name__ != payload["model_class"]:
-            raise CheckpointError(f"{source}: its configuration builds a {type(policy).__name__}, the file records "
-                                  f"a {payload['model_class']}")
-        try:
-            policy.load_state_dict(payload["state_dict"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"{source}: the weights do not fit the policy it describes: {exc}") from exc
+        load_policy_weights(policy, payload, source)
         return policy
 
 
