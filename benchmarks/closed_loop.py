@@ -23,6 +23,11 @@ plants. Then the goals of the closed-loop controller are checked, each printed a
     python benchmarks/closed_loop.py --plants van_der_pol double_integrator \\
         --model van_der_pol=runs/van_der_pol_closed_loop/model.pt --episodes 20 --out result.md
     python benchmarks/closed_loop.py --plants pendulum cartpole rocket --episodes 10   # baselines only
+    python benchmarks/closed_loop.py --plants cartpole --episodes 200 --backend ray --address HEAD:6379
+
+The episodes of a case run in tasks of 10 (:func:`trc.closed_loop.compare`): in this process, in
+``--workers`` processes or on a Ray cluster (``--backend ray``), with the same arrays on each; the
+time per step is measured in this process after the episodes.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ import torch
 
 import trc
 from trc import closed_loop as cl
+from trc.backends import check_backend
+from trc.cli import add_backend
 from trc.experiment import load_experiment
 from trc.export import export_controller, load_controller
 
@@ -61,7 +68,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a control loop's core)")
     p.add_argument("--out", type=Path, help="also write the markdown to this file")
-    return p.parse_args(argv)
+    p.add_argument("--workers", type=int, help="local: processes (default 1: this one); ray: most tasks at once")
+    add_backend(p, "one task per batch of episodes")
+    args = p.parse_args(argv)
+    check_backend(args.backend, args.address)
+    return args
 
 
 def models_by_plant(specs: list[str]) -> dict[str, list[Path]]:
@@ -148,7 +159,8 @@ def main(argv=None) -> int:
             for case in args.cases:
                 config = cl.ClosedLoopConfig(episodes=args.episodes, perturbation=case, seed=args.seed,
                                              replan_every=args.replan_every)
-                results[case] = cl.compare(problem, controllers + cl.baselines(problem, mpc=not args.no_mpc), config)
+                results[case] = cl.compare(problem, controllers + cl.baselines(problem, mpc=not args.no_mpc), config,
+                                           backend=args.backend, address=args.address, workers=args.workers)
             out += [f"## {plant}", ""]
             if problem.cost != "quadratic":
                 out += [f"No LQR: the {problem.cost} cost has no quadratic form and the problem no equilibrium "

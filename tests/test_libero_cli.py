@@ -171,3 +171,11 @@ def test_generate_train_evaluate_from_the_command_line(tmp_path):
     assert_clean_exit(out)
     check_report(run / "evaluation", episodes=2, max_steps=6)
     assert len(list((run / "evaluation" / "videos").glob("*.mp4"))) == 1
+    # the same episodes as Ray tasks (a private Ray on this machine): the same outcomes
+    out = run_python("-m", "trc.evaluate", "--checkpoint", str(run / "model.pt"), "--episodes", "2", "--max-steps",
+                     "6", "--backend", "ray", "--workers", "2", "--videos", "0", "--out", str(tmp_path / "ray"),
+                     "--quiet", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    local, remote = (json.loads((folder / "report.json").read_text()) for folder in (run / "evaluation", tmp_path / "ray"))
+    for key in ("success_rate", "mean_length", "per_task"):
+        assert local[key] == remote[key], key

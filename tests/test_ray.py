@@ -349,3 +349,113 @@ def test_libero_expert_ray_equals_local(tmp_path, libero_config):
         assert sorted(x) == sorted(y) and any(k.endswith("/actions") for k in x)
         compared = [k for k in x if not k.endswith("_rgb")]
         assert not [k for k in compared if not np.array_equal(x[k], y[k])]
+
+
+# ---------------------------------------------------------------------------- closed-loop evaluation
+def closed_loop_case():
+    """A small closed-loop comparison: the double integrator with an untrained TRC model, the LQR and MPC."""
+    import torch
+
+    from trc import Problem
+    from trc import closed_loop as cl
+    from trc.models import TinyRecursiveControl, TRCConfig
+
+    problem = Problem(task="double_integrator", horizon=12)
+    torch.manual_seed(0)
+    model = TinyRecursiveControl.from_problem(problem, TRCConfig(latent_dim=16, hidden_dim=32, H_cycles=1, L_cycles=1))
+    controllers = [cl.TRCController(model), cl.LQRController(problem), cl.MPCController(problem)]
+    config = cl.ClosedLoopConfig(episodes=5, steps=8, perturbation="perturbed", timing_repeats=2)
+    return problem, controllers, config
+
+
+def assert_same_closed_loop(a: dict, b: dict) -> None:
+    assert list(a) == list(b) == ["trc", "lqr", "mpc", "optimum"]
+    for name in a:
+        for f in ("states", "controls", "cost", "cost_ratio", "success", "violation", "steady_state_error"):
+            assert np.array_equal(getattr(a[name], f), getattr(b[name], f), equal_nan=True), (name, f)
+        assert a[name].failures == b[name].failures
+
+
+def test_closed_loop_ray_equals_local(ray_local):
+    from trc import closed_loop as cl
+
+    problem, controllers, config = closed_loop_case()
+    local = cl.compare(problem, controllers, config, episodes_per_task=2)
+    remote = cl.compare(problem, controllers, config, episodes_per_task=2, backend="ray", workers=2)
+    assert_same_closed_loop(local, remote)
+    assert len(local["lqr"].success) == 5 and np.isfinite(local["mpc"].cost_ratio).all()
+    assert local["mpc"].ms_per_step > 0 and remote["trc"].ms_per_step > 0
+
+
+@pytest.mark.slow
+def test_closed_loop_processes_equal_in_process():
+    from trc import closed_loop as cl
+
+    problem, controllers, config = closed_loop_case()
+    assert_same_closed_loop(cl.compare(problem, controllers, config, episodes_per_task=2),
+                            cl.compare(problem, controllers, config, episodes_per_task=2, workers=2))
+
+
+@pytest.mark.slow
+def test_evaluate_closed_loop_on_ray(ray_local, tmp_path):
+    import json
+
+    import torch
+
+    from trc import save
+    from trc.evaluate import main as evaluate
+
+    problem, controllers, _ = closed_loop_case()
+    model_path = tmp_path / "model.pt"
+    save(controllers[0].model, model_path)
+    out = {}
+    for backend in ("local", "ray"):
+        folder = tmp_path / backend
+        argv = ["--checkpoint", str(model_path), "--closed-loop", "--episodes", "3", "--steps", "5", "--no-mpc",
+                "--perturbation", "noise", "--out", str(folder), "--backend", backend, "--quiet"]
+        assert evaluate(argv) == 0
+        out[backend] = json.loads((folder / "closed_loop.json").read_text())["results"]["noise"]
+    for name in ("trc", "lqr", "optimum"):
+        for key in ("success_rate", "cost_ratio_median", "steady_state_error_mean"):
+            assert out["local"][name][key] == out["ray"][name][key], (name, key)
+    assert torch.get_num_threads() >= 1
+
+
+def test_evaluate_backend_options_need_closed_loop(tmp_path, capsys):
+    from trc import save
+    from trc.evaluate import main as evaluate
+
+    problem, controllers, _ = closed_loop_case()
+    save(controllers[0].model, tmp_path / "model.pt")
+    assert evaluate(["--checkpoint", str(tmp_path / "model.pt"), "--backend", "ray", "--quiet"]) == 2
+    assert "--backend: options of --closed-loop" in capsys.readouterr().err
+    address = f"127.0.0.1:{free_port()}"
+    assert evaluate(["--checkpoint", str(tmp_path / "model.pt"), "--closed-loop", "--backend", "ray",
+                     "--address", address, "--quiet"]) == 2
+    assert "cannot reach the Ray cluster" in capsys.readouterr().err
+    assert not (tmp_path / "evaluation").exists()
+
+
+# ---------------------------------------------------------------------------- RECAP rollouts
+def test_recap_rollouts_ray_equal_local(ray_local, tmp_path):
+    from tests.test_recap import TINY_MAZE
+    from trc import lerobot
+    from trc.train import main as train
+
+    data = {**TINY_MAZE, "generator": {**TINY_MAZE["generator"], "episodes_per_task": 5}}  # tasks of 5, 5, 2
+    cfg = tmp_path / "recap.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    for backend in ("local", "ray"):
+        for stage in ("demos", "corrections"):
+            argv = ["--config", str(cfg), "--out", str(tmp_path / backend), "--stage", stage, "--backend", backend,
+                    "--quiet"]
+            assert train(argv) == 0
+    for stage in ("demos", "corrections"):
+        a, b = (np.load(tmp_path / backend / stage / "rollouts.npz") for backend in ("local", "ray"))
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            assert np.array_equal(a[key], b[key]), (stage, key)
+        frames = lerobot.read_dataset(tmp_path / "local" / stage / "dataset").frames
+        assert np.array_equal(frames["episode_index"], np.repeat(np.arange(12), a["lengths"]))
+    corrections = np.load(tmp_path / "local" / "corrections" / "rollouts.npz")
+    assert corrections["frames/complementary_info.is_intervention"].any()

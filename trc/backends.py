@@ -235,14 +235,13 @@ def _init_local_worker(parent_pid: int, initializer, initargs) -> None:  # pragm
 _INITIALIZED: set = set()
 
 
-def _ray_call(fn: Callable, initializer, initargs: tuple, task):
-    """Body of a Ray task: the process's ``initializer`` once, then ``fn(task)``."""
-    if initializer is not None:
-        key = (getattr(initializer, "__module__", ""), getattr(initializer, "__qualname__", repr(initializer)),
-               repr(initargs))
-        if key not in _INITIALIZED:
-            initializer(*initargs)
-            _INITIALIZED.add(key)
+def _ray_call(key: str, shared: tuple, task):
+    """Body of a Ray task: ``shared = (fn, initializer, initargs)`` (put in Ray's object store once
+    per pool, identified by ``key``), the ``initializer`` once per process and pool, then ``fn(task)``."""
+    fn, initializer, initargs = shared
+    if initializer is not None and key not in _INITIALIZED:
+        initializer(*initargs)
+        _INITIALIZED.add(key)
     return fn(task)
 
 
@@ -283,7 +282,8 @@ class TaskPool:
         ``local`` with one worker: run in this process (True) or in one worker process.
     initializer : callable, optional
         Run once in every worker process before its first task (``initializer(*initargs)``;
-        not in this process).
+        not in this process). ``initargs`` travel once per process (``local``) or once per pool
+        through Ray's object store (``ray``): the place for large shared arguments, such as a model.
     initargs : tuple
     env : mapping, optional
         Environment variables of the ``local`` worker processes (set while they start;
@@ -330,6 +330,10 @@ class TaskPool:
             self._ray = self._runtime.__enter__()
             self._remote = self._ray.remote(_ray_call).options(
                 num_cpus=1, max_retries=max_retries, retry_exceptions=False, name=getattr(fn, "__name__", "task"))
+            # the function and the initializer's arguments (e.g. a model) go to the object store once,
+            # not with every task; Ray passes the stored value to each task
+            self._shared = self._ray.put((fn, initializer, self.initargs))
+            self._key = self._shared.hex()
 
     def __enter__(self) -> "TaskPool":
         return self
@@ -372,7 +376,7 @@ class TaskPool:
         """Ray: start queued tasks while fewer than ``workers`` run."""
         while self._queue and (self.workers is None or len(self._pending) < self.workers):
             index, task = self._queue.pop(0)
-            ref = self._remote.remote(self.fn, self.initializer, self.initargs, task)
+            ref = self._remote.remote(self._key, self._shared, task)
             self._pending[ref] = index
 
     def as_completed(self) -> Iterator[tuple[int, Any]]:

@@ -31,6 +31,7 @@ import torch
 
 from dynamics.errors import ConfigError, DimensionError, TRCError, UnknownNameError
 
+from .backends import BACKENDS, CONNECT_TIMEOUT
 from .config import MAX_SEED
 
 __all__ = [
@@ -112,6 +113,18 @@ def add_threads(parser: argparse.ArgumentParser, default: int | None = None) -> 
     parser.add_argument("--threads", type=positive_int, default=default, metavar="T",
                         help="torch intra-op threads (default: PyTorch's choice)" if default is None
                         else f"torch intra-op threads (default {default})")
+
+
+def add_backend(parser, what: str = "one task per chunk or episode") -> None:
+    """Add ``--backend local|ray`` and ``--address HOST:PORT`` (:mod:`trc.backends`); ``what`` says
+    what one Ray task is. The command checks them with :func:`trc.backends.check_backend` before any work."""
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="where the work runs: worker processes on this machine (local, the default) or a Ray "
+                        f"cluster (ray: {what}; needs the 'ray' extra)")
+    parser.add_argument("--address", metavar="HOST:PORT",
+                        help="with --backend ray: the Ray cluster to join (the head's address from `ray start --head`, "
+                        f"or 'auto'); refused if not reachable within {CONNECT_TIMEOUT:g} s. Default: a private Ray "
+                        "on this machine")
 
 
 def option_defaults(parser: argparse.ArgumentParser, exclude: Sequence[str] = ()) -> dict:

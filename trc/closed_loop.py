@@ -64,6 +64,7 @@ shifted solution) and the open-loop optimum (the denominator of ``cost_ratio``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -85,6 +86,7 @@ from dynamics.errors import (
     UnknownNameError,
 )
 
+from .backends import check_backend, map_unordered
 from .config import check_int, check_real, check_seed
 from .evaluation import constraint_violations, terminal_error
 from .generators import ipopt, make_solver
@@ -410,8 +412,8 @@ class LQRController(Controller):
             raise ConfigError(f"an LQR needs a quadratic cost; problem {problem.name!r} has cost {problem.cost!r}")
         self.problem = problem
         self.plant = problem.make_plant(torch.float64)
-        self.lo = self.plant.u_min.numpy()
-        self.hi = self.plant.u_max.numpy()
+        self.lo = self.plant.u_min.numpy().copy()  # not a view: the controller is pickled to workers
+        self.hi = self.plant.u_max.numpy().copy()
         self._gains: dict[bytes, np.ndarray] = {}
 
     def _gain(self, xt: np.ndarray, u_eq: np.ndarray) -> np.ndarray:
@@ -475,8 +477,14 @@ class MPCController(Controller):
                                                               options={"mu_strategy": "adaptive"})
         return self._solvers[horizon]
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_solvers"] = {}  # CasADi solvers are rebuilt where the controller runs
+        return state
+
     def reset(self, x0, target):
         B = x0.shape[0]
+        self.solve_ms, self.failures = [], 0
         if self.warm_start is not None and len(self.warm_start[0]) == B:
             self._prev = [(s.copy(), u.copy()) for s, u in zip(*self.warm_start)]
         else:
@@ -645,6 +653,29 @@ class ClosedLoopResult:
     error: str | None = None
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def failed(cls, name: str, error: str) -> "ClosedLoopResult":
+        """The result of a controller that could not run: empty arrays and the reason."""
+        empty = np.zeros(0)
+        return cls(name, empty, empty, empty.astype(bool), empty.astype(bool), empty, empty, empty, math.nan,
+                   error=error)
+
+    @classmethod
+    def concatenate(cls, parts: list["ClosedLoopResult"]) -> "ClosedLoopResult":
+        """One result of the episodes of ``parts`` in order (failures and solver failures added;
+        the first error, if any part has one)."""
+        for part in parts:
+            if part.error is not None:
+                return cls.failed(part.name, part.error)
+        first = parts[0]
+        arrays = {f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                  for f in dataclasses.fields(cls) if isinstance(getattr(first, f.name), np.ndarray)}
+        extra = dict(first.extra)
+        if "solver_failures" in extra:
+            extra["solver_failures"] = sum(int(p.extra["solver_failures"]) for p in parts)
+        return cls(name=first.name, ms_per_step=first.ms_per_step, failures=sum(p.failures for p in parts),
+                   extra=extra, **arrays)
+
     def summary(self) -> dict:
         """Success rate, median and 95th-percentile cost ratio, mean steady-state error, violation
         rate, ms per step (JSON-serialisable)."""
@@ -676,6 +707,12 @@ class _Episodes:
     impulse: np.ndarray  # (B, n)
     impulse_step: int
     steps: int
+
+    def slice(self, start: int, stop: int) -> "_Episodes":
+        """Episodes ``start:stop`` with their own draws."""
+        return _Episodes(self.x0[start:stop], self.target[start:stop], self.params[start:stop],
+                         self.process[:, start:stop], self.measurement[:, start:stop], self.impulse[start:stop],
+                         self.impulse_step, self.steps)
 
 
 def _episodes(problem, config: ClosedLoopConfig, sim: _Simulator, x0=None, target=None) -> _Episodes:
@@ -717,7 +754,7 @@ def _violations(problem, plant, states: np.ndarray, controls: np.ndarray, target
 
 
 def run(problem, controller: Controller, config: ClosedLoopConfig | None = None, *, x0=None, target=None,
-        J_opt: np.ndarray | None = None, timing: bool = True) -> ClosedLoopResult:
+        J_opt: np.ndarray | None = None, timing: bool = True, episodes: "_Episodes | None" = None) -> ClosedLoopResult:
     """Run ``controller`` in closed loop on ``problem``'s plant (see the module documentation).
 
     Parameters
@@ -731,6 +768,9 @@ def run(problem, controller: Controller, config: ClosedLoopConfig | None = None,
         Open-loop optimal costs from ``x0`` (:func:`optimal_costs`); without them ``cost_ratio`` is NaN.
     timing : bool
         Measure the batch-1 time per step.
+    episodes : optional
+        The episodes (initial states, targets, parameters and perturbations) drawn already, e.g.
+        a slice of a larger run's (then ``x0`` and ``target`` are ignored).
 
     Returns
     -------
@@ -750,7 +790,7 @@ def run(problem, controller: Controller, config: ClosedLoopConfig | None = None,
         raise ConfigError(f"{controller.name} was made for dt = {controller.dt} s; the problem's dt is {problem.dt} s "
                           f"(a plan for another sample time is a plan for another system)")
     sim = _Simulator(problem)
-    ep = _episodes(problem, config, sim, x0, target)
+    ep = episodes if episodes is not None else _episodes(problem, config, sim, x0, target)
     plant = problem.make_plant(torch.float64)
     B, m = ep.x0.shape[0], problem.control_dim
     N, dt = problem.horizon, float(problem.dt)
@@ -829,45 +869,140 @@ def optimal_costs(problem, x0, target, *, solver: str | None = None, options: di
     return np.where(sol.success, J, math.nan), sol.states, sol.controls
 
 
+#: Episodes per task of :func:`compare` (the split is the same whatever the backend, so the
+#: arrays are too).
+EPISODES_PER_TASK = 10
+
+#: What :func:`_compare_part` runs in this process: ``(problem, controllers, config, solver, options)``.
+_SHARED: dict = {}
+
+
+def _init_compare(problem, controllers, config, solver, options) -> None:
+    """Worker initialiser of :func:`compare`: the shared arguments, sent once per process."""
+    _SHARED["args"] = (problem, controllers, config, solver, options)
+
+
+def _compare_part(bounds: tuple[int, int]) -> dict:
+    """Episodes ``start:stop`` of :func:`compare` (one task): the optimum and every controller.
+
+    Runs with one torch thread (restored after), so that a task gives the same arrays in any
+    process. Timing is left to the caller; MPC's solve times come back in ``"solve_ms"``.
+    """
+    problem, controllers, config, solver, options = _SHARED["args"]
+    start, stop = bounds
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sim = _Simulator(problem)
+        ep = _episodes(problem, config, sim).slice(start, stop)
+        J_opt, opt_states, opt_controls = optimal_costs(problem, ep.x0, ep.target, solver=solver, options=options)
+        out: dict[str, ClosedLoopResult] = {}
+        solve_ms: dict[str, list[float]] = {}
+        for controller in controllers:
+            if isinstance(controller, MPCController):
+                given = controller.warm_start  # the caller's, for all episodes, or None: the optima
+                controller = copy.copy(controller)
+                controller.warm_start = ((opt_states, opt_controls) if given is None
+                                         else (given[0][start:stop], given[1][start:stop]))
+            try:
+                out[controller.name] = run(problem, controller, config, episodes=ep, J_opt=J_opt, timing=False)
+            except ConfigError as exc:
+                out[controller.name] = ClosedLoopResult.failed(controller.name, str(exc))
+            solve_ms[controller.name] = list(getattr(controller, "solve_ms", []))
+        ok = np.isfinite(J_opt)
+        x_opt = simulate(problem, ep.x0, opt_controls, rtol=config.rtol)
+        err = _error(problem, x_opt[:, -1], ep.target)
+        violation = _violations(problem, problem.make_plant(torch.float64), x_opt, opt_controls, ep.target)
+        out["optimum"] = ClosedLoopResult(
+            name="optimum (open loop)", states=x_opt, controls=opt_controls,
+            success=ok & (err < problem.tolerance) & ~violation,
+            violation=violation, cost=J_opt, cost_ratio=np.where(ok, 1.0, math.nan), steady_state_error=err,
+            ms_per_step=math.nan,
+            extra={"solver": solver or default_solver(problem), "solver_failures": int((~ok).sum())})
+        return {"results": out, "solve_ms": solve_ms}
+    finally:
+        torch.set_num_threads(threads)
+
+
 def compare(problem, controllers: list[Controller], config: ClosedLoopConfig | None = None, *,
-            solver: str | None = None, options: dict | None = None, progress=None) -> dict[str, ClosedLoopResult]:
+            solver: str | None = None, options: dict | None = None, progress: bool = False,
+            backend: str = "local", address: str | None = None, workers: int | None = None,
+            episodes_per_task: int = EPISODES_PER_TASK) -> dict[str, ClosedLoopResult]:
     """Run every controller on the same episodes and perturbations; costs against the optimum.
+
+    The episodes are split into tasks of ``episodes_per_task`` (the open-loop optima and every
+    controller on those episodes), run on a backend of :mod:`trc.backends`: in this process
+    (``local``, one worker), in local worker processes, or as Ray tasks (``ray``). The split does
+    not depend on the backend and every task runs with one torch thread, so the arrays are the
+    same, bitwise, on every backend. The controllers are pickled to the workers once per process
+    (an exported program is loaded again from its file there, so on a cluster its path must be
+    readable on every node); the batch-1 time per step is measured here, after the episodes
+    (MPC: the median of its solve times in the episodes).
 
     A controller that cannot plan the problem (:class:`ConfigError` from its first plan) gets a
     result with ``error`` set instead of stopping the comparison.
+
+    Parameters
+    ----------
+    problem : trc.Problem
+    controllers : list of Controller
+    config : ClosedLoopConfig, optional
+    solver : str, optional
+        Registered solver of the open-loop optima (default :func:`default_solver`).
+    options : dict, optional
+        Options of that solver.
+    progress : bool
+        A progress bar of the finished tasks.
+    backend : {"local", "ray"}
+    address : str, optional
+        Ray cluster address (``ray`` only; see :func:`trc.backends.ray_runtime`).
+    workers : int, optional
+        ``local``: processes (default 1: in this process); ``ray``: most tasks at once.
+    episodes_per_task : int
 
     Returns
     -------
     dict of str to ClosedLoopResult
         By controller name, plus ``"optimum"`` (the open-loop optimal plans applied open loop to
         the nominal simulated plant: the lower bound of the cost).
+
+    Raises
+    ------
+    ConfigError
+        On a bad backend, address, ``workers`` or ``episodes_per_task``, or invalid episodes.
+    SolverError
+        If a worker process died (local), or a Ray task's worker died in every retry.
     """
     config = config or ClosedLoopConfig()
-    sim = _Simulator(problem)
-    ep = _episodes(problem, config, sim)
-    J_opt, opt_states, opt_controls = optimal_costs(problem, ep.x0, ep.target, solver=solver, options=options)
-    out: dict[str, ClosedLoopResult] = {}
+    check_int(episodes_per_task, "episodes_per_task", low=1)
+    check_backend(backend, address)
+    ep = _episodes(problem, config, _Simulator(problem))  # validates before any work
+    B = ep.x0.shape[0]
+    tasks = [(i, min(i + episodes_per_task, B)) for i in range(0, B, episodes_per_task)]
+    shared = (problem, controllers, config, solver, options)
+    inline = backend == "local" and (workers or 1) == 1
+    if inline:
+        _init_compare(*shared)
+    parts: dict[int, dict] = {}
+    try:
+        for index, part in map_unordered(_compare_part, tasks, backend=backend, address=address, workers=workers,
+                                         progress=progress, desc=f"closed loop ({problem.name})",
+                                         initializer=None if inline else _init_compare, initargs=shared):
+            parts[index] = part
+    finally:
+        if inline:
+            _SHARED.clear()
+    ordered = [parts[i] for i in range(len(tasks))]
+    out = {name: ClosedLoopResult.concatenate([p["results"][name] for p in ordered])
+           for name in ordered[0]["results"]}
+    N = problem.horizon
     for controller in controllers:
-        if isinstance(controller, MPCController) and controller.warm_start is None:
-            controller.warm_start = (opt_states, opt_controls)
-        if progress:
-            progress(controller.name)
-        try:
-            out[controller.name] = run(problem, controller, config, x0=ep.x0, target=ep.target, J_opt=J_opt)
-        except ConfigError as exc:
-            empty = np.zeros(0)
-            out[controller.name] = ClosedLoopResult(controller.name, empty, empty, empty.astype(bool),
-                                                    empty.astype(bool), empty, empty, empty, math.nan, error=str(exc))
-    ok = np.isfinite(J_opt)
-    x_opt = simulate(problem, ep.x0, opt_controls, rtol=config.rtol)
-    err = _error(problem, x_opt[:, -1], ep.target)
-    plant = problem.make_plant(torch.float64)
-    violation = _violations(problem, plant, x_opt, opt_controls, ep.target)
-    out["optimum"] = ClosedLoopResult(
-        name="optimum (open loop)", states=x_opt, controls=opt_controls,
-        success=ok & (err < problem.tolerance) & ~violation,
-        violation=violation, cost=J_opt, cost_ratio=np.where(ok, 1.0, math.nan), steady_state_error=err,
-        ms_per_step=math.nan, extra={"solver": solver or default_solver(problem), "solver_failures": int((~ok).sum())})
+        result = out[controller.name]
+        if result.error is not None:
+            continue
+        if isinstance(controller, MPCController):
+            controller.solve_ms = [t for p in ordered for t in p["solve_ms"][controller.name]]
+        result.ms_per_step = controller.batch1_ms(ep.x0, ep.target, N, config.timing_repeats)
     return out
 
 

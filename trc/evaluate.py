@@ -5,6 +5,8 @@ Usage::
     python -m trc.evaluate --checkpoint runs/NAME/model.pt [--data PATH] [--out DIR]
                            [--split test] [--latency-repeats R] [--threads T] [--seed S]
     python -m trc.evaluate --checkpoint runs/libero_spatial/model.pt --episodes 20 [--tasks 0 1]
+    python -m trc.evaluate --checkpoint runs/NAME/model.pt --closed-loop [--episodes E]
+                           [--backend local|ray] [--address HOST:PORT] [--workers W]
 
 The model file records its problem kind (:mod:`trc.kinds`), whose evaluator runs:
 continuous and discrete policies against the optimal solutions of a data set (without
@@ -13,6 +15,12 @@ the official init states. The report (``report.json``, ``report.md``, figures) g
 ``--out`` (default ``<checkpoint folder>/evaluation``) and its summary to stdout. A model made
 for another plant or other dimensions than the data set is refused with
 :class:`~dynamics.errors.CheckpointError`.
+
+Closed-loop and LIBERO episodes run in this process, in ``--workers`` local processes, or on
+a Ray cluster (``--backend ray``, ``--address``; :mod:`trc.backends`): one Ray task per batch of
+closed-loop episodes (every case's arrays are the same on every backend) or per LIBERO episode.
+On a cluster of several machines the model file (and an ``--exported`` program) must be at the
+same path on every node, e.g. on a shared file system.
 
 Exit status (:mod:`trc.cli`): 0 success, 1 unreadable or mismatched model file or data set,
 2 bad usage, 130 interrupted.
@@ -26,7 +34,8 @@ import sys
 import torch
 
 from . import kinds
-from .cli import add_quiet, add_seed, add_threads, option_defaults, positive_int, run
+from .backends import check_backend
+from .cli import add_backend, add_quiet, add_seed, add_threads, option_defaults, positive_int, run
 from .closed_loop import PERTURBATIONS
 
 __all__ = ["main", "build_parser"]
@@ -61,9 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="control steps per episode (default 2 N; fixed final time: N)")
     loop.add_argument("--exported", metavar="PATH", help="also run this exported program of the model (trc.export)")
     loop.add_argument("--no-mpc", action="store_true", help="leave the MPC baseline out (the slowest part)")
+    where = p.add_argument_group("where the episodes run (--closed-loop and LIBERO)")
+    where.add_argument("--workers", type=positive_int, metavar="W",
+                       help="local: parallel processes (default 1: this process); ray: most tasks at once")
+    add_backend(where, "one task per batch of closed-loop episodes, or per LIBERO episode")
     libero = p.add_argument_group("LIBERO (closed-loop episodes)")
     libero.add_argument("--tasks", type=int, nargs="+", metavar="T", help="task indices (default: the problem's)")
-    libero.add_argument("--workers", type=positive_int, metavar="W", help="parallel processes (default 1)")
     libero.add_argument("--videos", type=int, default=1, metavar="V", help="episodes recorded per task (default 1)")
     libero.add_argument("--action-steps", type=positive_int, metavar="K",
                         help="actions of each predicted chunk executed before re-planning (default: half the chunk)")
@@ -78,6 +90,7 @@ def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     model = kinds.load(args.checkpoint)
     kind = kinds.for_model(model)
     kind.check_options("evaluate", args, option_defaults(parser, exclude=("checkpoint",)))
+    check_backend(args.backend, args.address)
     print(kind.evaluate(model, args.checkpoint, args))
     return 0
 

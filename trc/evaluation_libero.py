@@ -24,10 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import multiprocessing as mp
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing.util import Finalize
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from dynamics.errors import CheckpointError, ConfigError
 from dynamics.learned_arm import arm_states
 from dynamics.libero import LiberoSimulator, proprio_from_raw, suite_tasks
 
+from .backends import check_backend, map_unordered
 from .config import from_dict
 from .generators.libero_storage import LiberoProblem
 from .io import atomic_path, atomic_write_text
@@ -230,9 +229,9 @@ def _latent_figure(path: Path, results: list[EpisodeResult]) -> None:
 
 
 def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[int] | None = None,
-             out_dir: str | os.PathLike | None = None, workers: int = 1, videos: int = 1,
+             out_dir: str | os.PathLike | None = None, workers: int | None = None, videos: int = 1,
              action_steps: int | None = None, max_steps: int | None = None, render: str | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, backend: str = "local", address: str | None = None) -> dict:
     """Evaluate a policy checkpoint closed-loop in LIBERO; see the module notes.
 
     Parameters
@@ -246,8 +245,9 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
         Task indices; default the checkpoint's problem tasks.
     out_dir : path, optional
         Report folder; default ``<checkpoint folder>/evaluation``.
-    workers : int
-        Parallel processes (one simulator and one policy copy each).
+    workers : int, optional
+        ``local``: parallel processes, one simulator and one policy copy each (default 1: this
+        process); ``ray``: most episodes at once (default: as many as the cluster's CPUs).
     videos : int
         Episodes recorded per task.
     action_steps : int, optional
@@ -256,6 +256,12 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
         Default the problem's (LIBERO-Spatial: 220).
     render : {"fast", "libero"}, optional
         Override the render settings of the checkpoint's problem.
+    progress : bool
+    backend : {"local", "ray"}
+        Where the episodes run (:mod:`trc.backends`): one Ray task per episode, each task loading
+        the checkpoint from its path (on a cluster of several machines, a path every node can read).
+    address : str, optional
+        Ray cluster address (``ray`` only).
 
     Returns
     -------
@@ -266,12 +272,15 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
     Raises
     ------
     ConfigError
-        On a non-positive ``episodes``, ``workers`` or ``action_steps``.
+        On a non-positive ``episodes``, ``workers`` or ``action_steps``; a bad backend or address.
+    SolverError
+        If a worker process died (local), or a Ray task's worker in every retry.
     CheckpointError
         If the checkpoint cannot be loaded or is not a visuomotor policy.
     """
-    if episodes < 1 or workers < 1 or videos < 0:
+    if episodes < 1 or (workers is not None and workers < 1) or videos < 0:
         raise ConfigError(f"episodes and workers must be >= 1 and videos >= 0, got {episodes}, {workers}, {videos}")
+    check_backend(backend, address)
     policy = load_policy(checkpoint)
     problem = policy.problem.worker_dict()
     if render is not None:
@@ -286,13 +295,13 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
     out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent / "evaluation"
     # Share the cores among the workers, never more threads than this process is allowed
     # (torch.get_num_threads() follows OMP_NUM_THREADS and torch.set_num_threads).
-    threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // workers))
+    threads = 1 if backend == "ray" else max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // (workers or 1)))
     jobs = [(str(checkpoint), problem, t, j, action_steps, j < videos, max_steps, threads) for t in tasks for j in range(episodes)]
     results: list[EpisodeResult] = []
     t0 = time.time()
     bar = tqdm(total=len(jobs), desc="LIBERO episodes", disable=not progress)
     try:
-        if workers == 1:
+        if backend == "local" and (workers or 1) == 1:
             _WORKER.update(policy=policy, checkpoint=str(checkpoint))  # loaded above: the file as it is now
             try:
                 for job in jobs:
@@ -304,13 +313,11 @@ def evaluate(checkpoint: str | os.PathLike, *, episodes: int = 20, tasks: list[i
                 _WORKER.clear()
         else:
             # Each worker closes its simulator when it ends (_init_worker), before EGL is terminated.
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                     initializer=_init_worker) as pool:
-                futs = [pool.submit(_worker, job) for job in jobs]
-                for f in as_completed(futs):
-                    results.append(f.result())
-                    bar.update(1)
-                    bar.set_postfix(success=f"{np.mean([r.success for r in results]):.2f}")
+            for _, result in map_unordered(_worker, jobs, backend=backend, address=address, workers=workers,
+                                           inline=False, initializer=_init_worker):
+                results.append(result)
+                bar.update(1)
+                bar.set_postfix(success=f"{np.mean([r.success for r in results]):.2f}")
     finally:
         bar.close()
     results.sort(key=lambda r: (r.task_index, r.init_state_id))

@@ -41,8 +41,8 @@ import sys
 import dynamics
 
 from . import kinds
-from .backends import BACKENDS, CONNECT_TIMEOUT, check_backend
-from .cli import add_quiet, add_seed, option_defaults, positive_int, run
+from .backends import check_backend
+from .cli import add_backend, add_quiet, add_seed, option_defaults, positive_int, run
 from .experiment import default_experiment, load_experiment
 from .generators import solver_names
 
@@ -72,13 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=positive_int, metavar="W",
                         help="worker processes (default: all cores; 1: in this process)")
     parser.add_argument("--chunk-size", type=positive_int, metavar="C", help="instances per work unit (resume granularity)")
-    parser.add_argument("--backend", choices=BACKENDS, default="local",
-                        help="where the work runs: worker processes on this machine (local, the default) or a Ray "
-                        "cluster (ray: one task per chunk or episode; needs the 'ray' extra)")
-    parser.add_argument("--address", metavar="HOST:PORT",
-                        help="with --backend ray: the Ray cluster to join (the head's address from `ray start --head`, "
-                        f"or 'auto'); refused if not reachable within {CONNECT_TIMEOUT:g} s. Default: a private Ray "
-                        "on this machine")
+    add_backend(parser)
     parser.add_argument("--force", action="store_true",
                         help="regenerate even if the output already holds this data set, or replace another file")
     add_quiet(parser)

@@ -9,6 +9,7 @@ Usage::
     python -m trc.train --config configs/maze.yaml [--stage all|supervised|rl]
     python -m trc.train --config configs/libero_spatial.yaml [--data DIR] [--sweep]
     python -m trc.train --config configs/recap_maze.yaml --stage demos|corrections|autonomous   # RECAP
+                        [--backend local|ray] [--address HOST:PORT] [--workers W]
 
 The configuration's problem kind (:mod:`trc.kinds`) trains; options a kind does not use are
 refused. Continuous problems: if the data set (``generator.out``, default
@@ -31,7 +32,8 @@ import sys
 
 from dynamics.errors import ConfigError
 
-from .cli import add_quiet, add_seed, option_defaults, positive_int, run
+from .backends import check_backend
+from .cli import add_backend, add_quiet, add_seed, option_defaults, positive_int, run
 from .experiment import Experiment, experiment_from_dict, load_experiment
 from .kinds.continuous import DEFAULT_RUNS_DIR, RunResult, run_training
 from .recap.stages import STAGES as RECAP_STAGES
@@ -54,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint.pt")
     mode.add_argument("--overwrite", action="store_true", help="start afresh even if the run folder has a checkpoint")
     p.add_argument("--epochs", type=positive_int, metavar="E", help="override training.epochs")
-    p.add_argument("--workers", type=positive_int, metavar="W", help="worker processes if the data set must be generated")
+    p.add_argument("--workers", type=positive_int, metavar="W",
+                   help="worker processes if the data set must be generated; RECAP: rollout processes (--backend "
+                   "local) or most rollout tasks at once (--backend ray)")
     p.add_argument("--stage", choices=("all", "supervised", "rl", *RECAP_STAGES),
                    help="discrete: all (default), supervised or rl; continuous: rl fine-tunes --init (or "
                    "<out>/model.pt) with REINFORCE; RECAP problems (kind: recap): demos, corrections or "
@@ -65,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--rl-lr", type=float, default=1e-4, help="learning rate")
     rl.add_argument("--rl-sigma", type=float, default=0.05, help="exploration std (fraction of the control range)")
     rl.add_argument("--rl-batch", type=positive_int, default=64, help="episodes per step")
+    recap = p.add_argument_group("RECAP rollouts (kind: recap; tasks of generator.episodes_per_task)")
+    add_backend(recap, "one task per batch of a stage's episodes")
     libero = p.add_argument_group("LIBERO")
     libero.add_argument("--data", metavar="DIR", help="folder of *_demo.hdf5 files (overrides training.data)")
     libero.add_argument("--sweep", action="store_true", help="grid sweep over training.sweep; writes a ranked table")
@@ -134,6 +140,7 @@ def _command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         raise ConfigError(f"--stage {args.stage}: {kind.name} problems have no RECAP stages (demos, corrections, "
                           f"autonomous); those are for configurations with problem.kind: recap")
     kind.check_options("train", args, option_defaults(parser, exclude=("config",)))
+    check_backend(args.backend, args.address)
     summary = kind.train(experiment, args)
     if summary:
         print(summary)

@@ -118,6 +118,11 @@ class ExportedController:
         dim = dim.decode() if isinstance(dim, bytes) else str(dim)
         self.state_dim: int | None = int(dim) if dim.isdigit() else None
 
+    def __reduce__(self):
+        # A loaded program is native code and cannot be pickled: another process (a worker)
+        # loads it again from its file.
+        return (type(self), (self.path, self.format))
+
     def __call__(self, current_state, target_state) -> np.ndarray:
         """Controls ``(B, horizon, control_dim)`` (float32) of ``(B, state_dim)`` states and targets.
 

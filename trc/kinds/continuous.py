@@ -231,11 +231,14 @@ def evaluate_closed_loop(model: TinyRecursiveControl, checkpoint, args: argparse
     if args.exported:
         controllers.append(closed_loop.ExportedTRCController(load_controller(args.exported)))
     controllers += closed_loop.baselines(problem, mpc=not args.no_mpc)
-    results = {case: closed_loop.compare(problem, controllers, config) for case, config in configs.items()}
+    where = {"backend": args.backend, "address": args.address, "workers": args.workers}
+    results = {case: closed_loop.compare(problem, controllers, config, progress=not args.quiet, **where)
+               for case, config in configs.items()}
     out_dir = Path(args.out) if args.out else Path(checkpoint).resolve().parent / "evaluation"
     settings = {"checkpoint": str(checkpoint), "episodes": args.episodes, "steps": args.steps,
                 "replan_every": args.replan_every or 1, "seed": 0 if args.seed is None else args.seed,
-                "exported": args.exported, "mpc": not args.no_mpc}
+                "exported": args.exported, "mpc": not args.no_mpc,
+                "episodes_per_task": closed_loop.EPISODES_PER_TASK}
     path = closed_loop.write_report(out_dir, results, problem=problem, config=settings)
     tables = "\n\n".join(closed_loop.summary_table(r, case) for case, r in results.items())
     return f"{tables}\nreport: {path}"
@@ -348,7 +351,8 @@ class ContinuousKind(ProblemKind):
         "train": frozenset({"out", "seed", "resume", "overwrite", "epochs", "workers", "quiet", "stage", "init",
                             "rl_iterations", "rl_lr", "rl_sigma", "rl_batch"}),
         "evaluate": frozenset({"data", "out", "split", "latency_repeats", "threads", "seed", "closed_loop",
-                               "episodes", "perturbation", "replan_every", "steps", "exported", "no_mpc"}),
+                               "episodes", "perturbation", "replan_every", "steps", "exported", "no_mpc",
+                               "workers", "backend", "address", "quiet"}),
     }
 
     def parse_problem(self, section):
@@ -398,9 +402,10 @@ class ContinuousKind(ProblemKind):
         return ""  # run_training printed the summary (on the main process only)
 
     def evaluate(self, model, checkpoint, args: argparse.Namespace) -> str:
-        loop_options = ("perturbation", "replan_every", "steps", "exported", "no_mpc")
+        loop_options = ("perturbation", "replan_every", "steps", "exported", "no_mpc", "workers", "address")
         if not args.closed_loop:
             given = [o for o in loop_options if getattr(args, o, None) not in (None, False)]
+            given += ["backend"] if getattr(args, "backend", "local") != "local" else []
             if given or args.episodes != 20:
                 flags = ", ".join("--" + o.replace("_", "-") for o in given or ["episodes"])
                 raise ConfigError(f"{flags}: options of --closed-loop; add --closed-loop")

@@ -50,7 +50,7 @@ class LiberoKind(ProblemKind):
         "generate": frozenset({"num_samples", "seed", "out", "workers", "force", "quiet", "backend", "address"}),
         "train": frozenset({"out", "seed", "epochs", "data", "sweep", "overwrite", "quiet"}),
         "evaluate": frozenset({"out", "episodes", "tasks", "workers", "videos", "action_steps", "max_steps", "render",
-                               "seed", "threads", "quiet"}),
+                               "seed", "threads", "quiet", "backend", "address"}),
     }
 
     def parse_problem(self, section):
@@ -106,8 +106,9 @@ class LiberoKind(ProblemKind):
 
     def evaluate(self, model, checkpoint, args: argparse.Namespace) -> str:
         report = evaluate_episodes(checkpoint, episodes=args.episodes, tasks=args.tasks, out_dir=args.out,
-                                   workers=args.workers or 1, videos=args.videos, action_steps=args.action_steps,
-                                   max_steps=args.max_steps, render=args.render, progress=not args.quiet)
+                                   workers=args.workers, videos=args.videos, action_steps=args.action_steps,
+                                   max_steps=args.max_steps, render=args.render, progress=not args.quiet,
+                                   backend=args.backend, address=args.address)
         return Path(report["out_dir"], "report.md").read_text()
 
     def model_fields(self, model) -> dict:

@@ -60,7 +60,7 @@ class RecapKind(ProblemKind):
     stages = STAGES
     options = {
         "generate": frozenset(),
-        "train": frozenset({"out", "seed", "stage", "quiet"}),
+        "train": frozenset({"out", "seed", "stage", "quiet", "backend", "address", "workers"}),
         "evaluate": frozenset({"out", "seed", "threads"}),
     }
 
@@ -86,7 +86,8 @@ class RecapKind(ProblemKind):
         selected = STAGES if stage in (None, "all") else (stage,)
         lines = []
         for s in selected:
-            metrics = run_stage(experiment, s, out=args.out, seed=args.seed)
+            metrics = run_stage(experiment, s, out=args.out, seed=args.seed, backend=args.backend,
+                                address=args.address, workers=args.workers)
             self._write_model_file(experiment, s, args, metrics)
             if metrics.get("skipped"):
                 lines.append(f"stage {s}: already finished, nothing to do")

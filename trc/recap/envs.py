@@ -88,6 +88,10 @@ class MazeEpisodes:
     def keys(self, ctx) -> set:
         return set(_keys([ctx["x0"]]))
 
+    def slice(self, ctx, start: int, stop: int) -> dict:
+        """Episodes ``start:stop`` of ``ctx``."""
+        return {"x0": ctx["x0"][start:stop], "inst": ctx["inst"].subset(list(range(start, stop)))}
+
     def initial(self, ctx) -> torch.Tensor:
         return ctx["x0"].clone()
 
@@ -180,6 +184,10 @@ class ContinuousEpisodes:
 
     def keys(self, ctx) -> set:
         return set(ctx["keys"])
+
+    def slice(self, ctx, start: int, stop: int) -> dict:
+        """Episodes ``start:stop`` of ``ctx``."""
+        return {"x0": ctx["x0"][start:stop], "target": ctx["target"][start:stop], "keys": ctx["keys"][start:stop]}
 
     def initial(self, ctx) -> torch.Tensor:
         return ctx["x0"].clone()

@@ -60,6 +60,7 @@ from torch import nn
 from dynamics.errors import CheckpointError, ConfigError, DatasetError
 
 from .. import lerobot
+from ..backends import map_unordered
 from ..config import check_choice, check_int, check_real, check_seed, from_dict
 from ..discrete import problem_from_dict
 from ..io import atomic_path, atomic_torch_save, atomic_write_text
@@ -179,6 +180,10 @@ class RecapGeneratorConfig:
         Monitor: steps without progress before the expert takes over.
     budget : float
         Monitor: fraction of the step budget after which the expert takes over.
+    episodes_per_task : int, optional
+        Episodes of a stage per rollout task (``--backend``, ``--workers``: one Ray task or local
+        process per task); null: one task. The split is part of the run (the demonstrator's noise
+        is seeded per task), not of the backend: every backend gives the same arrays.
     """
 
     seed: int = 0
@@ -192,9 +197,12 @@ class RecapGeneratorConfig:
     noise: float = 0.3
     patience: int = 5
     budget: float = 0.6
+    episodes_per_task: Optional[int] = None
 
     def __post_init__(self):
         check_seed(self.seed)
+        if self.episodes_per_task is not None:
+            check_int(self.episodes_per_task, "generator.episodes_per_task", 1)
         for key in ("demo_episodes", "correction_episodes", "autonomous_episodes", "eval_episodes", "patience"):
             check_int(getattr(self, key), f"generator.{key}", 1)
         check_real(self.epsilon, "generator.epsilon", 0.0, 1.0)
@@ -664,7 +672,8 @@ class RecapRun:
 
     def fingerprint(self) -> dict:
         """Everything that determines the run's arrays (recorded in ``run.json`` and checkpoints)."""
-        return json.loads(json.dumps({"problem": self.problem.to_dict(), "generator": asdict(self.generator),
+        gen = {k: v for k, v in asdict(self.generator).items() if not (k == "episodes_per_task" and v is None)}
+        return json.loads(json.dumps({"problem": self.problem.to_dict(), "generator": gen,
                                       "training": {k: v for k, v in asdict(self.training).items()
                                                    if k not in ("out", "threads", "checkpoint_every")},
                                       "model": self.model}))
@@ -709,18 +718,66 @@ def load_state(module: nn.Module, path: Path, what: str = "weights") -> None:
         raise CheckpointError(f"{what} {str(path)!r} cannot be loaded: {exc}") from exc
 
 
-def _collect(run: RecapRun, env, stage: str, episodes: dict, policy) -> dict:
+#: What :func:`_rollout_part` runs in this process: ``(run, stage, ctx, policy weights or None)``.
+_ROLLOUT: dict = {}
+
+
+def _init_rollouts(run: "RecapRun", stage: str, ctx: dict, weights: dict | None) -> None:
+    """Worker initialiser of :func:`_collect`: the stage's episodes and the acting policy, sent once."""
+    _ROLLOUT["args"] = (run, stage, ctx, weights)
+
+
+def _rollout_part(task: tuple[int, int, int]) -> dict:
+    """Episodes ``start:stop`` of the stage (task ``index``): the demonstrator (its noise seeded per
+    task) or the previous stage's guided policy, with the monitor's takeovers in the corrections.
+    Runs with one torch thread (restored after), so a task gives the same arrays in any process."""
+    run, stage, ctx, weights = _ROLLOUT["args"]
+    index, start, stop = task
     g, cfg = run.generator, run.training
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        env = make_episodes(run.problem, g)
+        part = env.slice(ctx, start, stop)
+        if stage == "demos":
+            gen = torch.Generator().manual_seed(_seed(g.seed, stage, 1 + index))
+            ep = run_episodes(env, part, lambda obs, t: env.demo(obs["observation.state"], part, gen))
+        else:
+            policy = make_policy(run.problem, run.model, 0)
+            policy.load_state_dict(weights)
+            policy.eval()
+            monitor = Monitor(g.patience, g.budget) if stage == "corrections" else None
+            ep = run_episodes(env, part, lambda obs, t: env.act(policy, obs, cfg.beta), monitor=monitor)
+        return {"frames": frames_of(env, ep), "lengths": ep["lengths"].numpy(), "success": ep["success"].numpy()}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _collect(run: RecapRun, env, stage: str, episodes: dict, policy, *, backend: str = "local",
+             address: str | None = None, workers: int | None = None) -> dict:
+    """The stage's episodes in tasks of ``generator.episodes_per_task`` (:mod:`trc.backends`); the
+    split does not depend on the backend, so neither do the arrays."""
     ctx = episodes[stage]
-    gen = torch.Generator().manual_seed(_seed(g.seed, stage, 1))
-    if stage == "demos":
-        ep = run_episodes(env, ctx, lambda obs, t: env.demo(obs["observation.state"], ctx, gen))
-    else:
-        policy.eval()
-        monitor = Monitor(g.patience, g.budget) if stage == "corrections" else None
-        ep = run_episodes(env, ctx, lambda obs, t: env.act(policy, obs, cfg.beta), monitor=monitor)
-        policy.train()
-    return {"frames": frames_of(env, ep), "lengths": ep["lengths"].numpy(), "success": ep["success"].numpy()}
+    B = len(ctx["x0"])
+    size = run.generator.episodes_per_task or B
+    tasks = [(i, start, min(start + size, B)) for i, start in enumerate(range(0, B, size))]
+    shared = (run, stage, ctx, None if stage == "demos" else policy.state_dict())
+    inline = backend == "local" and (workers or 1) == 1
+    if inline:
+        _init_rollouts(*shared)
+    parts: dict[int, dict] = {}
+    try:
+        for index, part in map_unordered(_rollout_part, tasks, backend=backend, address=address, workers=workers,
+                                         initializer=None if inline else _init_rollouts, initargs=shared):
+            parts[index] = part
+    finally:
+        if inline:
+            _ROLLOUT.clear()
+    ordered = [parts[i] for i in range(len(tasks))]
+    frames = {k: np.concatenate([p["frames"][k] + (start if k == "episode_index" else 0)
+                                 for p, (_, start, _) in zip(ordered, tasks)]) for k in ordered[0]["frames"]}
+    return {"frames": frames, "lengths": np.concatenate([p["lengths"] for p in ordered]),
+            "success": np.concatenate([p["success"] for p in ordered])}
 
 
 def _save_rollouts(path: Path, roll: dict) -> None:
@@ -737,7 +794,8 @@ def _load_rollouts(path: Path) -> dict:
         return {"frames": frames, "lengths": z["lengths"], "success": z["success"]}
 
 
-def run_stage(experiment, stage: str, *, out=None, seed: int | None = None) -> dict:
+def run_stage(experiment, stage: str, *, out=None, seed: int | None = None, backend: str = "local",
+              address: str | None = None, workers: int | None = None) -> dict:
     """Run (or resume, or skip when finished) one RECAP stage; returns its metrics.
 
     Parameters
@@ -749,6 +807,12 @@ def run_stage(experiment, stage: str, *, out=None, seed: int | None = None) -> d
         Run folder; default ``training.out`` or ``runs/<problem name>``.
     seed : int, optional
         Overrides ``generator.seed`` and ``training.seed``.
+    backend : {"local", "ray"}
+        Where the rollout tasks run (:mod:`trc.backends`; see ``generator.episodes_per_task``).
+    address : str, optional
+        Ray cluster address (``ray`` only).
+    workers : int, optional
+        ``local``: processes (default 1: this process); ``ray``: most tasks at once.
 
     Returns
     -------
@@ -803,7 +867,7 @@ def run_stage(experiment, stage: str, *, out=None, seed: int | None = None) -> d
     if roll_path.is_file():
         roll = _load_rollouts(roll_path)
     else:
-        roll = _collect(run, env, stage, episodes, actor)
+        roll = _collect(run, env, stage, episodes, actor, backend=backend, address=address, workers=workers)
         _save_rollouts(roll_path, roll)
     cols, fr_new = _frames_from_rollouts(env, problem, roll, stage)
     parts = [_frames_from_dataset(env, lerobot.read_dataset(run.stage_dir(s) / "dataset"), s) for s in STAGES[:k]]
