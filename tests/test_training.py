@@ -500,3 +500,41 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tiny_data, tmp_path):
     b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["state_dict"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_init_fine_tunes_from_a_model_without_its_feedback_encoder(tiny_data, tmp_path):
+    """``--init``: the configured model starts from the file's weights; the trajectory-error encoder of
+    a model with feedback is left out when the configuration has none; other models are refused."""
+    from trc.kinds.continuous import load_initial_weights, run_training
+
+    cfg, data = tiny_data
+    torch.manual_seed(0)
+    start = TinyRecursiveControl.from_problem(data.problem, TRCConfig(latent_dim=32, hidden_dim=64, H_cycles=2,
+                                                                      L_cycles=2, feedback=True))
+    trc.save(start, tmp_path / "start.pt")
+    plain = TinyRecursiveControl.from_problem(data.problem, TRCConfig(latent_dim=32, hidden_dim=64, H_cycles=2,
+                                                                      L_cycles=2, feedback=False))
+    load_initial_weights(plain, tmp_path / "start.pt")
+    dropped = set(start.state_dict()) - set(plain.state_dict())
+    assert dropped and all(k.startswith(("error_encoder.", "feedback_gain.")) for k in dropped)
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, start.state_dict()[k]), k
+    x0, xt = torch.randn(4, 2), torch.randn(4, 2)
+    with torch.inference_mode():  # without feedback the network computes what the original does without the plant
+        assert torch.equal(plain.eval()(x0, xt), start.eval()(x0, xt, plant=False))
+    wider = TinyRecursiveControl.from_problem(data.problem, TRCConfig(latent_dim=32, hidden_dim=96))
+    with pytest.raises(CheckpointError, match="has no weights of the configured model"):
+        load_initial_weights(wider, tmp_path / "start.pt")
+    other = copy.deepcopy(cfg)
+    other["problem"]["horizon"] = 12
+    with pytest.raises(CheckpointError, match="not a model of this problem"):
+        load_initial_weights(TinyRecursiveControl.from_problem(experiment_from_dict(other).problem, TRCConfig()),
+                             tmp_path / "start.pt")
+    # through the training entry: 1 epoch from the file, recorded in config.yaml
+    cfg = copy.deepcopy(cfg)
+    cfg["model"]["feedback"] = False
+    cfg["training"]["epochs"] = 1
+    result = run_training(experiment_from_dict(cfg), out=tmp_path / "ft", init=tmp_path / "start.pt",
+                          progress=False, evaluate=False, verbose=False)
+    assert (tmp_path / "ft" / "config.yaml").read_text().count("start.pt") == 1
+    assert result.train_result.epochs_run == 1

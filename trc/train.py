@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discrete: all (default), supervised or rl; continuous: rl fine-tunes --init (or "
                    "<out>/model.pt) with REINFORCE; RECAP problems (kind: recap): demos, corrections or "
                    "autonomous (default: the three in order)")
-    p.add_argument("--init", metavar="MODEL", help="model file to start from (--stage rl, discrete runs)")
+    p.add_argument("--init", metavar="MODEL", help="model file to start from (fine-tuning: continuous and discrete "
+                   "runs, --stage rl)")
     rl = p.add_argument_group("REINFORCE fine-tuning of continuous models (--stage rl)")
     rl.add_argument("--rl-iterations", type=positive_int, default=100, help="policy-gradient steps")
     rl.add_argument("--rl-lr", type=float, default=1e-4, help="learning rate")

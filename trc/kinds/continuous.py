@@ -95,8 +95,14 @@ def save_model(path: str | os.PathLike, model: TinyRecursiveControl, metadata: M
 
 def run_training(exp, *, out: str | os.PathLike | None = None, seed: int | None = None, resume: bool = False,
                  overwrite: bool = False, epochs: int | None = None, workers: int | None = None,
-                 progress: bool = True, evaluate: bool = True, verbose: bool = True) -> RunResult:
+                 progress: bool = True, evaluate: bool = True, verbose: bool = True,
+                 init: str | os.PathLike | None = None) -> RunResult:
     """Train (and evaluate) a continuous experiment; see :func:`trc.train.train`.
+
+    With ``init`` (a model file of the same problem) the configuration's model starts from its
+    weights (fine-tuning): every weight of the configuration's model must be in it with the same
+    shape; weights it has beyond them are left out, e.g. the trajectory-error encoder of a model
+    with ``feedback: true`` fine-tuned as ``feedback: false``.
 
     Every input is validated before the run folder is touched: a refused ``resume`` leaves
     ``config.yaml`` as it was, and ``overwrite`` removes the old checkpoint only once the data
@@ -108,7 +114,8 @@ def run_training(exp, *, out: str | os.PathLike | None = None, seed: int | None 
         On an invalid configuration, or a run folder that holds a checkpoint while neither
         ``resume`` nor ``overwrite`` is set, or a data set made for another problem.
     CheckpointError
-        If ``resume`` meets a checkpoint of another run or an unreadable one.
+        If ``resume`` meets a checkpoint of another run or an unreadable one; if ``init`` is
+        unreadable, of another problem, or lacks a weight of the configuration's model.
     DatasetError, SolverError
         From loading or generating the data set.
     """
@@ -157,10 +164,14 @@ def run_training(exp, *, out: str | os.PathLike | None = None, seed: int | None 
         # ---- model and full configuration
         _seed_everything(train_cfg.seed)
         model = TinyRecursiveControl.from_problem(problem, model_cfg)
+        if init is not None:
+            load_initial_weights(model, init)
         full = exp.to_dict()
         full["model"] = model.config.to_dict()
         full["training"] = train_cfg.to_dict()
         full["evaluation"] = eval_cfg.to_dict()
+        if init is not None:
+            full["init"] = str(init)
         trainer = Trainer(model, data, train_cfg, out_dir=out_dir, ctx=ctx, resume=resume, run_config=full,
                           progress=progress)
         trainer.check_resume()  # a refused resume writes nothing
@@ -195,6 +206,28 @@ def run_training(exp, *, out: str | os.PathLike | None = None, seed: int | None 
         return RunResult(out_dir=out_dir, model=result.model, metrics=metrics, train_result=result)
     finally:
         shutdown_distributed()
+
+
+def load_initial_weights(model: TinyRecursiveControl, path: str | os.PathLike) -> None:
+    """Start ``model`` from the weights of the model file ``path`` (see :func:`run_training`).
+
+    Raises
+    ------
+    CheckpointError
+        If the file cannot be loaded, was made for another problem, or lacks a weight of
+        ``model`` or has it with another shape.
+    """
+    start = load(path)
+    if not isinstance(start, TinyRecursiveControl) or start.problem_dict != model.problem_dict:
+        raise CheckpointError(f"--init {str(path)!r} is not a model of this problem ({model.problem_dict['name']!r}); "
+                              "fine-tuning starts from a model of the same problem")
+    weights = start.state_dict()
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
+    if missing:
+        raise CheckpointError(f"--init {str(path)!r} has no weights of the configured model's {missing[:5]} "
+                              f"({len(missing)} of {len(own)}); its model configuration differs")
+    model.load_state_dict({k: weights[k] for k in own})
 
 
 def evaluate_run(model, problem, data, eval_cfg, out_dir, *, history=None, extra=None,
@@ -398,7 +431,8 @@ class ContinuousKind(ProblemKind):
                               f"trained by `python -m trc.train --config {experiment.source}` and fine-tuned with "
                               f"--stage rl")
         run_training(experiment, out=args.out, seed=args.seed, resume=args.resume, overwrite=args.overwrite,
-                     epochs=args.epochs, workers=args.workers, progress=not args.quiet, verbose=True)
+                     epochs=args.epochs, workers=args.workers, progress=not args.quiet, verbose=True,
+                     init=args.init)
         return ""  # run_training printed the summary (on the main process only)
 
     def evaluate(self, model, checkpoint, args: argparse.Namespace) -> str:
