@@ -527,7 +527,12 @@ def test_init_fine_tunes_from_a_model_without_its_feedback_encoder(tiny_data, tm
         load_initial_weights(wider, tmp_path / "start.pt")
     other = copy.deepcopy(cfg)
     other["problem"]["horizon"] = 12
-    with pytest.raises(CheckpointError, match="not a model of this problem"):
+    with pytest.raises(CheckpointError, match="horizon: model 10 vs data 12"):
+        load_initial_weights(TinyRecursiveControl.from_problem(experiment_from_dict(other).problem, TRCConfig()),
+                             tmp_path / "start.pt")
+    other["problem"]["horizon"] = 10
+    other["problem"]["plant"]["u_max"] = 5
+    with pytest.raises(CheckpointError, match="was trained on the plant"):
         load_initial_weights(TinyRecursiveControl.from_problem(experiment_from_dict(other).problem, TRCConfig()),
                              tmp_path / "start.pt")
     # through the training entry: 1 epoch from the file, recorded in config.yaml

@@ -99,8 +99,8 @@ def run_training(exp, *, out: str | os.PathLike | None = None, seed: int | None 
                  init: str | os.PathLike | None = None) -> RunResult:
     """Train (and evaluate) a continuous experiment; see :func:`trc.train.train`.
 
-    With ``init`` (a model file of the same problem) the configuration's model starts from its
-    weights (fine-tuning): every weight of the configuration's model must be in it with the same
+    With ``init`` (a model file of the same plant, horizon, ``dt`` and cost; the sampling boxes
+    may differ) the configuration's model starts from its weights (fine-tuning): every weight of the configuration's model must be in it with the same
     shape; weights it has beyond them are left out, e.g. the trajectory-error encoder of a model
     with ``feedback: true`` fine-tuned as ``feedback: false``.
 
@@ -214,13 +214,16 @@ def load_initial_weights(model: TinyRecursiveControl, path: str | os.PathLike) -
     Raises
     ------
     CheckpointError
-        If the file cannot be loaded, was made for another problem, or lacks a weight of
-        ``model`` or has it with another shape.
+        If the file cannot be loaded, was made for another plant (parameters included), horizon,
+        ``dt`` or cost, or lacks a weight of ``model`` or has it with another shape.
     """
     start = load(path)
-    if not isinstance(start, TinyRecursiveControl) or start.problem_dict != model.problem_dict:
-        raise CheckpointError(f"--init {str(path)!r} is not a model of this problem ({model.problem_dict['name']!r}); "
-                              "fine-tuning starts from a model of the same problem")
+    if not isinstance(start, TinyRecursiveControl) or start.problem_dict is None:
+        raise CheckpointError(f"--init {str(path)!r} is not a TinyRecursiveControl model of a continuous problem")
+    check_compatible(start.problem, model.problem, str(path), f"problem {model.problem.name!r}")
+    if start.problem.plant != model.problem.plant:
+        raise CheckpointError(f"--init {str(path)!r} was trained on the plant {start.problem.plant}; this problem's "
+                              f"plant is {model.problem.plant}")
     weights = start.state_dict()
     own = model.state_dict()
     missing = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
