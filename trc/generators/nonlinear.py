@@ -70,6 +70,37 @@ branch of local optima, but on 32 random swing-up instances it did not save time
 15 instead of 11 iterations; cart-pole: 37 instead of 43, in smaller batches), so it is not
 the default. Callers can also pass their own guesses (``states_guess``, ``controls_guess``),
 e.g. a previous solution.
+
+Multi-start
+-----------
+``initial_guess="multistart"`` (with ``starts=S``) solves every instance from ``S`` initial
+guesses and keeps, per instance, the successful start (converged and every check of
+:func:`~trc.generators.checks.check_solution` passed) of lowest re-simulated cost ``J``; if no
+start succeeds, the start that ran out of iterations closest to stationarity gets
+``rescue_iter`` further iterations (Gauss-Newton converges linearly, and slowly where the
+neglected curvature term of the multipliers is large, as at optima that balance near the upright
+position for seconds: 500-900 iterations instead of 20-60), and if that fails too, the failure
+is returned with ``success = False``. The first start is the default guess (the straight line,
+or the caller's ``states_guess``/``controls_guess``); the others, built by
+:mod:`trc.generators.guesses`, are closed-loop simulations of energy pumping (Astrom & Furuta,
+*Automatica* 36 (2000) 287) with both first-swing directions and decreasing torque fractions
+(more pump swings), which satisfy the dynamics from the start (Betts, *Practical Methods for
+Optimal Control and Estimation Using Nonlinear Programming*, 2nd ed., SIAM 2010, on initial
+guesses and multiple local optima). All ``S * B`` problems go through the same batched SQP (a
+batch holds all the starts of ``batch_size`` instances), so a batch costs about ``S``
+single-start solves; ``solve_time`` charges each instance with all its starts and the guess
+simulation. Angles are not wrapped (``J`` penalises ``theta - theta*``), so no start aims at
+``theta* -/+ 2 pi``: those are different, costlier targets of this cost.
+
+On the pendulum swing-up from any angle (``theta0`` in ``[-pi, pi]``, ``|omega0| <= 1``,
+``|u| <= 2`` N m, ``N = 100``: ``benchmarks/swing_up_labels.py``) the straight line fails on
+about half the instances: where the line lies near the unstable upright position, the
+linearised dynamics amplify its defects by ``e^(lambda t)`` over the horizon and the first QP
+steps are of order ``1e6``-``1e12`` (Clarabel fails or the line search stalls). The pumping
+guesses have no defects to amplify. The same amplification makes converged solutions that
+balance near the top for seconds fail the re-simulation check with defects of ``1e-10``
+(residuals up to ``1e-3``), hence the multi-start default ``feas_tol = 1e-14`` (a few rounding
+errors of the plant step; about one more Gauss-Newton iteration).
 """
 
 from __future__ import annotations
@@ -83,11 +114,23 @@ from dynamics.errors import ConfigError, DimensionError, NonFiniteError
 
 from .base import Solution, Solver, register_solver
 from .checks import assemble_solution, check_solution
+from .guesses import GUESS_PLANTS, energy_pumping_guesses, multistart_plan
 from .nonlinear_qp import QPLayout
 
 __all__ = ["NonlinearSolver", "straight_line_states"]
 
-_INITIAL_GUESSES = ("interpolate", "neighbour")
+_INITIAL_GUESSES = ("interpolate", "neighbour", "multistart")
+
+_NOT_CONVERGED = "not converged after max_iter iterations"
+
+#: Default number of starts of ``initial_guess="multistart"``.
+DEFAULT_STARTS = 3
+
+#: Default number of further SQP iterations of a multi-start instance that no start solved.
+DEFAULT_RESCUE_ITER = 1000
+
+#: Default dynamics-defect tolerances: single start, and multi-start (see the module docstring).
+FEAS_TOL, MULTISTART_FEAS_TOL = 1e-10, 1e-14
 
 
 def _linearize(plant, x: torch.Tensor, u: torch.Tensor):
@@ -135,13 +178,23 @@ class NonlinearSolver(Solver):
         Maximum SQP iterations per instance.
     kkt_tol : float
         Tolerance of the Lagrangian stationarity, relative to ``max(1, ||grad J||_inf)``.
-    feas_tol : float
-        Tolerance of the dynamics defect ``max_k ||x_{k+1} - F(x_k, u_k)||_inf`` (state units).
+    feas_tol : float, optional
+        Tolerance of the dynamics defect ``max_k ||x_{k+1} - F(x_k, u_k)||_inf`` (state units);
+        default ``1e-10``, and ``1e-14`` with ``initial_guess="multistart"`` (see the module
+        docstring).
     qp_tol : float
         Tolerance of the QP solutions (Clarabel's gap and feasibility tolerances and the KKT
         verification of the active-set fast path).
-    initial_guess : {"interpolate", "neighbour"}
+    initial_guess : {"interpolate", "neighbour", "multistart"}
         See the module docstring.
+    starts : int, optional
+        Number of starts of ``initial_guess="multistart"`` (only with it), in
+        ``[1, guesses.MAX_STARTS]``; default 3: the straight line (or the caller's guess) and the
+        energy-pumping guesses of both first-swing directions at full torque.
+    rescue_iter : int, optional
+        With ``initial_guess="multistart"`` only: further SQP iterations (default 1000; 0: none)
+        for an instance that no start solved, continuing its start that ran out of iterations
+        with the smallest stationarity residual.
     batch_size : int
         Instances solved together; larger batches amortise the per-iteration overhead.
     device : str or torch.device, optional
@@ -153,12 +206,21 @@ class NonlinearSolver(Solver):
         Of the last :meth:`solve`, per instance: ``stationarity`` and ``defect`` (the KKT
         residuals at return), ``multipliers`` ``(B, N, n)`` of the dynamics constraints,
         ``predicted_states`` ``(B, N + 1, n)`` (the multiple-shooting states) and
-        ``fast_qp_fraction`` (share of QPs solved by the active-set fast path).
+        ``fast_qp_fraction`` (share of QPs solved by the active-set fast path). With
+        ``initial_guess="multistart"`` also ``start`` ``(B,)`` (index of the start returned: the
+        successful one of lowest cost, or 0 if none succeeded), ``start_names`` (``S`` names,
+        :func:`~trc.generators.guesses.multistart_plan`), ``start_costs`` ``(B, S)`` (re-simulated
+        ``J`` of each start, NaN where it failed), ``start_success`` ``(B, S)``,
+        ``start_iterations`` ``(B, S)``, ``beats_first`` ``(B,)`` (the returned start succeeded
+        and either the first start failed or its cost is lower by more than ``1e-8`` relative)
+        and ``rescued`` ``(B,)`` (the instance got the ``rescue_iter`` iterations).
 
     Raises
     ------
     ConfigError
-        On an invalid option or a problem whose cost is not quadratic.
+        On an invalid option (``starts`` or ``rescue_iter`` without
+        ``initial_guess="multistart"``, or out of range; ``multistart`` with more than one start
+        on a plant without guesses) or a problem whose cost is not quadratic.
 
     Examples
     --------
@@ -175,20 +237,35 @@ class NonlinearSolver(Solver):
         *,
         max_iter: int = 300,
         kkt_tol: float = 1e-8,
-        feas_tol: float = 1e-10,
+        feas_tol: float | None = None,
         qp_tol: float = 1e-10,
         initial_guess: str = "interpolate",
+        starts: int | None = None,
+        rescue_iter: int | None = None,
         batch_size: int = 64,
         device=None,
     ):
         super().__init__(
             problem, max_iter=max_iter, kkt_tol=kkt_tol, feas_tol=feas_tol, qp_tol=qp_tol,
-            initial_guess=initial_guess, batch_size=batch_size, device=device,
+            initial_guess=initial_guess, starts=starts, rescue_iter=rescue_iter, batch_size=batch_size,
+            device=device,
         )
         if problem.cost != "quadratic":
             raise ConfigError(f"solver 'nonlinear' needs cost 'quadratic', got {problem.cost!r}")
-        if initial_guess not in _INITIAL_GUESSES:
+        if not isinstance(initial_guess, str) or initial_guess not in _INITIAL_GUESSES:
             raise ConfigError(f"initial_guess must be one of {_INITIAL_GUESSES}, got {initial_guess!r}")
+        multistart = initial_guess == "multistart"
+        for key, value in (("starts", starts), ("rescue_iter", rescue_iter)):
+            if value is not None and not multistart:
+                raise ConfigError(f"{key} is an option of initial_guess='multistart'; got {key}={value!r} with "
+                                  f"initial_guess={initial_guess!r}")
+        starts = DEFAULT_STARTS if starts is None else starts
+        rescue_iter = DEFAULT_RESCUE_ITER if rescue_iter is None else rescue_iter
+        if isinstance(rescue_iter, bool) or not (isinstance(rescue_iter, int) and rescue_iter >= 0):
+            raise ConfigError(f"rescue_iter must be an integer >= 0, got {rescue_iter!r}")
+        multistart_plan(starts)  # validates starts
+        if feas_tol is None:
+            feas_tol = MULTISTART_FEAS_TOL if multistart else FEAS_TOL
         for key, value in (("kkt_tol", kkt_tol), ("feas_tol", feas_tol), ("qp_tol", qp_tol)):
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < 1):
                 raise ConfigError(f"{key} must be a number in (0, 1), got {value!r}")
@@ -197,8 +274,12 @@ class NonlinearSolver(Solver):
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
         self.max_iter, self.kkt_tol, self.feas_tol = max_iter, float(kkt_tol), float(feas_tol)
         self.qp_tol, self.initial_guess, self.batch_size = float(qp_tol), initial_guess, batch_size
+        self.starts, self.rescue_iter = int(starts), rescue_iter
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.plant = problem.make_plant(torch.float64).to(self.device)
+        if multistart and self.starts > 1 and self.plant.name not in GUESS_PLANTS:
+            raise ConfigError(f"initial_guess='multistart' with starts={self.starts} has guesses for the plants "
+                              f"{GUESS_PLANTS}, got plant {self.plant.name!r}; use starts=1 or another initial_guess")
         self._check_plant = self.plant if self.device.type == "cpu" else problem.make_plant(torch.float64)
         n, m, N = self.plant.state_dim, self.plant.control_dim, problem.horizon
         self.n, self.m, self.N = n, m, N
@@ -234,7 +315,9 @@ class NonlinearSolver(Solver):
             Controls of the SQP; states re-simulated through the float64 plant; costs;
             ``success`` (converged and every check passed); ``status`` (``"converged"`` or the
             reasons of the failure); SQP iterations; wall-clock seconds per instance (a batch's
-            time shared equally by its instances).
+            time shared equally by its instances). With ``initial_guess="multistart"``: those of
+            the returned start (iterations of that start; seconds of all starts), the given
+            guesses being the first start; the other starts are in :attr:`diagnostics`.
 
         Raises
         ------
@@ -251,6 +334,26 @@ class NonlinearSolver(Solver):
             states_guess = _batch(states_guess, (N + 1, n), "states_guess", B)
         if controls_guess is not None:
             controls_guess = _batch(controls_guess, (N, m), "controls_guess", B)
+        if self.initial_guess == "multistart":
+            return self._solve_multistart(x0, target, states_guess, controls_guess)
+        out = self._solve_batches(x0, target, states_guess, controls_guess)
+        report = check_solution(
+            self.problem, x0, target, out["U"], states=out["X"], solver_status=out["status"],
+            solver_success=out["converged"], plant=self._check_plant,
+        )
+        self.diagnostics = {
+            "stationarity": out["stationarity"], "defect": out["defect"], "multipliers": out["lam"],
+            "predicted_states": out["X"], "fast_qp_fraction": out["fast_qp_fraction"],
+        }
+        return assemble_solution(self.problem, target, out["U"], report, out["iterations"], out["times"],
+                                 solver_name=self.name)
+
+    def _solve_batches(self, x0, target, states_guess, controls_guess, max_iter: int | None = None,
+                       batch_size: int | None = None) -> dict:
+        """The SQP on validated arrays, in batches of ``batch_size`` rows (default the option);
+        per-row outcomes."""
+        n, m, N = self.n, self.m, self.N
+        B = x0.shape[0]
         X = np.zeros((B, N + 1, n)); U = np.zeros((B, N, m)); lam = np.zeros((B, N, n))
         iters = np.zeros(B, dtype=np.int64); times = np.zeros(B)
         ok = np.zeros(B, dtype=bool); status = np.empty(B, dtype=object)
@@ -259,8 +362,9 @@ class NonlinearSolver(Solver):
         given = states_guess is not None or controls_guess is not None
         neighbour = self.initial_guess == "neighbour" and not given
         order = _chain_order(np.concatenate([x0, target], axis=1)) if neighbour else np.arange(B)
-        for start in range(0, B, self.batch_size):
-            idx = order[start:start + self.batch_size]
+        size = self.batch_size if batch_size is None else batch_size
+        for start in range(0, B, size):
+            idx = order[start:start + size]
             if given:
                 Xg = states_guess[idx] if states_guess is not None else straight_line_states(x0[idx], target[idx], N)
                 Ug = controls_guess[idx] if controls_guess is not None else np.zeros((idx.size, N, m))
@@ -270,22 +374,95 @@ class NonlinearSolver(Solver):
             else:
                 Xg, Ug = straight_line_states(x0[idx], target[idx], N), np.zeros((idx.size, N, m))
             t0 = time.perf_counter()
-            out = self._sqp(x0[idx], target[idx], Xg, Ug)
+            out = self._sqp(x0[idx], target[idx], Xg, Ug, max_iter)
             times[idx] = (time.perf_counter() - t0) / idx.size
             X[idx], U[idx], lam[idx] = out["X"], out["U"], out["lam"]
             iters[idx], ok[idx], status[idx] = out["iterations"], out["converged"], out["status"]
             stat[idx], defect[idx] = out["stationarity"], out["defect"]
             n_fast += out["fast_qps"]; n_qp += out["qps"]
-
-        report = check_solution(
-            self.problem, x0, target, U, states=X, solver_status=status, solver_success=ok,
-            plant=self._check_plant,
-        )
-        self.diagnostics = {
-            "stationarity": stat, "defect": defect, "multipliers": lam, "predicted_states": X,
-            "fast_qp_fraction": n_fast / max(n_qp, 1),
+        return {
+            "X": X, "U": U, "lam": lam, "iterations": iters, "times": times, "converged": ok, "status": status,
+            "stationarity": stat, "defect": defect, "fast_qp_fraction": n_fast / max(n_qp, 1),
         }
-        return assemble_solution(self.problem, target, U, report, iters, times, solver_name=self.name)
+
+    def _solve_multistart(self, x0, target, states_guess, controls_guess) -> Solution:
+        """All starts of all instances in one batched SQP; per instance the best successful start."""
+        n, m, N = self.n, self.m, self.N
+        B = x0.shape[0]
+        plan = multistart_plan(self.starts)
+        S = len(plan)
+        t0 = time.perf_counter()
+        X1 = states_guess if states_guess is not None else straight_line_states(x0, target, N)
+        U1 = controls_guess if controls_guess is not None else np.zeros((B, N, m))
+        Xg, Ug = X1[None], U1[None]
+        if S > 1:
+            with torch.no_grad():
+                Xp, Up = energy_pumping_guesses(self.plant, x0, target, N, [p[1] for p in plan[1:]],
+                                                [p[2] for p in plan[1:]])
+            Xg, Ug = np.concatenate([Xg, Xp]), np.concatenate([Ug, Up])
+        guess_time = (time.perf_counter() - t0) / B
+        # rows instance-major: row i * S + s is start s of instance i, so a batch holds all the
+        # starts of batch_size instances
+        x0_all, target_all = np.repeat(x0, S, axis=0), np.repeat(target, S, axis=0)
+        Xg, Ug = Xg.swapaxes(0, 1).reshape(B * S, N + 1, n), Ug.swapaxes(0, 1).reshape(B * S, N, m)
+        out = self._solve_batches(x0_all, target_all, Xg, Ug, batch_size=self.batch_size * S)
+        J, good = self._judge(x0_all, target_all, out)
+        J, good = J.reshape(B, S).T, good.reshape(B, S).T
+        # rescue: where no start succeeded, continue the start that ran out of iterations with the
+        # smallest stationarity residual (Gauss-Newton converges linearly, slowly where the
+        # multipliers are large: near long balancing at an unstable equilibrium)
+        rescued = np.zeros(B, dtype=bool)
+        slow = (out["status"] == _NOT_CONVERGED).reshape(B, S).T
+        inst = np.flatnonzero(~good.any(0) & slow.any(0))
+        if inst.size and self.rescue_iter > 0:
+            pick = np.argmin(np.where(slow, out["stationarity"].reshape(B, S).T, np.inf), axis=0)[inst]
+            r = inst * S + pick
+            more = self._solve_batches(x0[inst], target[inst], out["X"][r], out["U"][r], self.rescue_iter)
+            for key in ("X", "U", "lam", "converged", "status", "stationarity", "defect"):
+                out[key][r] = more[key]
+            out["iterations"][r] += more["iterations"]
+            out["times"][r] += more["times"]
+            rescued[inst] = True
+            J, good = self._judge(x0_all, target_all, out)
+            J, good = J.reshape(B, S).T, good.reshape(B, S).T
+        fallback = np.zeros(B, dtype=np.int64)  # returned where no start succeeded: the first, or the rescued
+        if rescued.any():
+            fallback[inst] = pick
+        winner = np.where(good.any(0), np.argmin(np.where(good, J, np.inf), axis=0), fallback)
+        rows = np.arange(B) * S + winner
+        report_sel = check_solution(
+            self.problem, x0, target, out["U"][rows], states=out["X"][rows], solver_status=out["status"][rows],
+            solver_success=out["converged"][rows], plant=self._check_plant,
+        )
+        J_first, J_best = J[0], J[winner, np.arange(B)]
+        beats = good[winner, np.arange(B)] & (~good[0] | (J_best < J_first - 1e-8 * np.abs(J_first)))
+        times = out["times"].reshape(B, S).sum(1) + guess_time
+        self.diagnostics = {
+            "stationarity": out["stationarity"][rows], "defect": out["defect"][rows],
+            "multipliers": out["lam"][rows], "predicted_states": out["X"][rows],
+            "fast_qp_fraction": out["fast_qp_fraction"],
+            "start": winner, "start_names": [p[0] for p in plan], "start_costs": np.where(good, J, np.nan).T,
+            "start_success": good.T, "start_iterations": out["iterations"].reshape(B, S),
+            "beats_first": beats, "rescued": rescued,
+        }
+        return assemble_solution(self.problem, target, out["U"][rows], report_sel, out["iterations"][rows], times,
+                                 solver_name=self.name)
+
+    def _judge(self, x0, target, out) -> tuple[np.ndarray, np.ndarray]:
+        """Re-simulated cost ``J (R,)`` (NaN where unusable) and success ``(R,)`` of SQP outcomes."""
+        report = check_solution(
+            self.problem, x0, target, out["U"], states=out["X"], solver_status=out["status"],
+            solver_success=out["converged"], plant=self._check_plant,
+        )
+        J = np.full(x0.shape[0], np.nan)
+        good = report.success & np.isfinite(report.states).all(axis=(1, 2))
+        if good.any():
+            with torch.no_grad():
+                J[good] = self.problem.cost_of(
+                    torch.from_numpy(report.states[good]), torch.from_numpy(out["U"][good]),
+                    torch.from_numpy(target[good]),
+                ).numpy()
+        return J, good
 
     # ------------------------------------------------------------------ SQP
     def _cost(self, X, U, xt):
@@ -301,8 +478,9 @@ class NonlinearSolver(Solver):
         F = self.plant.step(X[:, :-1].reshape(-1, self.n), U.reshape(-1, self.m))
         return X[:, 1:] - F.reshape(X.shape[0], self.N, self.n)
 
-    def _sqp(self, x0, target, Xg, Ug):
-        """Run the SQP on one batch; returns numpy arrays and per-instance outcomes."""
+    def _sqp(self, x0, target, Xg, Ug, max_iter: int | None = None):
+        """Run the SQP on one batch (``max_iter`` iterations, default the option); returns numpy
+        arrays and per-instance outcomes."""
         n, m, N, L, dev = self.n, self.m, self.N, self.layout, self.device
         f64 = dict(dtype=torch.float64, device=dev)
         Bsz = x0.shape[0]
@@ -316,14 +494,14 @@ class NonlinearSolver(Solver):
         known = np.zeros(Bsz, dtype=bool)  # has an active-set prediction
         running = np.ones(Bsz, dtype=bool)
         converged = np.zeros(Bsz, dtype=bool)
-        status = np.array(["not converged after max_iter iterations"] * Bsz, dtype=object)
+        status = np.array([_NOT_CONVERGED] * Bsz, dtype=object)
         iterations = np.zeros(Bsz, dtype=np.int64)
         stat_out = np.full(Bsz, np.inf); defect_out = np.full(Bsz, np.inf)
         alphas = torch.tensor([0.5**i for i in range(16)], **f64)
         eps = torch.finfo(torch.float64).eps
         fast_qps = qps = 0
 
-        for _ in range(self.max_iter):
+        for _ in range(self.max_iter if max_iter is None else max_iter):
             a = np.flatnonzero(running)
             if a.size == 0:
                 break
