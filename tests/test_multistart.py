@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,7 @@ def test_benchmark_solved_mask_and_cost_excess(monkeypatch):
     """The benchmark's bookkeeping on hand-made numbers."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
     bench = importlib.import_module("swing_up_labels")
+    sys.modules.pop("swing_up_labels")  # benchmarks are not importable outside their tests
     final = np.array([[PI, 0.0], [PI + 0.3, 0.0], [PI, 0.1], [np.nan, 0.0]])
     target = np.tile([PI, 0.0], (4, 1))
     np.testing.assert_array_equal(bench.solved_mask([True, True, False, True], final, target, 0.2),

@@ -532,9 +532,10 @@ def test_killed_stage_resumes_to_the_same_weights(tmp_path):
 @pytest.fixture
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    import recap as module  # benchmarks/recap.py
+    import recap_pipeline as module  # benchmarks/recap_pipeline.py
 
-    return module
+    yield module
+    sys.modules.pop("recap_pipeline", None)  # benchmarks are not importable outside their tests
 
 
 def test_benchmark_mcnemar_and_gap(bench):

@@ -21,7 +21,7 @@ For each configuration (``configs/recap_maze.yaml``, ``configs/recap_double_inte
 
 Usage::
 
-    python benchmarks/recap.py [--configs configs/recap_maze.yaml,configs/recap_double_integrator.yaml]
+    python benchmarks/recap_pipeline.py [--configs configs/recap_maze.yaml,configs/recap_double_integrator.yaml]
                                [--work runs/bench_recap] [--seed 0] [--out FILE.md] [--quick]
 
 ``--quick`` shrinks every run (a smoke test of the script; numbers meaningless). The report is
@@ -212,7 +212,7 @@ def report(results: list, seed: int, quick: bool) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python benchmarks/recap.py", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/recap_pipeline.py", description=__doc__.split("\n")[0])
     p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated RECAP configurations")
     p.add_argument("--work", default="runs/bench_recap", help="folder of the runs (resumable)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run; the same seed gives the same arrays")
