@@ -136,6 +136,23 @@ def test_perturbed_plant_steps_each_episode_with_its_own_parameters():
         torch.testing.assert_close(got[i:i + 1], single.step(x[i:i + 1], u[i:i + 1]), rtol=0, atol=1e-14)
 
 
+def test_unit_factors_give_the_nominal_plant_of_a_scalar_parameter_plant():
+    # The pendulum's constructor takes scalar parameters only: param_scale [1, 1] must still run
+    # (the nominal plant), and real factors must raise a ConfigError that says so.
+    problem = experiment_from_dict({"problem": {"task": "pendulum"}}).problem
+    rng = np.random.default_rng(5)
+    names = ["I", "m"]
+    unit = sample_parameter_scales(names, 4, 1.0, 1.0, rng)
+    assert all((v == 1.0).all() for v in unit.values())
+    plant = perturbed_plant(problem, unit)
+    x = torch.as_tensor(rng.uniform(-3, 3, (4, 2)))
+    u = torch.as_tensor(rng.uniform(-3, 3, (4, 1)))
+    reference = dynamics.make("pendulum", dtype=torch.float64, m=1.0, l=1.0, b=0.0, u_max=3.0, dt=problem.dt)
+    torch.testing.assert_close(plant.step(x, u), reference.step(x, u), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"'pendulum' does not take one value of \['I', 'm'\].*param-scale 1 1"):
+        perturbed_plant(problem, sample_parameter_scales(names, 4, 0.8, 1.2, rng))
+
+
 def test_noise_is_reproducible_from_the_generator():
     exp = tiny_experiment()
     problem = exp.problem

@@ -437,6 +437,7 @@ def test_evaluate_backend_options_need_closed_loop(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- RECAP rollouts
+@pytest.mark.slow
 def test_recap_rollouts_ray_equal_local(ray_local, tmp_path):
     from tests.test_recap import TINY_MAZE
     from trc import lerobot

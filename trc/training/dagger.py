@@ -328,12 +328,23 @@ def perturbed_plant(problem, scales: dict[str, np.ndarray] | None = None) -> dyn
         ``(E,)``, which broadcast over a batch of ``E`` states (one system per episode). ``None``
         or empty: the nominal plant.
 
+        Parameters whose factors are all 1 are left at their nominal scalar value, so that
+        ``param_scale = [1, 1]`` gives the nominal plant for every plant, also for plants whose
+        constructor takes scalar parameters only.
+
     Returns
     -------
     dynamics.Plant
         Built with :func:`dynamics.make` in float64, the problem's ``dt`` and bounds.
+
+    Raises
+    ------
+    ConfigError
+        If the plant does not accept one parameter value per episode (its constructor takes
+        scalars only); the message names the plant and the way out (``param_scale = [1, 1]``).
     """
     plant = problem.make_plant(torch.float64)
+    scales = {k: v for k, v in (scales or {}).items() if np.any(np.asarray(v, dtype=np.float64) != 1.0)}
     if not scales:
         return plant
     nominal = plant.params
@@ -341,7 +352,12 @@ def perturbed_plant(problem, scales: dict[str, np.ndarray] | None = None) -> dyn
     kwargs["dt"] = float(problem.dt)
     for name, factor in scales.items():
         kwargs[name] = float(nominal[name]) * np.asarray(factor, dtype=np.float64)
-    return dynamics.make(problem.plant["name"], dtype=torch.float64, **kwargs)
+    try:
+        return dynamics.make(problem.plant["name"], dtype=torch.float64, **kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"plant {problem.plant['name']!r} does not take one value of {sorted(scales)} per episode "
+                          f"({exc}); run it without parameter mismatch (dagger.param_scale = [1, 1], "
+                          f"--param-scale 1 1)") from exc
 
 
 def _near_target_states(problem, target: np.ndarray, radius: float, rng: np.random.Generator) -> np.ndarray:
