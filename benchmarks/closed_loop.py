@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ from trc.backends import check_backend
 from trc.cli import add_backend
 from trc.experiment import load_experiment
 from trc.export import export_controller, load_controller
+from trc.version import source_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANTS = ("double_integrator", "van_der_pol", "pendulum", "cartpole", "rocket")
@@ -142,8 +142,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     models = models_by_plant(args.model)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True, check=False).stdout.strip() or "unknown"
+    commit = source_commit(ROOT)
     out = [f"# Closed-loop benchmark, {datetime.date.today()}, commit {commit}", "",
            f"Command: `python benchmarks/closed_loop.py {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
            f"{args.episodes} episodes per case, seed {args.seed}, re-plan every {args.replan_every} step(s), "

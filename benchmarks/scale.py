@@ -37,7 +37,6 @@ import io
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +50,7 @@ from trc.backends import TaskPool, import_ray, ray_runtime
 from trc.experiment import load_experiment
 from trc.generators import pipeline
 from trc.io import atomic_write_text
+from trc.version import source_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBLEMS = ("van_der_pol", "cartpole")
@@ -153,14 +153,6 @@ def extrapolate(per_instance: float, chunk: int, round_trip: float, driver_per_c
     return rows
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawTextHelpFormatter)
@@ -239,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ray = import_ray()
     p(f"# Data generation on Ray against the local backend ({args.problem})\n")
     p(f"Command: `python benchmarks/scale.py {' '.join(argv if argv is not None else sys.argv[1:])}`  ")
-    p(f"Date: {now}; commit {git_commit()}; Ray {ray.__version__}, torch {torch.__version__}, Python "
+    p(f"Date: {now}; commit {source_commit(ROOT)}; Ray {ray.__version__}, torch {torch.__version__}, Python "
       f"{platform.python_version()}; {os.cpu_count()} CPU cores; load average at the end "
       f"{os.getloadavg()[0]:.1f} (other jobs shared the cores: absolute numbers are pessimistic).\n")
     p(f"Problem `configs/{args.problem}.yaml`, solver `{gen.solver}`, chunk size {chunk} (the default), "

@@ -35,7 +35,6 @@ import io
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,6 +48,7 @@ from trc.generators.ipopt import IpoptReference
 from trc.generators.nonlinear import DEFAULT_STARTS, NonlinearSolver
 from trc.io import atomic_write_text
 from trc.problem import Problem
+from trc.version import source_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,14 +102,6 @@ def run_ipopt(problem, x0, target) -> dict:
     converged_at_target = solved_mask(ok, X[:, -1], target, problem.tolerance)
     return {"J": J, "solved": solved_mask(report.success, report.states[:, -1], target, problem.tolerance),
             "converged_at_target": converged_at_target, "seconds": seconds}
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     B = args.instances
     p("# Swing-up labels from any initial angle: default SQP, multi-start SQP, IPOPT\n")
     p(f"Command: `python benchmarks/swing_up_labels.py {' '.join(argv if argv is not None else sys.argv[1:])}`  ")
-    p(f"Date: {now}; commit {git_commit()} (with the uncommitted multi-start changes); torch {torch.__version__}, "
+    p(f"Date: {now}; commit {source_commit(ROOT)}; torch {torch.__version__}, "
       f"Python {platform.python_version()}, 1 torch thread; {os.cpu_count()} CPU cores shared with other jobs, load "
       f"average at the end {os.getloadavg()[0]:.1f}.\n")
     p(f"Problem: pendulum task with theta0 ~ U[-pi, pi], omega0 ~ U[-1, 1] rad/s, |u| <= 2 N m, g = 10 m/s^2, "

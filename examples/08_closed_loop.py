@@ -22,22 +22,13 @@ Figure: the phase plane, the controls and the distance to the origin of every co
 import time
 
 import numpy as np
-import torch
 
 from _common import parse_args, plt, save, stairs, trained_model
 
 from trc import closed_loop as cl
-from trc.evaluation import terminal_error
 from trc.policy import RecedingHorizonPolicy, run_episode
 
 COLORS = {"trc": "C0", "lqr": "C1", "mpc": "C2"}
-
-
-def distance(problem, states, target):
-    """``terminal_error`` (the harness's success measure) of ``states`` ``(B, T + 1, n)``: ``(B, T + 1)``."""
-    B, T1, n = states.shape
-    xt = np.array(np.broadcast_to(target[:, None], states.shape)).reshape(-1, n)
-    return terminal_error(problem, torch.as_tensor(states.reshape(-1, n)), torch.as_tensor(xt)).numpy().reshape(B, T1)
 
 
 def main(argv=None):
@@ -75,7 +66,7 @@ def main(argv=None):
             ax[0].plot(*r.states[i].T, color=COLORS[name], lw=1.2 if i == 0 else 0.6, alpha=1 if i == 0 else 0.5,
                        label=name if i == 0 else None)
         stairs(ax[1], dt, r.controls[0, :, 0], color=COLORS[name], lw=1.2, label=name)
-        d = distance(problem, r.states, target)
+        d = cl.target_error(problem, r.states, target[:, None])
         t = np.arange(d.shape[1]) * dt
         ax[2].semilogy(t, d.T, color=COLORS[name], lw=0.7, alpha=0.6)
         s = r.summary()

@@ -23,21 +23,12 @@ Figure: angle, torque, distance to upright and the phase plane of every controll
 import time
 
 import numpy as np
-import torch
 
 from _common import parse_args, plt, save, stairs, trained_model
 
 from trc import closed_loop as cl
-from trc.evaluation import terminal_error
 
 COLORS = {"trc": "C0", "mpc": "C2", "lqr": "C1"}
-
-
-def distance(problem, states, target):
-    """``terminal_error`` (the harness's success measure) of ``states`` ``(B, T + 1, n)``: ``(B, T + 1)``."""
-    B, T1, n = states.shape
-    xt = np.array(np.broadcast_to(target[:, None], states.shape)).reshape(-1, n)
-    return terminal_error(problem, torch.as_tensor(states.reshape(-1, n)), torch.as_tensor(xt)).numpy().reshape(B, T1)
 
 
 def main(argv=None):
@@ -62,7 +53,7 @@ def main(argv=None):
     one_plan = cl.run(problem, cl.TRCController(model, name="trc, one plan"),
                       cl.ClosedLoopConfig(episodes=config.episodes, steps=N, replan_every=N, seed=args.seed),
                       x0=x0, target=target, timing=False)
-    miss = distance(problem, one_plan.states, target)[:, -1]
+    miss = cl.target_error(problem, one_plan.states, target[:, None])[:, -1]
     print(f"TRC's first plan flown open loop on the nominal plant: ||x_N - x*|| median {np.median(miss):.3f}, "
           f"{np.mean(miss < problem.tolerance):.0%} within {problem.tolerance}")
     fig, ax = plt.subplots(2, 2, figsize=(12, 7.5))
@@ -79,7 +70,7 @@ def main(argv=None):
             ax[0, 0].plot(t, r.states[i, :, 0], label=label if i == 0 else None, **kw)
             ax[1, 1].plot(r.states[i, :, 0], r.states[i, :, 1], **kw)
         stairs(ax[0, 1], dt, r.controls[0, :, 0], color=color, lw=1.2, label=name)
-        ax[1, 0].semilogy(t, distance(problem, r.states, target).T, color=color, lw=0.7, alpha=0.7)
+        ax[1, 0].semilogy(t, cl.target_error(problem, r.states, target[:, None]).T, color=color, lw=0.7, alpha=0.7)
     ax[0, 0].plot(np.arange(N + 1) * dt, one_plan.states[0, :, 0], ":", color=COLORS["trc"], lw=1.5,
                   label=f"trc, first plan flown open loop (nominal): miss {miss[0]:.2f}")
     ax[1, 1].plot(one_plan.states[0, :, 0], one_plan.states[0, :, 1], ":", color=COLORS["trc"], lw=1.5)

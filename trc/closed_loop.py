@@ -95,7 +95,7 @@ from .io import atomic_write_text
 __all__ = ["Perturbation", "PERTURBATIONS", "ClosedLoopConfig", "ClosedLoopResult", "Controller", "TRCController",
            "ExportedTRCController", "LQRController", "PolicyController", "ClosedLoopEnv", "MPCController",
            "baselines", "hold_targets",
-           "state_scale", "simulate", "run", "compare", "optimal_costs", "default_solver", "fixed_final_time",
+           "state_scale", "simulate", "target_error", "run", "compare", "optimal_costs", "default_solver", "fixed_final_time",
            "write_report", "summary_table"]
 
 _HOLD_FRACTION = 0.1  # the last 10 % of an episode must stay within the tolerance
@@ -740,8 +740,10 @@ def _episodes(problem, config: ClosedLoopConfig, sim: _Simulator, x0=None, targe
         impulse_step=steps // 2, steps=steps)
 
 
-def _error(problem, x: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``terminal_error`` of states ``(..., n)`` against targets broadcast to them."""
+def target_error(problem, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The harness's distance to the target (:func:`trc.evaluation.terminal_error`, the measure of
+    ``success``) of states ``x`` ``(..., n)`` against targets broadcast to them, e.g. trajectories
+    ``(B, T + 1, n)`` and targets ``(B, 1, n)``: shape ``x.shape[:-1]``."""
     shape = x.shape[:-1]
     xt = np.array(np.broadcast_to(target, x.shape))
     return terminal_error(problem, torch.as_tensor(x.reshape(-1, x.shape[-1])),
@@ -826,7 +828,7 @@ def run(problem, controller: Controller, config: ClosedLoopConfig | None = None,
 
     T = ep.steps
     hold = max(1, int(math.ceil(_HOLD_FRACTION * T)))
-    err = _error(problem, states, ep.target[:, None])
+    err = target_error(problem, states, ep.target[:, None])
     violation = _violations(problem, plant, states, controls, ep.target)
     if shrinking:
         reached = err[:, -1] < problem.tolerance
@@ -911,7 +913,7 @@ def _compare_part(bounds: tuple[int, int]) -> dict:
             solve_ms[controller.name] = list(getattr(controller, "solve_ms", []))
         ok = np.isfinite(J_opt)
         x_opt = simulate(problem, ep.x0, opt_controls, rtol=config.rtol)
-        err = _error(problem, x_opt[:, -1], ep.target)
+        err = target_error(problem, x_opt[:, -1], ep.target)
         violation = _violations(problem, problem.make_plant(torch.float64), x_opt, opt_controls, ep.target)
         out["optimum"] = ClosedLoopResult(
             name="optimum (open loop)", states=x_opt, controls=opt_controls,
