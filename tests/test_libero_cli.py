@@ -176,6 +176,7 @@ def test_generate_train_evaluate_from_the_command_line(tmp_path):
                      "6", "--backend", "ray", "--workers", "2", "--videos", "0", "--out", str(tmp_path / "ray"),
                      "--quiet", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    local, remote = (json.loads((folder / "report.json").read_text()) for folder in (run / "evaluation", tmp_path / "ray"))
+    local, remote = (json.loads((folder / "report.json").read_text())
+                     for folder in (run / "evaluation", tmp_path / "ray"))
     for key in ("success_rate", "mean_length", "per_task"):
         assert local[key] == remote[key], key

@@ -95,7 +95,8 @@ from .io import atomic_write_text
 __all__ = ["Perturbation", "PERTURBATIONS", "ClosedLoopConfig", "ClosedLoopResult", "Controller", "TRCController",
            "ExportedTRCController", "LQRController", "PolicyController", "ClosedLoopEnv", "MPCController",
            "baselines", "hold_targets",
-           "state_scale", "simulate", "target_error", "run", "compare", "optimal_costs", "default_solver", "fixed_final_time",
+           "state_scale", "simulate", "target_error", "run", "compare", "optimal_costs", "default_solver",
+           "fixed_final_time",
            "write_report", "summary_table"]
 
 _HOLD_FRACTION = 0.1  # the last 10 % of an episode must stay within the tolerance

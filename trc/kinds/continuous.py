@@ -100,9 +100,10 @@ def run_training(exp, *, out: str | os.PathLike | None = None, seed: int | None 
     """Train (and evaluate) a continuous experiment; see :func:`trc.train.train`.
 
     With ``init`` (a model file of the same plant, horizon, ``dt`` and cost; the sampling boxes
-    may differ) the configuration's model starts from its weights (fine-tuning): every weight of the configuration's model must be in it with the same
-    shape; weights it has beyond them are left out, e.g. the trajectory-error encoder of a model
-    with ``feedback: true`` fine-tuned as ``feedback: false``.
+    may differ) the configuration's model starts from its weights (fine-tuning): every weight of
+    the configuration's model must be in it with the same shape; weights it has beyond them are
+    left out, e.g. the trajectory-error encoder of a model with ``feedback: true`` fine-tuned as
+    ``feedback: false``.
 
     Every input is validated before the run folder is touched: a refused ``resume`` leaves
     ``config.yaml`` as it was, and ``overwrite`` removes the old checkpoint only once the data
