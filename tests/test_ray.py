@@ -27,7 +27,7 @@ import yaml
 
 from dynamics.errors import ConfigError, SolverError
 from tests.conftest import HAVE_LIBERO_ASSETS
-from trc.backends import CONNECT_TIMEOUT, RAY_INSTALL, TaskPool, check_backend, map_unordered
+from trc.backends import CONNECT_TIMEOUT, RAY_INSTALL, TaskPool, check_backend, map_ordered, map_unordered
 from trc.experiment import experiment_from_dict, load_experiment
 from trc.generate import main
 from trc.generators.pipeline import generate, parts_dir
@@ -108,6 +108,25 @@ def die_once(task: dict) -> int:
         flag.write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
     return task["i"] * 10
+
+
+#: Set by :func:`remember` in every process that runs :func:`scaled` tasks.
+_FACTOR: dict = {}
+
+
+def remember(factor: float) -> None:
+    _FACTOR["value"] = factor
+
+
+def scaled(task: int) -> float:
+    return _FACTOR["value"] * task
+
+
+def test_map_ordered_runs_the_initializer_where_the_tasks_run():
+    _FACTOR.clear()
+    assert map_ordered(scaled, [3, 1, 2], initializer=remember, initargs=(10.0,)) == [30.0, 10.0, 20.0]
+    assert _FACTOR == {"value": 10.0}  # in this process: the tasks ran here
+    assert map_ordered(scaled, [], initializer=remember, initargs=(2.0,)) == []
 
 
 # ---------------------------------------------------------------------------- errors (no Ray start)

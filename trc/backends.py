@@ -62,6 +62,7 @@ __all__ = [
     "ray_runtime",
     "TaskPool",
     "map_unordered",
+    "map_ordered",
 ]
 
 #: The backends: worker processes on this machine, or a Ray cluster.
@@ -479,3 +480,35 @@ def map_unordered(fn: Callable, tasks: Iterable, *, backend: str = "local", addr
     finally:
         bar.close()
         pool.close(ok)
+
+
+def map_ordered(fn: Callable, tasks: Iterable, *, backend: str = "local", address: str | None = None,
+                workers: int | None = None, initializer: Callable | None = None, initargs: tuple = (),
+                **options) -> list:
+    """``[fn(task) for task in tasks]`` on a backend, in the order of ``tasks``.
+
+    Unlike :func:`map_unordered`, ``initializer(*initargs)`` also runs in this process when the
+    tasks run here (``local`` with one worker), so ``fn`` finds the same shared state wherever it
+    runs: the way to give every task a large shared argument (a model, controllers) once per
+    process instead of once per task.
+
+    Parameters
+    ----------
+    fn, tasks, backend, address, workers
+        See :func:`map_unordered`.
+    initializer : callable, optional
+    initargs : tuple
+    **options
+        Further :func:`map_unordered` options (``progress``, ``desc``, ``max_retries``, ...).
+
+    Raises
+    ------
+    ConfigError, SolverError
+        See :class:`TaskPool`; an exception raised by ``fn`` propagates.
+    """
+    here = backend == "local" and (workers or 1) == 1 and options.get("inline", True)
+    if here and initializer is not None:
+        initializer(*initargs)
+    out = dict(map_unordered(fn, tasks, backend=backend, address=address, workers=workers,
+                             initializer=None if here else initializer, initargs=initargs, **options))
+    return [out[i] for i in range(len(out))]

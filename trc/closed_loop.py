@@ -86,7 +86,7 @@ from dynamics.errors import (
     UnknownNameError,
 )
 
-from .backends import check_backend, map_unordered
+from .backends import check_backend, map_ordered
 from .config import check_int, check_real, check_seed
 from .evaluation import constraint_violations, terminal_error
 from .generators import ipopt, make_solver
@@ -982,20 +982,9 @@ def compare(problem, controllers: list[Controller], config: ClosedLoopConfig | N
     ep = _episodes(problem, config, _Simulator(problem))  # validates before any work
     B = ep.x0.shape[0]
     tasks = [(i, min(i + episodes_per_task, B)) for i in range(0, B, episodes_per_task)]
-    shared = (problem, controllers, config, solver, options)
-    inline = backend == "local" and (workers or 1) == 1
-    if inline:
-        _init_compare(*shared)
-    parts: dict[int, dict] = {}
-    try:
-        for index, part in map_unordered(_compare_part, tasks, backend=backend, address=address, workers=workers,
-                                         progress=progress, desc=f"closed loop ({problem.name})",
-                                         initializer=None if inline else _init_compare, initargs=shared):
-            parts[index] = part
-    finally:
-        if inline:
-            _SHARED.clear()
-    ordered = [parts[i] for i in range(len(tasks))]
+    ordered = map_ordered(_compare_part, tasks, backend=backend, address=address, workers=workers, progress=progress,
+                          desc=f"closed loop ({problem.name})", initializer=_init_compare,
+                          initargs=(problem, controllers, config, solver, options))
     out = {name: ClosedLoopResult.concatenate([p["results"][name] for p in ordered])
            for name in ordered[0]["results"]}
     N = problem.horizon

@@ -60,7 +60,7 @@ from torch import nn
 from dynamics.errors import CheckpointError, ConfigError, DatasetError
 
 from .. import lerobot
-from ..backends import map_unordered
+from ..backends import map_ordered
 from ..config import check_choice, check_int, check_real, check_seed, from_dict
 from ..discrete import problem_from_dict
 from ..io import atomic_path, atomic_torch_save, atomic_write_text
@@ -761,19 +761,9 @@ def _collect(run: RecapRun, env, stage: str, episodes: dict, policy, *, backend:
     B = len(ctx["x0"])
     size = run.generator.episodes_per_task or B
     tasks = [(i, start, min(start + size, B)) for i, start in enumerate(range(0, B, size))]
-    shared = (run, stage, ctx, None if stage == "demos" else policy.state_dict())
-    inline = backend == "local" and (workers or 1) == 1
-    if inline:
-        _init_rollouts(*shared)
-    parts: dict[int, dict] = {}
-    try:
-        for index, part in map_unordered(_rollout_part, tasks, backend=backend, address=address, workers=workers,
-                                         initializer=None if inline else _init_rollouts, initargs=shared):
-            parts[index] = part
-    finally:
-        if inline:
-            _ROLLOUT.clear()
-    ordered = [parts[i] for i in range(len(tasks))]
+    ordered = map_ordered(_rollout_part, tasks, backend=backend, address=address, workers=workers,
+                          initializer=_init_rollouts,
+                          initargs=(run, stage, ctx, None if stage == "demos" else policy.state_dict()))
     frames = {k: np.concatenate([p["frames"][k] + (start if k == "episode_index" else 0)
                                  for p, (_, start, _) in zip(ordered, tasks)]) for k in ordered[0]["frames"]}
     return {"frames": frames, "lengths": np.concatenate([p["lengths"] for p in ordered]),
