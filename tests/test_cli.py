@@ -105,7 +105,7 @@ def test_argument_types_are_refused_by_argparse(main, argv, capsys):
 
 
 def test_the_kinds_are_registered_once():
-    assert kinds.names() == ["continuous", "discrete", "libero", "recap"]
+    assert kinds.names() == ["continuous", "discrete", "libero", "recap", "recap_libero"]
     assert kinds.for_problem_kind(None).name == "continuous" and kinds.for_problem_kind("sudoku").name == "discrete"
     with pytest.raises(UnknownNameError, match="did you mean 'maze'"):
         kinds.for_problem_kind("mazes")

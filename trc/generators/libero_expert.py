@@ -282,6 +282,47 @@ class PickPlaceExpert:
         self.phase, self.phase_steps = phase, 0
         self.best, self.stall = np.inf, 0  # the progress tracker of _stalled_steps
 
+    def holds_object(self, raw: dict, rest_z: float) -> bool:
+        """Whether the fingers hold the object off its support: the object at least 2 cm above
+        ``rest_z`` (its height at rest, m), within 6 cm of the grip site, the fingers not open."""
+        obj_pos, _ = self.sim.body_pose(self.obj)
+        eef = np.asarray(raw["robot0_eef_pos"], dtype=float)
+        width = float(np.sum(np.abs(np.asarray(raw["robot0_gripper_qpos"], dtype=float))))
+        return bool(obj_pos[2] > rest_z + 0.02 and np.linalg.norm(obj_pos - eef) < 0.06 and width < 0.07)
+
+    def resume(self, raw: dict, rest_z: float) -> str:
+        """Take over an episode in its current state (another controller ran it so far): work out
+        the phase from the scene and return it.
+
+        * the object held off its support: ``carry`` (toward the target at carrying height);
+        * otherwise: ``backoff`` (fingers open, 6 cm up from where the grip site is), then the
+          approach to the object from its best grasp side.
+
+        Parameters
+        ----------
+        raw : dict
+            robosuite's raw observations of the current state.
+        rest_z : float
+            Height of the object's body at rest on its support at the start of the episode (m).
+        """
+        self.reset()
+        obj_pos, _ = self.sim.body_pose(self.obj)
+        tgt_pos, _ = self.sim.body_pose(self.target)
+        eef = np.asarray(raw["robot0_eef_pos"], dtype=float)
+        self.candidates = self._candidates(obj_pos, tgt_pos) if self.config.force_direction is None else \
+            [self.config.force_direction]
+        self.side = self.candidates.pop(0)
+        if self.holds_object(raw, rest_z):
+            c = self.config
+            self.obj_z0 = rest_z
+            self.carry_z = max(rest_z, tgt_pos[2]) + c.carry_clearance + c.grasp_depth
+            self.hold = eef.copy()
+            self._next("carry")
+        else:
+            self.hold = eef + np.array([0.0, 0.0, 0.06])
+            self._next("backoff")
+        return self.phase
+
     def act(self, raw: dict) -> np.ndarray:
         """The expert's action in the current state, shape ``(7,)`` in ``[-1, 1]``.
 

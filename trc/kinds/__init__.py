@@ -2,7 +2,7 @@
 
 >>> import trc.kinds
 >>> trc.kinds.names()
-['continuous', 'discrete', 'libero', 'recap']
+['continuous', 'discrete', 'libero', 'recap', 'recap_libero']
 >>> trc.kinds.for_problem_kind("maze").name
 'discrete'
 
@@ -17,7 +17,8 @@ from .continuous import ContinuousKind
 from .discrete import DiscreteKind
 from .libero import LiberoKind
 from .recap import RecapKind
+from .recap_libero import RecapLiberoKind
 
 __all__ = ["ProblemKind", "register", "get", "names", "for_problem_kind", "for_model", "load", "save",
            "ContinuousKind", "DiscreteKind", "LiberoKind",
-           "RecapKind"]
+           "RecapKind", "RecapLiberoKind"]
