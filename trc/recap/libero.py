@@ -86,7 +86,8 @@ from .value import (
 
 __all__ = ["RecapLiberoProblem", "RecapLiberoGenerator", "RecapLiberoTraining", "RecapLiberoRun",
            "ConditionedVisuomotor", "LiberoValueNet", "LiberoFrames", "run_episode", "build_frames",
-           "run_libero_stage", "make_policy", "load_stage_policy", "evaluate_policy", "IMAGE_COLUMNS"]
+           "run_libero_stage", "make_policy", "load_stage_policy", "evaluate_policy", "stage_episodes",
+           "stage_training_data", "train_policy", "train_value", "predict_values", "IMAGE_COLUMNS"]
 
 log = logging.getLogger("trc.recap")
 
@@ -910,6 +911,53 @@ def _write_stage_dataset(path: Path, run: RecapLiberoRun, stage: str, episodes: 
                           overwrite=True)
 
 
+def stage_episodes(run: RecapLiberoRun, stage: str) -> tuple[list, list]:
+    """The collected episodes of ``stage`` and every earlier stage, and the stage index of each.
+
+    Raises
+    ------
+    DatasetError
+        If an episode file is missing or unreadable.
+    """
+    eps, stage_of = [], []
+    for i, s in enumerate(STAGES[:STAGES.index(stage) + 1]):
+        for j in _jobs(run, s, s, True):
+            path = _episode_path(run.stage_dir(s) / "rollouts", j[1], j[2])
+            if not path.is_file():
+                raise DatasetError(f"stage {s!r} of {str(run.out)!r} lacks its episode file {path.name}")
+            eps.append(_load_episode(path))
+            stage_of.append(i)
+    return eps, stage_of
+
+
+def stage_training_data(run: RecapLiberoRun, stage: str) -> tuple:
+    """What a finished stage trained its policy on: its frames, the advantage labels under its value,
+    the instruction embeddings (by instruction, and as the ``(tasks, 384)`` table by task index).
+
+    Returns
+    -------
+    frames : LiberoFrames
+    labels : trc.recap.advantage.AdvantageLabels
+    text : dict
+    table : Tensor
+
+    Raises
+    ------
+    ConfigError
+        If the stage has not finished.
+    """
+    if not (run.stage_dir(stage) / "metrics.json").is_file():
+        raise ConfigError(f"stage {stage!r} of {str(run.out)!r} has not finished")
+    mcfg = _model_config(run.model)
+    eps, stage_of = stage_episodes(run, stage)
+    fr = build_frames(eps, stage_of, mcfg.chunk, mcfg.image_size, run.problem.c_fail)
+    text = _instructions(run.problem)
+    table = _text_table(run.problem, text)
+    vnet = LiberoValueNet(mcfg, run.training.value_hidden)
+    _load(vnet, run.stage_dir(stage) / "value.pt", "value weights")
+    return fr, _labels(vnet, fr, table, run.problem, run.training)[1], text, table
+
+
 def _fit_arm(run: RecapLiberoRun, episodes: list[dict], chunk: int) -> LearnedArmDynamics:
     trajs = [(arm_states(e["proprio"][:, :3], e["proprio"][:, 3:6], e["proprio"][:, 6:8]), e["executed"])
              for e in episodes]
@@ -993,12 +1041,8 @@ def run_libero_stage(experiment, stage: str, *, out=None, seed: int | None = Non
     initargs = (problem.inner.worker_dict(), None if actor is None else _policy_state(run, actor), text)
     new_eps = _run_episodes(folder / "rollouts", jobs, initargs, backend=backend, address=address, workers=workers,
                             desc=f"{stage} episodes")
-    all_eps, stage_of = [], []
-    for i, s in enumerate(STAGES[:k + 1]):
-        eps = new_eps if s == stage else [_load_episode(_episode_path(run.stage_dir(s) / "rollouts", j[1], j[2]))
-                                          for j in _jobs(run, s, s, True)]
-        all_eps += eps
-        stage_of += [i] * len(eps)
+    all_eps, stage_of = stage_episodes(run, STAGES[k - 1]) if k else ([], [])
+    all_eps, stage_of = all_eps + new_eps, stage_of + [k] * len(new_eps)
     fr = build_frames(all_eps, stage_of, mcfg.chunk, mcfg.image_size, problem.c_fail)
     if k == 0 or not cfg.finetune:
         policy.base.set_normalization(fr.actions[:, 0], fr.arm_state)
