@@ -509,11 +509,19 @@ class LiberoSimulator:
             ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
 
     # -------------------------------------------------------------- episodes
-    def reset(self, init_state: int | np.ndarray = 0, settle_steps: int = SETTLE_STEPS) -> dict:
+    def reset(self, init_state: int | np.ndarray = 0, settle_steps: int = SETTLE_STEPS, seed: int | None = None) -> dict:
         """Reset to an official init state (by index) or to a given flattened MuJoCo state.
 
         After setting the state, ``settle_steps`` idle actions (zeros) let objects settle, as
         LIBERO's evaluation does; they are not counted in :attr:`steps`.
+
+        robosuite's reset draws visual details of the scene (about 10 % of the agent-view pixels
+        change between draws; the physical state does not) from NumPy's global generator. The
+        reset seeds that generator with ``seed`` (default: the init state's index, 0 for a given
+        state) and restores its previous state afterwards, so an init state always gives the
+        same images, whatever ran before in the process. (The physical state after a reset still
+        depends on the previous episode at the level of floating-point rounding, about 1e-17,
+        through robosuite's controller and MuJoCo's solver state.)
 
         Returns
         -------
@@ -538,7 +546,14 @@ class LiberoSimulator:
                 raise DimensionError(f"init state has shape {state.shape}; expected ({self.state_dim},)")
         self._set_cameras_enabled(True)
         self._make_current()
-        self._env.reset()
+        if seed is None:
+            seed = int(init_state) if isinstance(init_state, (int, np.integer)) else 0
+        outer = np.random.get_state()
+        np.random.seed(int(seed))
+        try:
+            self._env.reset()
+        finally:
+            np.random.set_state(outer)
         raw = self._env.set_init_state(state)
         for _ in range(settle_steps):
             raw, _, _, _ = self._env.step(np.zeros(self.action_dim))

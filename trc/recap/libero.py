@@ -312,8 +312,10 @@ class ConditionedVisuomotor(nn.Module):
     """:class:`~trc.models.visuomotor.VisuomotorPolicy` conditioned on the advantage indicator.
 
     The indicator's embedding (:class:`~trc.recap.guidance.IndicatorEmbedding`, zero at
-    initialisation) is added to the fused input ``x`` of the recursion, so only the action
-    prediction sees it, as in RECAP.
+    initialisation) is added to the pre-activation of the fusion MLP's first layer: it is one more
+    input of the fusion (as :class:`~trc.recap.policies.ConditionedTRC` does for the encoder), so
+    its effect depends on the observation and reaches every recursion cycle through ``x``; only
+    the action prediction sees it, as in RECAP.
 
     Parameters
     ----------
@@ -333,9 +335,10 @@ class ConditionedVisuomotor(nn.Module):
             raise ConfigError(f"ConditionedVisuomotor wraps a VisuomotorPolicy, got {type(base).__name__}")
         self.base, self.beta = base, float(beta)
         self.config = base.config
-        self.indicator = IndicatorEmbedding(base.config.latent_dim)
+        first = base.fuse[0]
+        self.indicator = IndicatorEmbedding(first.out_features)
         self._condition: torch.Tensor | None = None
-        base.fuse.register_forward_hook(self._add_condition)
+        first.register_forward_hook(self._add_condition)
         self.problem, self.metadata = None, {}
 
     def _add_condition(self, module, inputs, output):
@@ -1022,6 +1025,7 @@ def run_libero_stage(experiment, stage: str, *, out=None, seed: int | None = Non
     table = _text_table(problem, text)
     workers = workers or run.generator.workers
     # the previous stage's networks: they act in this stage and, with finetune, continue training
+    torch.manual_seed(_seed(cfg.seed, "train", k))
     policy = make_policy(run.model, cfg)
     vnet = LiberoValueNet(mcfg, cfg.value_hidden)
     actor = None
