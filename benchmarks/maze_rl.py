@@ -71,9 +71,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from scipy import stats
 
-from dynamics.errors import ConfigError, DimensionError
+from dynamics.errors import ConfigError
 from trc.cli import run as run_cli
 from trc.config import check_choice, check_int, check_seed, from_dict
 from trc.experiment import experiment_from_dict
@@ -81,6 +80,7 @@ from trc.io import atomic_write_text, check_output_path
 from trc.recap.advantage import label_advantages
 from trc.recap.envs import run_episodes
 from trc.recap.stages import (
+    mcnemar,
     Frames,
     RecapRun,
     episode_sets,
@@ -189,36 +189,6 @@ def _read_yaml(path: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- statistics
-def mcnemar(a, b) -> dict:
-    """McNemar's exact test of paired successes.
-
-    The two-sided binomial test of the discordant pairs (``a`` only against ``b`` only) with
-    p = 1/2 (McNemar, Psychometrika 12, 1947, in its exact form; ``scipy.stats.binomtest``).
-
-    Parameters
-    ----------
-    a, b : array_like of bool or {0, 1}, shape ``(episodes,)``
-        Per-episode successes of two policies on the same episodes.
-
-    Returns
-    -------
-    dict
-        ``a_only``, ``b_only`` (episodes only one solves) and ``p_value`` (1.0 without a
-        discordant pair).
-
-    Raises
-    ------
-    DimensionError
-        If ``a`` and ``b`` are not 1-D of the same length.
-    """
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    if a.ndim != 1 or a.shape != b.shape:
-        raise DimensionError(f"paired outcomes must be 1-D of one length, got shapes {a.shape} and {b.shape}")
-    n10, n01 = int((a & ~b).sum()), int((~a & b).sum())
-    p = 1.0 if n10 + n01 == 0 else float(stats.binomtest(n10, n10 + n01, 0.5).pvalue)
-    return {"a_only": n10, "b_only": n01, "p_value": p}
-
-
 # ---------------------------------------------------------------------------- mazes
 def symmetric_states(plant, x0: torch.Tensor) -> torch.Tensor:
     """The 8 flips and transpositions of square maze states (4 flips if not square).

@@ -24,14 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from recap_pipeline import mcnemar  # benchmarks/recap_pipeline.py
 from trc.experiment import load_experiment
 from trc.io import atomic_torch_save, atomic_write_text
 from trc.recap import libero as RL
-from trc.recap.stages import STAGES
+from trc.recap.stages import STAGES, mcnemar
 
 ABLATIONS = {"bc": "BC (all frames)", "filtered": "filtered BC", "awr": "AWR"}
 

@@ -8,9 +8,11 @@ For each configuration (``configs/recap_maze.yaml``, ``configs/recap_double_inte
 
    * RECAP, the stage's policy guided with ``beta`` in {1, 1.5, 2.5};
    * BC on all the stage's data (demos and, later, corrections and autonomous episodes; null
-     token), filtered BC (frames of successful episodes plus interventions) and AWR
-     (``exp(A / T)`` weights with the stage's value), each trained like RECAP: the same steps,
-     seed and schedule, fine-tuned from its own previous stage;
+     token), filtered BC (frames of successful episodes plus interventions), AWR (``exp(A / T)``
+     weights, ``A`` the stage's advantages, the ones RECAP's indicator thresholds) and AWR with
+     its own estimator, "AWR (TD(lambda))" (``A = G^lambda - V``, the TD(lambda) return of the
+     stage's value minus the value, ``training.lam``; Peng et al., arXiv 1910.00177, sec. 3), each
+     trained like RECAP: the same steps, seed and schedule, fine-tuned from its own previous stage;
    * at the demos stage, BC on the mixed demos is the BC row; BC on optimal demos uses the
      expert (BFS / LQR) on the same demo episodes;
 
@@ -39,12 +41,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from scipy import stats
 
 from trc.experiment import experiment_from_dict
 from trc.io import atomic_write_text
+from trc.recap.advantage import gae_advantages
 from trc.recap.envs import run_episodes
 from trc.recap.stages import (
+    mcnemar,
     STAGES,
     RecapRun,
     episode_sets,
@@ -53,6 +56,8 @@ from trc.recap.stages import (
     load_state,
     make_episodes,
     make_policy,
+    make_value,
+    predict_values,
     run_stage,
     stage_training_data,
     train_policy,
@@ -60,26 +65,8 @@ from trc.recap.stages import (
 
 DEFAULT_CONFIGS = ("configs/recap_maze.yaml", "configs/recap_double_integrator.yaml")
 BETAS = (1.0, 1.5, 2.5)
-ABLATIONS = ("bc", "filtered", "awr")
-
-
-def mcnemar(a, b) -> dict:
-    """McNemar's exact test of paired successes ``a``, ``b`` (0/1 per episode).
-
-    The two-sided binomial test of the discordant pairs ``n01`` (b only) against ``n10`` (a only)
-    with p = 1/2 (McNemar, Psychometrika 12, 1947; the exact form, ``scipy.stats.binomtest``).
-
-    Returns
-    -------
-    dict
-        ``a_only``, ``b_only``, ``p_value`` (1.0 when there is no discordant pair).
-    """
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    if a.shape != b.shape:
-        raise ValueError(f"paired outcomes differ in length: {a.shape} and {b.shape}")
-    n10, n01 = int((a & ~b).sum()), int((~a & b).sum())
-    p = 1.0 if n10 + n01 == 0 else float(stats.binomtest(n01, n10 + n01, 0.5).pvalue)
-    return {"a_only": n10, "b_only": n01, "p_value": p}
+ABLATIONS = ("bc", "filtered", "awr", "awr_lambda")
+NAMES = {"filtered": "filtered BC", "awr": "AWR", "awr_lambda": "AWR (TD(lambda))"}
 
 
 def gap_closed(bc_mixed: float, bc_optimal: float, recap: float, higher_is_better: bool = True) -> float | None:
@@ -124,15 +111,19 @@ def bench_config(path: str, work: Path, seed: int, quick: bool) -> dict:
         for beta in BETAS:
             rows.append(_row(f"RECAP beta={beta:g}", stage, evaluate(policy, env, episodes["eval"], beta)))
         fr, labels = stage_training_data(run, env, stage)
+        vnet = make_value(run.problem, run.model, 0, cfg.value_hidden)
+        load_state(vnet, run.stage_dir(stage) / "value.pt", "value weights")
+        adv_lambda = gae_advantages(fr.rewards / (run.problem.max_steps + run.problem.c_fail),
+                                    predict_values(vnet, env, fr), fr.episode_index, cfg.gamma, cfg.lam)
         for mode in ABLATIONS:
             pol = make_policy(run.problem, run.model, int(np.random.SeedSequence([seed, 99, k]).generate_state(1)[0]))
             if mode in prev and cfg.finetune:
                 pol.load_state_dict(prev[mode])
             gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 7, k]).generate_state(1)[0]))
-            train_policy(pol, env, fr, mode, labels.advantage, labels.indicator, cfg, gen)
+            adv = adv_lambda if mode == "awr_lambda" else labels.advantage
+            train_policy(pol, env, fr, "awr" if mode == "awr_lambda" else mode, adv, labels.indicator, cfg, gen)
             prev[mode] = pol.state_dict()
-            name = {"bc": "BC (all data)" if k else "BC (mixed demos)", "filtered": "filtered BC",
-                    "awr": "AWR"}[mode]
+            name = NAMES.get(mode, "BC (all data)" if k else "BC (mixed demos)")
             rows.append(_row(name, stage, evaluate(pol, env, episodes["eval"], 0.0)))
     # BC on optimal demos: the expert on the same demo episodes
     ctx = episodes["demos"]
@@ -173,16 +164,20 @@ def report(results: list, seed: int, quick: bool) -> str:
                          f"{100 * r['ci'][0]:.1f}-{100 * r['ci'][1]:.1f} | {steps} |")
         lines += ["", "RECAP per stage (training): ", "",
                   "| stage | collected episodes | their success % | interventions % of frames | advantage_mean | "
-                  "value_loss | positive % |", "|---|---:|---:|---:|---:|---:|---:|"]
+                  "value_loss | positive % | value AUROC (held out, first frame) | value steps-to-go MAE |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)
         for s, m in res["recap"].items():
             lines.append(f"| {s} | {m['collected_episodes']} | {100 * m['collected_success_rate']:.1f} | "
                          f"{100 * m['intervention_fraction']:.1f} | {m['advantage_mean']:.4f} | "
-                         f"{m['value_loss']:.3f} | {100 * m['positive_fraction']:.1f} |")
+                         f"{m['value_loss']:.3f} | {100 * m['positive_fraction']:.1f} | "
+                         f"{fmt(m.get('value_auroc'), '.3f')} | {fmt(m.get('value_steps_to_go_mae'), '.2f')} |")
         lines += ["", "McNemar's exact test (paired held-out episodes; `a only` / `b only`: episodes only one "
                   "solves):", "", "| a | b | a only | b only | p |", "|---|---|---:|---:|---:|"]
         pairs = [(("RECAP beta=1", STAGES[i + 1]), ("RECAP beta=1", STAGES[i])) for i in range(len(STAGES) - 1)]
         last = STAGES[-1]
-        pairs += [(("RECAP beta=1", last), (m, last)) for m in ("filtered BC", "AWR", "BC (all data)")]
+        pairs += [(("RECAP beta=1", last), (m, last)) for m in ("filtered BC", "AWR", "AWR (TD(lambda))",
+                                                                  "BC (all data)")]
         pairs += [(("RECAP beta=1", last), ("BC (mixed demos)", "demos"))]
         for (ma, sa), (mb, sb) in pairs:
             t = mcnemar(_find(rows, ma, sa)["eval_success"], _find(rows, mb, sb)["eval_success"])

@@ -297,6 +297,35 @@ def test_conditioned_trc_wraps_exactly_and_guides():
         ConditionedTRC(torch.nn.Linear(2, 2))
 
 
+def test_conditioned_trc_indicator_is_an_encoder_input():
+    """The indicator enters before the encoder's nonlinearity: its effect on the encoded latent
+    depends on the state (a shift of the output latent would be the same in every state)."""
+    torch.manual_seed(0)
+    prob = get_kind("continuous").parse_problem({"task": "double_integrator"})
+    base = TinyRecursiveControl.from_problem(prob, TRCConfig(latent_dim=8, hidden_dim=16, H_cycles=2, L_cycles=1,
+                                                             feedback=False))
+    pol = ConditionedTRC(base)
+    assert pol.indicator.embedding.weight.shape == (3, base.encoder[0][0].out_features)
+    torch.nn.init.normal_(pol.indicator.embedding.weight)
+    latents = []
+    base.encoder.register_forward_hook(lambda m, i, o: latents.append(o.detach()))
+    x0, xt = torch.randn(4, 2), torch.randn(4, 2)
+    pol(x0, xt, NULL)
+    pol(x0, xt, POSITIVE)
+    shift = latents[1] - latents[0]  # (4, latent_dim): one row per state
+    assert shift.abs().max() > 1e-3
+    assert not torch.allclose(shift, shift[:1].expand_as(shift), atol=1e-4)
+    # the reference: the hidden pre-activation of the first layer moves by exactly the token's embedding
+    pre = base.encoder[0][0]
+    feats = torch.randn(3, pre.in_features)
+    pol._condition = pol.indicator(torch.tensor([POSITIVE] * 3))
+    try:
+        assert torch.allclose(pre(feats), feats @ pre.weight.T + pre.bias + pol.indicator.embedding.weight[POSITIVE])
+    finally:
+        pol._condition = None
+    assert torch.allclose(pre(feats), feats @ pre.weight.T + pre.bias)
+
+
 def test_wilson_interval_reference_values():
     assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)  # Wilson (1927), z = 1.96
     lo, hi = wilson_interval(166, 200)

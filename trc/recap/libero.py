@@ -72,7 +72,7 @@ from ..training.bc import _cycle_weights, _resize, augment, bc_loss
 from .advantage import label_advantages
 from .envs import Monitor
 from .guidance import INDICATOR_DROPOUT, NULL, POSITIVE, IndicatorEmbedding, drop_indicators, guide
-from .stages import MODES, STAGES, _check_run_folder, _fit, policy_data, wilson_interval
+from .stages import STAGES, _check_run_folder, _fit, policy_data, wilson_interval
 from .value import (
     NUM_BINS,
     ValueHead,

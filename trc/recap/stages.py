@@ -57,7 +57,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from dynamics.errors import CheckpointError, ConfigError, DatasetError
+from dynamics.errors import CheckpointError, ConfigError, DatasetError, DimensionError
 
 from .. import lerobot
 from ..backends import map_ordered
@@ -86,7 +86,7 @@ from .value import (
     value_loss,
 )
 
-__all__ = ["STAGES", "RecapProblem", "RecapGeneratorConfig", "RecapTrainConfig", "RecapRun", "wilson_interval",
+__all__ = ["STAGES", "RecapProblem", "RecapGeneratorConfig", "RecapTrainConfig", "RecapRun", "wilson_interval", "mcnemar",
            "run_stage", "load_state", "train_value", "train_policy", "evaluate", "evaluate_value", "predict_obs_values",
            "make_episodes", "make_policy", "make_value",
            "stage_training_data", "episode_sets", "frames_from_episodes", "Frames", "MODES"]
@@ -574,6 +574,36 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar(a, b) -> dict:
+    """McNemar's exact test of paired successes.
+
+    The two-sided binomial test of the discordant pairs (``a`` only against ``b`` only) with
+    p = 1/2 (McNemar, Psychometrika 12, 1947, in its exact form; ``scipy.stats.binomtest``).
+
+    Parameters
+    ----------
+    a, b : array_like of bool or {0, 1}, shape ``(episodes,)``
+        Per-episode successes of two policies on the same episodes.
+
+    Returns
+    -------
+    dict
+        ``a_only``, ``b_only`` (episodes only one solves) and ``p_value`` (1.0 without a
+        discordant pair).
+
+    Raises
+    ------
+    DimensionError
+        If ``a`` and ``b`` are not 1-D of the same length.
+    """
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise DimensionError(f"paired outcomes must be 1-D of one length, got shapes {a.shape} and {b.shape}")
+    n10, n01 = int((a & ~b).sum()), int((~a & b).sum())
+    p = 1.0 if n10 + n01 == 0 else float(stats.binomtest(n10, n10 + n01, 0.5).pvalue)
+    return {"a_only": n10, "b_only": n01, "p_value": p}
 
 
 @torch.no_grad()
