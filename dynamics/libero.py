@@ -509,7 +509,8 @@ class LiberoSimulator:
             ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
 
     # -------------------------------------------------------------- episodes
-    def reset(self, init_state: int | np.ndarray = 0, settle_steps: int = SETTLE_STEPS, seed: int | None = None) -> dict:
+    def reset(self, init_state: int | np.ndarray = 0, settle_steps: int = SETTLE_STEPS,
+              seed: int | None = None) -> dict:
         """Reset to an official init state (by index) or to a given flattened MuJoCo state.
 
         After setting the state, ``settle_steps`` idle actions (zeros) let objects settle, as

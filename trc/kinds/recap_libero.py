@@ -95,7 +95,8 @@ class RecapLiberoKind(ProblemKind):
     def evaluate(self, model: nn.Module, checkpoint: str, args: argparse.Namespace) -> str:
         """The held-out init states of the model's configuration, guided with its ``beta``."""
         meta = model.metadata
-        gen = RecapLiberoGenerator(**{**meta.get("generator", {}), **({} if args.seed is None else {"seed": args.seed})})
+        seed = {} if args.seed is None else {"seed": args.seed}
+        gen = RecapLiberoGenerator(**{**meta.get("generator", {}), **seed})
         run = RecapLiberoRun(model.problem, gen, RecapLiberoTraining(**meta["training"]), model.model_config,
                              Path(checkpoint).resolve().parent)
         folder = Path(args.out) if args.out else Path(checkpoint).resolve().parent / "evaluation_model"

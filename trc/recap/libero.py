@@ -894,7 +894,8 @@ def _write_stage_dataset(path: Path, run: RecapLiberoRun, stage: str, episodes: 
     cols = {IMAGE_COLUMNS[cam]: np.concatenate([e["images"][cam] for e in episodes]) for cam in CAMERAS}
     pr = [e["proprio"] for e in episodes]
     cols.update({
-        "observation.state": np.concatenate([arm_states(p[:, :3], p[:, 3:6], p[:, 6:8]) for p in pr]).astype(np.float32),
+        "observation.state": np.concatenate([arm_states(p[:, :3], p[:, 3:6], p[:, 6:8])
+                                             for p in pr]).astype(np.float32),
         "action": np.concatenate([e["action"] for e in episodes]).astype(np.float32),
         "episode_index": ep.astype(np.int64),
         "frame_index": np.concatenate([np.arange(n) for n in lengths]).astype(np.int64),

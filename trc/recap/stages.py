@@ -86,9 +86,9 @@ from .value import (
     value_loss,
 )
 
-__all__ = ["STAGES", "RecapProblem", "RecapGeneratorConfig", "RecapTrainConfig", "RecapRun", "wilson_interval", "mcnemar",
-           "run_stage", "load_state", "train_value", "train_policy", "evaluate", "evaluate_value", "predict_obs_values",
-           "make_episodes", "make_policy", "make_value",
+__all__ = ["STAGES", "RecapProblem", "RecapGeneratorConfig", "RecapTrainConfig", "RecapRun", "wilson_interval",
+           "mcnemar", "value_targets", "predict_values", "run_stage", "load_state", "train_value", "train_policy",
+           "evaluate", "evaluate_value", "predict_obs_values", "make_episodes", "make_policy", "make_value",
            "stage_training_data", "episode_sets", "frames_from_episodes", "Frames", "MODES"]
 
 log = logging.getLogger("trc.recap")
