@@ -29,7 +29,7 @@ import torch
 from trc.experiment import load_experiment
 from trc.io import atomic_torch_save, atomic_write_text
 from trc.recap import libero as RL
-from trc.recap.stages import STAGES, mcnemar
+from trc.recap.stages import STAGES, load_state, mcnemar
 
 ABLATIONS = {"bc": "BC (all frames)", "filtered": "filtered BC", "awr": "AWR"}
 
@@ -70,10 +70,10 @@ def ablation_rows(run, stage: str, workers: int) -> list[dict]:
         path = folder / "policy.pt"
         policy = RL.make_policy(run.model, run.training, beta=0.0)  # the unconditioned (null-token) output
         if path.is_file():
-            RL._load(policy, path, f"{mode} policy weights")
+            load_state(policy, path, f"{mode} policy weights")
         else:
             if k:
-                RL._load(policy, run.stage_dir(STAGES[k - 1]) / "policy.pt", "policy weights")
+                load_state(policy, run.stage_dir(STAGES[k - 1]) / "policy.pt", "policy weights")
             else:
                 policy.base.set_normalization(fr.actions[:, 0], fr.arm_state)
                 if policy.base.arm is not None:

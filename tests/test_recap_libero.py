@@ -30,6 +30,7 @@ from trc.kinds import for_problem_kind
 from trc.models.visuomotor import CAMERAS, VisuomotorConfig, VisuomotorPolicy
 from trc.recap import libero as RL
 from trc.recap.guidance import NEGATIVE, NULL, POSITIVE
+from trc.recap.stages import load_state
 from trc.recap.value import recap_rewards
 from tests.conftest import HAVE_LIBERO_ASSETS
 
@@ -358,4 +359,4 @@ def test_three_stages_in_libero_resume_after_kill(tmp_path):
     model = trc.load(killed / "autonomous" / "model.pt")
     assert isinstance(model, RL.ConditionedVisuomotor)
     with pytest.raises(CheckpointError):
-        RL._load(model, killed / "demos" / "value.pt", "policy weights")
+        load_state(model, killed / "demos" / "value.pt", "policy weights")

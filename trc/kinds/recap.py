@@ -47,7 +47,8 @@ __all__ = ["RecapKind"]
 
 
 def _summary(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "eval_success"}
+    """The metrics printed by ``trc-train`` (without the per-episode and per-task lists)."""
+    return {k: v for k, v in metrics.items() if k not in ("eval_success", "value_calibration", "per_task")}
 
 
 class RecapKind(ProblemKind):
@@ -78,6 +79,9 @@ class RecapKind(ProblemKind):
         raise ConfigError(f"{experiment.source}: RECAP problems collect their data in their stages; run `python -m "
                           f"trc.train --config {experiment.source} --stage demos`")
 
+    #: Runs one stage (:func:`trc.recap.stages.run_stage`; the LIBERO kind has its own).
+    run_stage = staticmethod(run_stage)
+
     def train(self, experiment, args: argparse.Namespace) -> str:
         stage = args.stage
         if stage not in (None, "all", *STAGES):
@@ -86,8 +90,8 @@ class RecapKind(ProblemKind):
         selected = STAGES if stage in (None, "all") else (stage,)
         lines = []
         for s in selected:
-            metrics = run_stage(experiment, s, out=args.out, seed=args.seed, backend=args.backend,
-                                address=args.address, workers=args.workers)
+            metrics = self.run_stage(experiment, s, out=args.out, seed=args.seed, backend=args.backend,
+                                     address=args.address, workers=args.workers)
             self._write_model_file(experiment, s, args, metrics)
             if metrics.get("skipped"):
                 lines.append(f"stage {s}: already finished, nothing to do")

@@ -37,23 +37,18 @@ from ..recap.libero import (
     make_policy,
     run_libero_stage,
 )
-from ..recap.stages import STAGES
-from .base import ProblemKind, load_policy_weights, register, save
+from .base import load_policy_weights, register, save
+from .recap import RecapKind, _summary
 
 __all__ = ["RecapLiberoKind"]
 
 
-def _summary(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in ("eval_success", "value_calibration", "per_task")}
-
-
-class RecapLiberoKind(ProblemKind):
+class RecapLiberoKind(RecapKind):
     """RECAP's three stages on LIBERO (see the module documentation)."""
 
     name = "recap_libero"
     problem_kinds = ("recap_libero",)
     model_classes = ("ConditionedVisuomotor",)
-    stages = STAGES
     options = {
         "generate": frozenset(),
         "train": frozenset({"out", "seed", "stage", "quiet", "backend", "address", "workers"}),
@@ -66,31 +61,16 @@ class RecapLiberoKind(ProblemKind):
     def parse_generator(self, section, problem):
         return from_dict(RecapLiberoGenerator, section or {}, "generator")
 
-    def dataset_path(self, experiment) -> Path:
-        out = experiment.section("training").get("out") or f"runs/{experiment.problem.name}"
-        return Path(out) / "demos" / "dataset"
+    run_stage = staticmethod(run_libero_stage)
 
-    def generate(self, experiment, args: argparse.Namespace) -> str:
-        raise ConfigError(f"{experiment.source}: RECAP problems collect their data in their stages; run `python -m "
-                          f"trc.train --config {experiment.source} --stage demos`")
-
-    def train(self, experiment, args: argparse.Namespace) -> str:
-        stage = args.stage
-        if stage not in (None, "all", *STAGES):
-            raise ConfigError(f"--stage {stage}: RECAP problems have the stages {', '.join(STAGES)} (or none: all "
-                              "three in order)")
-        lines = []
-        for s in STAGES if stage in (None, "all") else (stage,):
-            metrics = run_libero_stage(experiment, s, out=args.out, seed=args.seed, backend=args.backend,
-                                       address=args.address, workers=args.workers)
-            run = RecapLiberoRun.from_experiment(experiment, out=args.out, seed=args.seed)
-            path = run.stage_dir(s) / "model.pt"
-            if not path.is_file():
-                policy = load_stage_policy(run, s)
-                save(policy, path, metadata={**policy.metadata, "metrics": _summary(metrics)})
-            state = "already finished, nothing to do" if metrics.get("skipped") else json.dumps(_summary(metrics))
-            lines.append(f"stage {s}: {state}")
-        return "\n".join(lines)
+    @staticmethod
+    def _write_model_file(experiment, stage: str, args, metrics: dict) -> None:
+        """``<run>/<stage>/model.pt`` (:func:`trc.load`) from the stage's ``policy.pt``, if not written yet."""
+        run = RecapLiberoRun.from_experiment(experiment, out=args.out, seed=args.seed)
+        path = run.stage_dir(stage) / "model.pt"
+        if not path.is_file():
+            policy = load_stage_policy(run, stage)
+            save(policy, path, metadata={**policy.metadata, "metrics": _summary(metrics)})
 
     def evaluate(self, model: nn.Module, checkpoint: str, args: argparse.Namespace) -> str:
         """The held-out init states of the model's configuration, guided with its ``beta``."""

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynamics.errors import CheckpointError, ConfigError, DatasetError
+from dynamics.errors import ConfigError, DatasetError
 from dynamics.learned_arm import LearnedArmDynamics, arm_states, fit
 from dynamics.libero import LiberoSimulator, proprio_from_raw, suite_tasks
 
@@ -66,13 +66,14 @@ from ..backends import check_backend, map_unordered
 from ..config import check_choice, check_int, check_real, check_seed, from_dict
 from ..generators.libero_expert import PickPlaceExpert
 from ..generators.libero_storage import LiberoProblem
-from ..io import atomic_path, atomic_torch_save, atomic_write_text
+from ..io import atomic_path, atomic_write_text
 from ..models.visuomotor import CAMERAS, SentenceEncoder, VisuomotorConfig, VisuomotorOutput, VisuomotorPolicy
 from ..training.bc import _cycle_weights, _resize, augment, bc_loss
 from .advantage import label_advantages
 from .envs import Monitor
 from .guidance import INDICATOR_DROPOUT, NULL, POSITIVE, IndicatorEmbedding, drop_indicators, guide
-from .stages import STAGES, _check_run_folder, _fit, policy_data, wilson_interval
+from .stages import (STAGES, _check_run_folder, _fit, finished_stage, load_state, policy_data, trained,
+                     wilson_interval)
 from .value import (
     NUM_BINS,
     ValueHead,
@@ -416,13 +417,6 @@ def make_policy(model: dict, training: RecapLiberoTraining, beta: float | None =
     cfg = _model_config(model)
     arm = LearnedArmDynamics(hidden_dim=training.arm_hidden_dim) if cfg.feedback else None
     return ConditionedVisuomotor(VisuomotorPolicy(cfg, arm), training.beta if beta is None else beta)
-
-
-def _load(module: nn.Module, path: Path, what: str) -> None:
-    try:
-        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as exc:
-        raise CheckpointError(f"{what} {str(path)!r} cannot be loaded: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------- episodes
@@ -958,7 +952,7 @@ def stage_training_data(run: RecapLiberoRun, stage: str) -> tuple:
     text = _instructions(run.problem)
     table = _text_table(run.problem, text)
     vnet = LiberoValueNet(mcfg, run.training.value_hidden)
-    _load(vnet, run.stage_dir(stage) / "value.pt", "value weights")
+    load_state(vnet, run.stage_dir(stage) / "value.pt", "value weights")
     return fr, _labels(vnet, fr, table, run.problem, run.training)[1], text, table
 
 
@@ -1009,14 +1003,10 @@ def run_libero_stage(experiment, stage: str, *, out=None, seed: int | None = Non
     run.action_steps()
     folder = run.stage_dir(stage)
     done_path = folder / "metrics.json"
-    if done_path.is_file():
-        _check_run_folder(run)
-        return {**json.loads(done_path.read_text()), "skipped": True}
+    finished = finished_stage(run, stage)
+    if finished is not None:
+        return finished
     k = STAGES.index(stage)
-    for earlier in STAGES[:k]:
-        if not (run.stage_dir(earlier) / "metrics.json").is_file():
-            raise ConfigError(f"stage {stage!r} needs stage {earlier!r} finished first in {str(run.out)!r}; run "
-                              f"--stage {earlier}")
     _check_run_folder(run)
     torch.set_num_threads(cfg.threads)
     t0 = time.monotonic()
@@ -1033,9 +1023,9 @@ def run_libero_stage(experiment, stage: str, *, out=None, seed: int | None = Non
     if k:
         prev = run.stage_dir(STAGES[k - 1])
         actor = make_policy(run.model, cfg)
-        _load(actor, prev / "policy.pt", "policy weights")
+        load_state(actor, prev / "policy.pt", "policy weights")
         vprev = LiberoValueNet(mcfg, cfg.value_hidden)
-        _load(vprev, prev / "value.pt", "value weights")
+        load_state(vprev, prev / "value.pt", "value weights")
         if cfg.finetune:
             policy.load_state_dict(actor.state_dict())
             vnet.load_state_dict(vprev.state_dict())
@@ -1057,17 +1047,11 @@ def run_libero_stage(experiment, stage: str, *, out=None, seed: int | None = Non
         policy.base.arm.load_state_dict(arm.state_dict())
     ckpt = folder / "checkpoint.pt"
     # 2. value
-    value_path = folder / "value.pt"
-    if value_path.is_file():
-        _load(vnet, value_path, "value weights")
-        vloss = json.loads((folder / "value.json").read_text())["value_loss"]
-    else:
-        if k == 0 or not cfg.finetune:
-            vnet.encoder.set_normalization(fr.actions[:, 0], fr.arm_state)
-        gen = torch.Generator().manual_seed(_seed(cfg.seed, "train", 10 + k))
-        vloss = train_value(vnet, fr, table, _value_targets(fr, problem, cfg.gamma), cfg, gen, ckpt, fp)
-        atomic_write_text(folder / "value.json", json.dumps({"value_loss": vloss}))
-        atomic_torch_save(vnet.state_dict(), value_path)
+    if k == 0 or not cfg.finetune:
+        vnet.encoder.set_normalization(fr.actions[:, 0], fr.arm_state)
+    vloss = trained(vnet, folder / "value.pt", "value_loss", lambda: train_value(
+        vnet, fr, table, _value_targets(fr, problem, cfg.gamma), cfg,
+        torch.Generator().manual_seed(_seed(cfg.seed, "train", 10 + k)), ckpt, fp))
     # 3. labels, the stage's LeRobot data set
     v, labels = _labels(vnet, fr, table, problem, cfg)
     new = fr.stage == k
@@ -1076,14 +1060,9 @@ def run_libero_stage(experiment, stage: str, *, out=None, seed: int | None = Non
         sub = dataclasses.replace(labels, advantage=labels.advantage[new], indicator=labels.indicator[new])
         _write_stage_dataset(data_path, run, stage, new_eps, v[new], sub)
     # 4. policy
-    if policy_path.is_file():
-        _load(policy, policy_path, "policy weights")
-        ploss = json.loads((folder / "policy.json").read_text())["policy_loss"]
-    else:
-        gen = torch.Generator().manual_seed(_seed(cfg.seed, "train", 20 + k))
-        ploss = train_policy(policy, fr, table, "recap", labels.advantage, labels.indicator, cfg, gen, ckpt, fp)
-        atomic_write_text(folder / "policy.json", json.dumps({"policy_loss": ploss}))
-        atomic_torch_save(policy.state_dict(), policy_path)
+    ploss = trained(policy, policy_path, "policy_loss", lambda: train_policy(
+        policy, fr, table, "recap", labels.advantage, labels.indicator, cfg,
+        torch.Generator().manual_seed(_seed(cfg.seed, "train", 20 + k)), ckpt, fp))
     # 5. held-out evaluation and the value's calibration on the recorded held-out episodes
     metrics, eval_eps = evaluate_policy(run, policy, text, folder / "evaluation", backend=backend, address=address,
                                         workers=workers)
@@ -1126,7 +1105,7 @@ def load_stage_policy(run: RecapLiberoRun, stage: str) -> ConditionedVisuomotor:
         If the stage's ``policy.pt`` is missing or does not fit.
     """
     policy = make_policy(run.model, run.training)
-    _load(policy, run.stage_dir(stage) / "policy.pt", "policy weights")
+    load_state(policy, run.stage_dir(stage) / "policy.pt", "policy weights")
     policy.problem, policy.model_config = run.problem, dict(run.model)
     policy.metadata = {"text_embeddings": _instructions(run.problem), "beta": run.training.beta, "stage": stage,
                        "training": asdict(run.training), "generator": asdict(run.generator)}

@@ -87,7 +87,8 @@ from .value import (
 )
 
 __all__ = ["STAGES", "RecapProblem", "RecapGeneratorConfig", "RecapTrainConfig", "RecapRun", "wilson_interval",
-           "mcnemar", "value_targets", "predict_values", "run_stage", "load_state", "train_value", "train_policy",
+           "mcnemar", "value_targets", "predict_values", "finished_stage", "trained", "run_stage", "load_state",
+           "train_value", "train_policy",
            "evaluate", "evaluate_value", "predict_obs_values", "make_episodes", "make_policy", "make_value",
            "stage_training_data", "episode_sets", "frames_from_episodes", "Frames", "MODES"]
 
@@ -748,6 +749,51 @@ def load_state(module: nn.Module, path: Path, what: str = "weights") -> None:
         raise CheckpointError(f"{what} {str(path)!r} cannot be loaded: {exc}") from exc
 
 
+def finished_stage(run, stage: str) -> dict | None:
+    """The metrics of ``stage`` (with ``"skipped": true``) if it has finished in ``run.out``, the run
+    folder checked; else None, after checking that every earlier stage has finished.
+
+    Parameters
+    ----------
+    run : RecapRun or trc.recap.libero.RecapLiberoRun
+    stage : str
+        One of :data:`STAGES`.
+
+    Raises
+    ------
+    ConfigError
+        If an earlier stage has not finished, or the run folder holds another configuration.
+    """
+    done = run.stage_dir(stage) / "metrics.json"
+    if done.is_file():
+        _check_run_folder(run)
+        return {**json.loads(done.read_text()), "skipped": True}
+    for earlier in STAGES[:STAGES.index(stage)]:
+        if not (run.stage_dir(earlier) / "metrics.json").is_file():
+            raise ConfigError(f"stage {stage!r} needs stage {earlier!r} finished first in {str(run.out)!r}; run "
+                              f"--stage {earlier}")
+    return None
+
+
+def trained(module: nn.Module, path: Path, key: str, train) -> float:
+    """Train ``module`` once: load it from ``path`` and its loss from ``path`` with suffix ``.json``
+    (under ``key``) if a finished stage saved them, else run ``train()`` (returning the loss) and
+    save both atomically.
+
+    Raises
+    ------
+    CheckpointError
+        If the saved weights cannot be loaded.
+    """
+    if path.is_file():
+        load_state(module, path, key.split("_")[0] + " weights")
+        return json.loads(path.with_suffix(".json").read_text())[key]
+    loss = train()
+    atomic_write_text(path.with_suffix(".json"), json.dumps({key: loss}))
+    atomic_torch_save(module.state_dict(), path)
+    return loss
+
+
 #: What :func:`_rollout_part` runs in this process: ``(run, stage, ctx, policy weights or None)``.
 _ROLLOUT: dict = {}
 
@@ -855,14 +901,10 @@ def run_stage(experiment, stage: str, *, out=None, seed: int | None = None, back
     cfg, problem = run.training, run.problem
     folder = run.stage_dir(stage)
     done = folder / "metrics.json"
-    if done.is_file():
-        _check_run_folder(run)
-        return {**json.loads(done.read_text()), "skipped": True}
+    finished = finished_stage(run, stage)
+    if finished is not None:
+        return finished
     k = STAGES.index(stage)
-    for earlier in STAGES[:k]:
-        if not (run.stage_dir(earlier) / "metrics.json").is_file():
-            raise ConfigError(f"stage {stage!r} needs stage {earlier!r} finished first in {str(run.out)!r}; run "
-                              f"--stage {earlier}")
     env = make_episodes(problem, run.generator)  # validates the plant and the experts before anything is written
     _check_run_folder(run)
     torch.set_num_threads(cfg.threads)
@@ -896,14 +938,8 @@ def run_stage(experiment, stage: str, *, out=None, seed: int | None = None, back
     ckpt = folder / "checkpoint.pt"
     value_path = folder / "value.pt"
     targets = value_targets(vprev, env, fr, problem, cfg)
-    if value_path.is_file():
-        load_state(vnet, value_path, "value weights")
-        vloss = json.loads((folder / "value.json").read_text())["value_loss"]
-    else:
-        gen = torch.Generator().manual_seed(_seed(cfg.seed, "train", 10 + k))
-        vloss = train_value(vnet, env, fr, targets, cfg, gen, ckpt, fp)
-        atomic_write_text(folder / "value.json", json.dumps({"value_loss": vloss}))
-        atomic_torch_save(vnet.state_dict(), value_path)
+    vloss = trained(vnet, value_path, "value_loss", lambda: train_value(
+        vnet, env, fr, targets, cfg, torch.Generator().manual_seed(_seed(cfg.seed, "train", 10 + k)), ckpt, fp))
     # 3. labels and the stage's LeRobot data set
     v = predict_values(vnet, env, fr)
     scale = problem.max_steps + problem.c_fail
@@ -919,15 +955,9 @@ def run_stage(experiment, stage: str, *, out=None, seed: int | None = None, back
                                     "success": np.asarray(roll["success"], dtype=bool)},
                           robot_type=problem.plant, overwrite=True)
     # 4. policy
-    policy_path = folder / "policy.pt"
-    if policy_path.is_file():
-        load_state(policy, policy_path, "policy weights")
-        ploss = json.loads((folder / "policy.json").read_text())["policy_loss"]
-    else:
-        gen = torch.Generator().manual_seed(_seed(cfg.seed, "train", 20 + k))
-        ploss = train_policy(policy, env, fr, "recap", labels.advantage, labels.indicator, cfg, gen, ckpt, fp)
-        atomic_write_text(folder / "policy.json", json.dumps({"policy_loss": ploss}))
-        atomic_torch_save(policy.state_dict(), policy_path)
+    ploss = trained(policy, folder / "policy.pt", "policy_loss", lambda: train_policy(
+        policy, env, fr, "recap", labels.advantage, labels.indicator, cfg,
+        torch.Generator().manual_seed(_seed(cfg.seed, "train", 20 + k)), ckpt, fp))
     # 5. evaluation: the guided policy, then the value's calibration on the same held-out episodes
     eval_ep = _guided_episodes(policy, env, episodes["eval"], cfg.beta)
     metrics = _episode_metrics(eval_ep, cfg.beta)
