@@ -650,6 +650,12 @@ class LiberoFrames:
         return int(self.actions.shape[0])
 
 
+def _episode_arm_states(ep: dict) -> np.ndarray:
+    """Arm states ``(T, 14)`` of an episode's recorded proprioception (position, axis-angle, fingers)."""
+    pr = ep["proprio"]
+    return arm_states(pr[:, :3], pr[:, 3:6], pr[:, 6:8])
+
+
 def build_frames(episodes: list[dict], stages: list[int], chunk: int, image_size: int, c_fail: float) -> LiberoFrames:
     """Frames of recorded episodes (:func:`run_episode` with ``record``), ``stages[i]`` the stage of episode ``i``.
 
@@ -671,8 +677,7 @@ def build_frames(episodes: list[dict], stages: list[int], chunk: int, image_size
         idx = np.arange(T)[:, None] + np.arange(chunk)[None, :]
         acts.append(e["action"][np.minimum(idx, T - 1)])
         masks.append(idx < T)
-        pr = e["proprio"]
-        states.append(arm_states(pr[:, :3], pr[:, 3:6], pr[:, 6:8]))
+        states.append(_episode_arm_states(e))
     return LiberoFrames(
         images={cam: torch.cat([_resize(e["images"][cam], image_size) for e in episodes]) for cam in CAMERAS},
         arm_state=torch.as_tensor(np.concatenate(states), dtype=torch.float32),
@@ -886,10 +891,8 @@ def _write_stage_dataset(path: Path, run: RecapLiberoRun, stage: str, episodes: 
     done = np.zeros(len(ep), dtype=bool)
     done[np.cumsum(lengths) - 1] = True
     cols = {IMAGE_COLUMNS[cam]: np.concatenate([e["images"][cam] for e in episodes]) for cam in CAMERAS}
-    pr = [e["proprio"] for e in episodes]
     cols.update({
-        "observation.state": np.concatenate([arm_states(p[:, :3], p[:, 3:6], p[:, 6:8])
-                                             for p in pr]).astype(np.float32),
+        "observation.state": np.concatenate([_episode_arm_states(e) for e in episodes]).astype(np.float32),
         "action": np.concatenate([e["action"] for e in episodes]).astype(np.float32),
         "episode_index": ep.astype(np.int64),
         "frame_index": np.concatenate([np.arange(n) for n in lengths]).astype(np.int64),
@@ -957,8 +960,7 @@ def stage_training_data(run: RecapLiberoRun, stage: str) -> tuple:
 
 
 def _fit_arm(run: RecapLiberoRun, episodes: list[dict], chunk: int) -> LearnedArmDynamics:
-    trajs = [(arm_states(e["proprio"][:, :3], e["proprio"][:, 3:6], e["proprio"][:, 6:8]), e["executed"])
-             for e in episodes]
+    trajs = [(_episode_arm_states(e), e["executed"]) for e in episodes]
     arm, _ = fit(trajs, horizon=chunk, hidden_dim=run.training.arm_hidden_dim, epochs=run.training.arm_epochs,
                  batch_size=64, lr=2e-3, seed=run.training.seed)
     return arm
