@@ -348,8 +348,8 @@ class TRCController(Controller):
     Raises
     ------
     ConfigError
-        From :meth:`plan`, on a fixed-final-time problem: the model plans a fixed horizon ``N``
-        and has no time-to-go input, so it cannot re-plan with the time remaining.
+        From :meth:`plan`, on a fixed-final-time problem, if the model plans a fixed horizon
+        ``N`` (no ``time_to_go`` input): it cannot re-plan with the time remaining.
     """
 
     def __init__(self, model, name: str = "trc"):
@@ -357,16 +357,19 @@ class TRCController(Controller):
         self.name = name
         self._ref = next(model.parameters())
         self.horizon = int(model.horizon) if hasattr(model, "horizon") else None
+        self.time_to_go = bool(getattr(getattr(model, "config", None), "time_to_go", False))
         self.dt = getattr(model, "dt", None)
 
     def plan(self, x, target, steps_to_go):
-        if self.horizon is not None and steps_to_go < self.horizon:
+        if self.horizon is not None and steps_to_go < self.horizon and not self.time_to_go:
             raise ConfigError(f"{self.name} plans a fixed horizon of {self.horizon} steps and has no time-to-go "
                               f"input; it cannot plan the remaining {steps_to_go}")
+        k = {"steps_to_go": steps_to_go} if self.time_to_go else {}
         with torch.inference_mode():
             xt = torch.as_tensor(x, dtype=self._ref.dtype)
             tt = torch.as_tensor(target, dtype=self._ref.dtype)
-            return self.model(xt, tt).double().numpy()
+            return self.model(xt, tt, **k).double().numpy()
+
 
 
 class ExportedTRCController(Controller):
@@ -385,9 +388,12 @@ class ExportedTRCController(Controller):
         self.name = name
 
     def plan(self, x, target, steps_to_go):
+        N = getattr(self.program, "time_to_go_horizon", None)
+        k = () if N is None else (steps_to_go,)
         if getattr(self.program, "batch", None) not in (None, x.shape[0]):
-            return np.concatenate([self.program(x[i:i + 1], target[i:i + 1]) for i in range(x.shape[0])]).astype(float)
-        return np.asarray(self.program(x, target), dtype=float)
+            return np.concatenate([self.program(x[i:i + 1], target[i:i + 1], *k)
+                                   for i in range(x.shape[0])]).astype(float)
+        return np.asarray(self.program(x, target, *k), dtype=float)
 
 
 class LQRController(Controller):

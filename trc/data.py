@@ -18,6 +18,9 @@ key            one sample                      a batch
 ``controls``   ``(horizon, control_dim)``      ``(batch, horizon, control_dim)``
 ``cost``       ``()``                          ``(batch,)``
 =============  ==============================  ===============================
+
+:func:`suffix_split` adds ``steps_to_go`` (``()``; ``(batch,)``) for models that take the time
+remaining as an input.
 """
 
 from __future__ import annotations
@@ -30,9 +33,12 @@ from typing import Iterator
 import torch
 from torch.utils.data import Dataset
 
+from dynamics.errors import DimensionError
+
+from .cost import trajectory_cost
 from .generators.storage import GeneratedDataset, read_dataset
 
-__all__ = ["FIELDS", "TrajectorySplit", "TrajectoryData", "load_dataset"]
+__all__ = ["FIELDS", "TrajectorySplit", "TrajectoryData", "load_dataset", "suffix_split"]
 
 #: Keys of a sample or batch, and the data set array each comes from.
 FIELDS = {
@@ -229,3 +235,55 @@ def load_dataset(
         }
         splits[name] = TrajectorySplit(name, tensors)
     return TrajectoryData(path=Path(path), problem=raw.problem, attrs=raw.attrs, raw=raw, splits=splits)
+
+
+def suffix_split(split: TrajectorySplit, problem) -> TrajectorySplit:
+    """Every suffix of every optimal trajectory, as samples with the steps to go.
+
+    By Bellman's principle of optimality the tail ``u_j .. u_{N-1}`` of an optimal plan is
+    optimal from ``x_j`` for the ``k = N - j`` steps left (same path constraints and terminal
+    condition); this turns ``B`` trajectories into ``B N`` shrinking-horizon samples without a
+    solver call (Bellman, *Dynamic Programming*, 1957, Ch. III.3).
+
+    Parameters
+    ----------
+    split : TrajectorySplit
+        Optimal trajectories: ``states`` ``(B, N + 1, n)``, ``controls`` ``(B, N, m)``.
+    problem : trc.Problem
+        Their problem (for the cost of each suffix, :func:`trc.cost.trajectory_cost`).
+
+    Returns
+    -------
+    TrajectorySplit
+        ``B N`` samples, trajectory-major (sample ``i N + j`` starts at step ``j`` of trajectory
+        ``i``): ``x0 = x_j``; ``controls`` ``u_j .. u_{N-1}``, padded to ``N`` with ``u_{N-1}``;
+        ``states`` ``x_j .. x_N``, padded with ``x_N``; ``cost`` the suffix's ``J``;
+        ``steps_to_go`` ``N - j`` (the split's float dtype).
+
+    Raises
+    ------
+    DimensionError
+        If the split's horizon is not the problem's.
+    """
+    X, U = split.states, split.controls
+    B, N = U.shape[0], U.shape[1]
+    if N != problem.horizon:
+        raise DimensionError(f"the split has horizon {N} but the problem {problem.horizon}")
+    j = torch.arange(N, device=U.device)
+    steps = torch.arange(N + 1, device=U.device)
+    state_index = torch.minimum(j[:, None] + steps[None, :], torch.tensor(N))          # (N, N + 1)
+    control_index = torch.minimum(j[:, None] + steps[None, :N], torch.tensor(N - 1))   # (N, N)
+    states = X[:, state_index]      # (B, N, N + 1, n)
+    controls = U[:, control_index]  # (B, N, N, m)
+    target = split.target.unsqueeze(1).expand(B, N, -1)
+    cost = torch.stack([trajectory_cost(problem, X[:, i:].double(), U[:, i:].double(), split.target.double())
+                        for i in range(N)], 1).to(X.dtype)
+    tensors = {
+        "x0": X[:, :N].reshape(B * N, -1),
+        "target": target.reshape(B * N, -1),
+        "states": states.reshape(B * N, N + 1, -1),
+        "controls": controls.reshape(B * N, N, -1),
+        "cost": cost.reshape(B * N),
+        "steps_to_go": (N - j).to(X.dtype).repeat(B),
+    }
+    return TrajectorySplit(split.name, tensors)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-__all__ = ["FORMATS", "BATCH_KEY", "STATE_DIM_KEY", "format_of", "is_aoti_package"]
+__all__ = ["FORMATS", "BATCH_KEY", "STATE_DIM_KEY", "HORIZON_KEY", "format_of", "is_aoti_package"]
 
 #: Export format -> default file suffix.
 FORMATS = {"torchscript": ".ts", "onnx": ".onnx", "torch_export": ".pt2", "aoti": ".aoti.pt2"}
@@ -27,6 +27,10 @@ BATCH_KEY = "trc_batch"
 #: (an AOTInductor program does not check its input shapes itself; ONNX keeps the shapes in its
 #: graph).
 STATE_DIM_KEY = "trc_state_dim"
+
+#: Metadata key and extra file of a program that takes the steps to go as a third input (a model
+#: with ``time_to_go``): its horizon ``N``, the default steps to go (absent for other programs).
+HORIZON_KEY = "trc_time_to_go_horizon"
 
 
 def format_of(path: Path) -> str | None:

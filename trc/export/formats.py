@@ -2,7 +2,8 @@
 
 The exported program maps ``(current_state (B, n), target_state (B, n))`` to the planned
 controls ``(B, N, m)`` (float32; batch size free, or fixed for AOTInductor's ``batch=``),
-exactly as ``model(x0, target)``:
+exactly as ``model(x0, target)``; a model with ``time_to_go`` takes the steps to go ``(B,)``
+(float32, whole numbers in ``[1, N]``) as a third input, as ``model(x0, target, steps_to_go=k)``:
 
 ==================  =============  ===================  ==================================
 format              file           trajectory feedback  runs with
@@ -67,7 +68,7 @@ from dynamics.plant import EXACT, FIXED_STEP_METHODS
 
 from ..io import atomic_path
 from .controller import ExportedController
-from .files import FORMATS, STATE_DIM_KEY, format_of
+from .files import FORMATS, HORIZON_KEY, STATE_DIM_KEY, format_of
 from .inductor import _aoti_compile, _is_latency_batch
 
 __all__ = ["FORMATS", "ONNX_OPSET", "ControllerProgram", "ExportResult", "export_controller"]
@@ -77,7 +78,7 @@ ONNX_OPSET = 17
 
 
 class ControllerProgram(nn.Module):
-    """The function that is exported: ``(current_state, target_state) -> controls``.
+    """The function that is exported: ``(current_state, target_state[, steps_to_go]) -> controls``.
 
     Parameters
     ----------
@@ -102,10 +103,12 @@ class ControllerProgram(nn.Module):
         self.feedback = bool(feedback)
         self.rollout_plant = IntervalRollout(self.model.plant, self.model.horizon) if self.feedback else None
 
-    def forward(self, current_state: torch.Tensor, target_state: torch.Tensor) -> torch.Tensor:
-        """Controls ``(B, horizon, control_dim)`` of states and targets ``(B, state_dim)``."""
+    def forward(self, current_state: torch.Tensor, target_state: torch.Tensor,
+                steps_to_go: torch.Tensor | None = None) -> torch.Tensor:
+        """Controls ``(B, horizon, control_dim)`` of states and targets ``(B, state_dim)`` (and,
+        for a model with ``time_to_go``, the steps to go ``(B,)``)."""
         plant = self.rollout_plant if self.feedback else False
-        return self.model(current_state, target_state, plant=plant)
+        return self.model(current_state, target_state, plant=plant, steps_to_go=steps_to_go)
 
 
 @dataclass
@@ -168,6 +171,12 @@ def _check_exportable(model, fmt: str, feedback: bool) -> None:
             )
 
 
+def _steps_check_for_export(self, steps_to_go, batch: int):
+    """``TinyRecursiveControl._check_steps_to_go`` without its data-dependent range test (a program
+    takes the steps to go as a float tensor ``(B,)``)."""
+    return None if steps_to_go is None else torch.round(steps_to_go).long()
+
+
 def _state_check_for_export(self, t, what: str):
     """``TinyRecursiveControl._check_states`` without its data-dependent finiteness test."""
     if not torch.is_tensor(t):
@@ -202,14 +211,17 @@ def _onnx_translations():
             torch.onnx.unregister_custom_op_symbolic(name, ONNX_OPSET)
 
 
-def _example_inputs(model, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _example_inputs(model, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
     """States and targets ``(batch, state_dim)`` drawn uniformly in the model's state
-    normalisation box (``state_center +- state_scale``), float32, CPU."""
+    normalisation box (``state_center +- state_scale``), float32, CPU; for a model with
+    ``time_to_go`` also steps to go ``(batch,)`` drawn from ``1..N`` (float32)."""
     g = torch.Generator().manual_seed(seed)
     c, s = model.state_center.detach().float().cpu(), model.state_scale.detach().float().cpu()
     x0 = c + s * (2 * torch.rand(batch, model.state_dim, generator=g) - 1)
     xt = c + s * (2 * torch.rand(batch, model.state_dim, generator=g) - 1)
-    return x0, xt
+    if not model.config.time_to_go:
+        return x0, xt
+    return x0, xt, torch.randint(1, model.horizon + 1, (batch,), generator=g).float()
 
 
 def export_controller(
@@ -288,6 +300,13 @@ def export_controller(
         example_batch = verify_batch = batch
     cpu_model = copy.deepcopy(model).cpu().float()
     program = ControllerProgram(cpu_model, feedback).eval()
+    time_to_go = bool(cpu_model.config.time_to_go)
+    if time_to_go:
+        program.model._check_steps_to_go = types.MethodType(_steps_check_for_export, program.model)
+    extra = {STATE_DIM_KEY: str(cpu_model.state_dim)}
+    if time_to_go:
+        extra[HORIZON_KEY] = str(cpu_model.horizon)
+    names = ["current_state", "target_state"] + (["steps_to_go"] if time_to_go else [])
     if fmt == "aoti" and program.model.error_encoder is not None and not _is_latency_batch(batch):
         # external GEMMs (not stack-allocated): convolutions without the im2col copies
         program.model.error_encoder.shifted_sum = True
@@ -304,27 +323,28 @@ def export_controller(
         if fmt == "torchscript":
             with torch.no_grad():
                 traced = torch.jit.trace(program, example, check_trace=False)
-            torch.jit.save(traced, str(tmp), _extra_files={STATE_DIM_KEY: str(cpu_model.state_dim)})
+            torch.jit.save(traced, str(tmp), _extra_files=extra)
         elif fmt == "onnx":
             with _onnx_translations(), torch.no_grad():
                 torch.onnx.export(
                     program, example, str(tmp), dynamo=False, opset_version=ONNX_OPSET,
-                    input_names=["current_state", "target_state"], output_names=["controls"],
-                    dynamic_axes={name: {0: "batch"} for name in ("current_state", "target_state", "controls")},
+                    input_names=names, output_names=["controls"],
+                    dynamic_axes={name: {0: "batch"} for name in (*names, "controls")},
                 )
         else:
             program.model._check_states = types.MethodType(_state_check_for_export, program.model)
             size = torch.export.Dim("batch", min=1, max=1 << 20)
-            dynamic = None if batch is not None else ({0: size}, {0: size})
+            dynamic = None if batch is not None else tuple({0: size} for _ in names)
             with torch.no_grad():
                 exported = torch.export.export(program, example, dynamic_shapes=dynamic, strict=False)
             buffer = io.BytesIO()  # both writers insist on a .pt2 name; the temporary file has none
             if fmt == "torch_export":
-                torch.export.save(exported, buffer, extra_files={STATE_DIM_KEY: str(cpu_model.state_dim)})
+                torch.export.save(exported, buffer, extra_files=extra)
             else:
                 rollout = program.rollout_plant
                 _aoti_compile(exported, buffer, batch, state_dim=cpu_model.state_dim,
-                              vector_field=rollout is not None and rollout.steps_vector_field)
+                              vector_field=rollout is not None and rollout.steps_vector_field,
+                              time_to_go_horizon=cpu_model.horizon if time_to_go else None)
             tmp.write_bytes(buffer.getvalue())
         got = ExportedController(tmp, fmt)(*(t.numpy() for t in fresh))
         error = float(np.abs(got - expected).max())

@@ -27,7 +27,7 @@ import torch._inductor.exc
 from torch._inductor.codegen import common as _codegen_common
 from torch._inductor.codegen.cpp_wrapper_cpu_array_ref import CppWrapperCpuArrayRef
 
-from .files import BATCH_KEY, STATE_DIM_KEY
+from .files import BATCH_KEY, HORIZON_KEY, STATE_DIM_KEY
 
 __all__ = [
     "AOTI_OPTIONS",
@@ -76,7 +76,7 @@ LATENCY_BATCH = 16
 
 
 def _aoti_compile(exported, buffer: io.BytesIO, batch: int | None = None, vector_field: bool = False,
-                 state_dim: int | None = None) -> None:
+                 state_dim: int | None = None, time_to_go_horizon: int | None = None) -> None:
     """Compile an exported program into an AOTInductor package.
 
     Parameters
@@ -95,6 +95,8 @@ def _aoti_compile(exported, buffer: io.BytesIO, batch: int | None = None, vector
     state_dim : int, optional
         Stored in the package's metadata (``trc_state_dim``), as a fixed batch size is
         (``trc_batch``).
+    time_to_go_horizon : int, optional
+        The horizon of a program with a steps-to-go input (``trc_time_to_go_horizon``).
 
     Raises
     ------
@@ -112,7 +114,7 @@ def _aoti_compile(exported, buffer: io.BytesIO, batch: int | None = None, vector
     options = {**AOTI_OPTIONS, **(AOTI_LATENCY_OPTIONS if latency else AOTI_DYNAMIC_OPTIONS)}
     if vector_field and not latency:
         options.update(AOTI_VECTOR_FIELD_OPTIONS)
-    metadata = {BATCH_KEY: batch, STATE_DIM_KEY: state_dim}
+    metadata = {BATCH_KEY: batch, STATE_DIM_KEY: state_dim, HORIZON_KEY: time_to_go_horizon}
     if any(v is not None for v in metadata.values()):
         options["aot_inductor.metadata"] = {k: str(v) for k, v in metadata.items() if v is not None}
 

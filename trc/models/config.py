@@ -98,6 +98,15 @@ class TRCConfig(RecursionConfig):
     correction_tol : float
         The correction stops early once every sample's scaled terminal error
         ``||(x_N - x*) / s||`` (``s`` the state normalisation) is below this (> 0).
+    time_to_go : bool
+        Take the number of steps to go ``k`` (``1 <= k <= N``) as an input, for problems with
+        a fixed final time re-planned with the time remaining (shrinking horizon, as
+        powered-descent guidance does: Açıkmeşe & Ploen 2007). The encoder sees ``k / N``; the
+        plan's first ``k`` controls are the plan, the rest padding; the trajectory-error
+        feedback holds the state of step ``k`` over the padding. Trained on every suffix of
+        the optimal trajectories (the tail of an optimal plan is optimal for the time left:
+        Bellman's principle; :func:`trc.data.suffix_split`). Excludes ``tracking`` and
+        ``correction_steps`` (both act on step ``N``).
     state_dim, control_dim, horizon : int, optional
         Problem sizes ``n``, ``m``, ``N``; filled in from the problem when omitted, checked
         against it when given.
@@ -124,6 +133,7 @@ class TRCConfig(RecursionConfig):
     correction_steps: int = 0
     correction_damping: float = 1e-3
     correction_tol: float = 1e-3
+    time_to_go: bool = False
     state_dim: Optional[int] = None
     control_dim: Optional[int] = None
     horizon: Optional[int] = None
@@ -138,7 +148,7 @@ class TRCConfig(RecursionConfig):
         if self.feedback_kernel % 2 == 0:
             raise ConfigError(f"model.feedback_kernel must be odd, got {self.feedback_kernel}")
         for name in ("feedback", "feedback_pool_first", "feedback_gain", "detach_feedback", "gradient_last_cycle_only",
-                     "act", "state_head", "tracking"):
+                     "act", "state_head", "tracking", "time_to_go"):
             check_bool(getattr(self, name), f"model.{name}")
         check_real(self.dropout, "model.dropout", 0.0, 1.0, high_open=True)
         if self.tracking and not self.state_head:
@@ -147,6 +157,9 @@ class TRCConfig(RecursionConfig):
         for name in ("correction_damping", "correction_tol"):
             check_real(getattr(self, name), f"model.{name} (a positive number)", 0.0, low_open=True)
         check_real(self.halt_threshold, "model.halt_threshold", 0.0, 1.0, high_open=True)
+        if self.time_to_go and (self.tracking or self.correction_steps > 0):
+            raise ConfigError("model.time_to_go excludes model.tracking and model.correction_steps > 0: both act "
+                              "on the state of step N, not of the steps to go")
 
     # ---------------------------------------------------------------- helpers
     def replace(self, **changes) -> "TRCConfig":

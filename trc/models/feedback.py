@@ -15,7 +15,7 @@ from torch import nn
 
 from dynamics.errors import DimensionError
 
-__all__ = ["trajectory_error", "TrajectoryErrorEncoder", "FeedbackGain"]
+__all__ = ["trajectory_error", "hold_after", "TrajectoryErrorEncoder", "FeedbackGain"]
 
 #: Normalised errors are passed through ``asinh``, linear near 0 and logarithmic far away, so a
 #: diverging rollout (an untrained model on an unstable plant) cannot blow the latent up; they
@@ -70,6 +70,25 @@ def trajectory_error(states: torch.Tensor, target: torch.Tensor, scale: torch.Te
     # NaN to +_LARGE with a comparison (vectorised when compiled; nan_to_num was not)
     err = torch.where(err != err, _LARGE, err).clamp(-_LARGE, _LARGE)
     return _asinh(err).view(B, length - 1, n)
+
+
+def hold_after(states: torch.Tensor, steps_to_go: torch.Tensor) -> torch.Tensor:
+    """Rollouts with every state after step ``k`` replaced by ``x_k``: a plan that ends at a fixed
+    final time ``k`` steps from now (shrinking horizon).
+
+    Parameters
+    ----------
+    states : Tensor, shape ``(batch, horizon + 1, state_dim)``
+    steps_to_go : Tensor of int, shape ``(batch,)``
+        ``k`` per sample, ``0 <= k <= horizon``.
+
+    Returns
+    -------
+    Tensor, shape ``(batch, horizon + 1, state_dim)``
+    """
+    index = torch.arange(states.shape[1], device=states.device).unsqueeze(0)
+    index = torch.minimum(index, steps_to_go.unsqueeze(1))
+    return states.gather(1, index.unsqueeze(-1).expand(-1, -1, states.shape[2]))
 
 
 def _asinh(x: torch.Tensor) -> torch.Tensor:

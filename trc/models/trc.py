@@ -47,7 +47,7 @@ from ..iosys import controller_iosys
 from ..problem import Problem
 from .config import TRCConfig
 from .correction import terminal_correction
-from .feedback import FeedbackGain, TrajectoryErrorEncoder, trajectory_error
+from .feedback import FeedbackGain, TrajectoryErrorEncoder, hold_after, trajectory_error
 from .halting import HaltingHead
 from .recursion import RecursionCore
 from .tracking import tvlqr_tracking
@@ -274,7 +274,7 @@ class TinyRecursiveControl(nn.Module):
             self.Qf = self.Q.clone()
 
         # ---- networks
-        self.encoder = nn.Sequential(_mlp(3 * n, H, D), nn.RMSNorm(D))
+        self.encoder = nn.Sequential(_mlp(3 * n + int(config.time_to_go), H, D), nn.RMSNorm(D))
         self.core = RecursionCore(D, H, config.num_layers, config.mode, config.L_cycles, config.dropout)
         self.init_head = _mlp(D, H, N * m)
         self.refine_head = _mlp(D, H, N * m)
@@ -471,6 +471,7 @@ class TinyRecursiveControl(nn.Module):
         target_state: torch.Tensor,
         plant: Plant | bool | None = None,
         return_all_iterations: bool = False,
+        steps_to_go=None,
     ):
         """Controls that take ``current_state`` to ``target_state`` over the horizon.
 
@@ -488,6 +489,10 @@ class TinyRecursiveControl(nn.Module):
         return_all_iterations : bool
             Return a :class:`TRCOutput` with every cycle's controls, rollouts and costs
             instead of the controls alone.
+        steps_to_go : int or Tensor of shape ``(batch,)``, optional
+            Steps left before the fixed final time, ``1 <= k <= N`` (models with
+            ``config.time_to_go``; default ``N``). Only the first ``k`` controls are the plan;
+            the rollouts hold the state of step ``k`` after it.
 
         Returns
         -------
@@ -497,10 +502,13 @@ class TinyRecursiveControl(nn.Module):
         Raises
         ------
         DimensionError
-            If a state is not ``(batch, state_dim)``, the batches differ, or the plant's sizes
-            differ from the model's.
+            If a state is not ``(batch, state_dim)``, the batches differ, the plant's sizes
+            differ from the model's, or ``steps_to_go`` is not a scalar or ``(batch,)``.
         NonFiniteError
             If a state contains NaN or infinity.
+        ConfigError
+            If ``steps_to_go`` is outside ``[1, N]`` or not whole, or is given to a model
+            without ``config.time_to_go``.
         """
         cfg = self.config
         x0 = self._check_states(current_state, "current_state")
@@ -512,9 +520,13 @@ class TinyRecursiveControl(nn.Module):
         record = return_all_iterations
         act_inference = self.halting is not None and not self.training
         B, N, m = x0.shape[0], self.horizon, self.control_dim
+        k_to_go = self._check_steps_to_go(steps_to_go, B)
 
         c, s = self.state_center, self.state_scale
-        feats = torch.cat(((x0 - c) / s, (xt - c) / s, (xt - x0) / s), dim=-1).clamp(-_INPUT_CLIP, _INPUT_CLIP)
+        parts = [(x0 - c) / s, (xt - c) / s, (xt - x0) / s]
+        if k_to_go is not None:
+            parts.append((k_to_go.to(x0.dtype) / N).unsqueeze(-1))
+        feats = torch.cat(parts, dim=-1).clamp(-_INPUT_CLIP, _INPUT_CLIP)
         x = self.encoder(feats)
         state = self.core.init_state(x)
         a = self.init_head(x).view(B, N, m)
@@ -529,6 +541,8 @@ class TinyRecursiveControl(nn.Module):
                 fb = correction = None
                 if use_feedback:
                     traj = plant.rollout(x0, u.detach() if cfg.detach_feedback else u)
+                    if k_to_go is not None:
+                        traj = hold_after(traj, k_to_go)
                     errors = trajectory_error(traj, xt, s, self.inverse_scale_rows)
                     fb = self.error_encoder(errors)
                     if self.feedback_gain is not None:
@@ -579,9 +593,12 @@ class TinyRecursiveControl(nn.Module):
             if not use_feedback:  # roll every cycle's controls out here in one batched call
                 C = len(all_controls)
                 X = plant.rollout(x0.repeat(C, 1), torch.cat(all_controls))
+                if k_to_go is not None:
+                    X = hold_after(X, k_to_go.repeat(C))
                 all_states = list(X.view(C, B, N + 1, self.state_dim))
             while len(all_states) < len(all_controls):  # the last controls were not rolled out yet
-                all_states.append(plant.rollout(x0, all_controls[len(all_states)]))
+                X = plant.rollout(x0, all_controls[len(all_states)])
+                all_states.append(X if k_to_go is None else hold_after(X, k_to_go))
             all_states_t = torch.stack(all_states)
             C = all_states_t.shape[0]
             costs = self.cost(
@@ -626,6 +643,25 @@ class TinyRecursiveControl(nn.Module):
         if not torch.isfinite(t).all():
             raise NonFiniteError(f"{what} contains NaN or infinity")
         return t.to(dtype=ref.dtype, device=ref.device)
+
+    def _check_steps_to_go(self, steps_to_go, batch: int) -> torch.Tensor | None:
+        """``steps_to_go`` as a long tensor ``(batch,)`` (None for models without the input)."""
+        if not self.config.time_to_go:
+            if steps_to_go is not None:
+                raise ConfigError("this model plans a fixed horizon (model.time_to_go is false); it takes no "
+                                  "steps_to_go")
+            return None
+        ref = self.state_scale.device
+        if steps_to_go is None:
+            return torch.full((batch,), self.horizon, dtype=torch.long, device=ref)
+        k = torch.as_tensor(steps_to_go, device=ref)
+        if k.ndim == 0:
+            k = k.expand(batch)
+        if k.shape != (batch,):
+            raise DimensionError(f"steps_to_go has shape {tuple(k.shape)}; expected () or ({batch},)")
+        if not bool(((k >= 1) & (k <= self.horizon) & (k == torch.round(k))).all()):
+            raise ConfigError(f"steps_to_go must be whole numbers in [1, {self.horizon}], got {k.tolist()}")
+        return k.long()
 
     def _check_plant(self, plant: Plant) -> None:
         if plant.state_dim != self.config.state_dim or plant.control_dim != self.config.control_dim:

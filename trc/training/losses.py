@@ -39,6 +39,7 @@ import torch
 from dynamics.errors import ConfigError, DimensionError
 
 from ..evaluation import target_dims
+from ..models.feedback import hold_after
 from ..models.halting import halting_loss
 from .config import FirstControlsConfig, LossConfig, cycle_weights
 
@@ -72,7 +73,7 @@ def first_control_weights(config: FirstControlsConfig, horizon: int) -> torch.Te
 
 
 def imitation_loss(controls: torch.Tensor, optimal: torch.Tensor, scale: torch.Tensor,
-                   step_weights: torch.Tensor | None = None) -> torch.Tensor:
+                   step_weights: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared control error in units of the control scale, optionally weighted per step.
 
     Parameters
@@ -83,11 +84,15 @@ def imitation_loss(controls: torch.Tensor, optimal: torch.Tensor, scale: torch.T
     step_weights : Tensor, shape ``(N,)``, optional
         Weight ``w_k`` of the squared error of step ``k`` (:func:`first_control_weights`);
         ``None`` weights every step 1.
+    mask : Tensor, shape ``(B, N)``, optional
+        Which steps count (the plan of a shrinking horizon: ``k < steps_to_go``); the mean is
+        then over each sample's counted steps (``controls`` ``(..., B, N, m)``).
 
     Returns
     -------
     Tensor, shape ``controls.shape[:-2]``
-        ``mean_{k, j}(w_k ((u_kj - u*_kj) / s_j)^2)`` per sample (divided by ``N m``).
+        ``mean_{k, j}(w_k ((u_kj - u*_kj) / s_j)^2)`` per sample (divided by ``N m``, or by the
+        counted steps times ``m``).
 
     Raises
     ------
@@ -103,7 +108,10 @@ def imitation_loss(controls: torch.Tensor, optimal: torch.Tensor, scale: torch.T
             raise DimensionError(f"step_weights has shape {tuple(step_weights.shape)}; expected "
                                  f"({controls.shape[-2]},), one weight per control step")
         err = err * step_weights.to(err)[:, None]
-    return err.mean(dim=(-2, -1))
+    if mask is None:
+        return err.mean(dim=(-2, -1))
+    mask = mask.to(err)
+    return (err.sum(-1) * mask).sum(-1) / (mask.sum(-1).clamp(min=1) * err.shape[-1])
 
 
 def cost_ratio_loss(J: torch.Tensor, J_opt: torch.Tensor, floor: float) -> torch.Tensor:
@@ -192,7 +200,8 @@ class TRCLoss:
         self.needs_rollout = config.cost > 0 or config.terminal > 0
 
     def __call__(self, output, x0: torch.Tensor, target: torch.Tensor, u_opt: torch.Tensor,
-                 J_opt: torch.Tensor, x_opt: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                 J_opt: torch.Tensor, x_opt: torch.Tensor | None = None,
+                 steps_to_go: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of one forward pass ``model(x0, target, return_all_iterations=True)``.
 
         Parameters
@@ -206,6 +215,9 @@ class TRCLoss:
         J_opt : Tensor, shape ``(B,)``
         x_opt : Tensor, shape ``(B, N + 1, n)``, optional
             Optimal trajectories; needed by the states term.
+        steps_to_go : Tensor, shape ``(B,)``, optional
+            Steps left of each sample's shrinking horizon (a model with ``time_to_go``): the
+            imitation counts the first ``k`` controls, the rollouts hold ``x_k`` after step ``k``.
 
         Returns
         -------
@@ -242,7 +254,11 @@ class TRCLoss:
         parts: dict[str, torch.Tensor] = {}
         total = all_u.new_zeros(())
 
-        im = imitation_loss(all_u, u_opt.unsqueeze(0), self.u_scale, self.step_weights).mean(1)  # (C,)
+        mask = None
+        if steps_to_go is not None:
+            steps_to_go = torch.round(steps_to_go).long()
+            mask = torch.arange(u_opt.shape[1], device=u_opt.device)[None] < steps_to_go[:, None]
+        im = imitation_loss(all_u, u_opt.unsqueeze(0), self.u_scale, self.step_weights, mask).mean(1)  # (C,)
         parts["imitation"] = im[-1]
         if cfg.imitation > 0:
             total = total + cfg.imitation * (w * im).sum()
@@ -259,6 +275,8 @@ class TRCLoss:
                 x_act = states[idx].flatten(0, 1)
             else:
                 x_act = self.plant.rollout(x0.repeat(A, 1), u_act.flatten(0, 1))
+                if steps_to_go is not None:
+                    x_act = hold_after(x_act, steps_to_go.repeat(A))
             tgt = target.repeat(A, 1)
             J = self.problem.cost_of(x_act, u_act.flatten(0, 1), tgt).reshape(A, B)
             ratio = cost_ratio_loss(J, J_opt.unsqueeze(0), self.cost_floor).mean(1)

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from dynamics.errors import CheckpointError, ConfigError
 
+from ..data import suffix_split
 from ..evaluation import evaluate_model, split_data
 from ..io import atomic_write_text
 from .checkpoint import (
@@ -189,6 +190,8 @@ class Trainer:
         device = self.ctx.device
         self.model = model.to(device)
         train = data.train
+        if getattr(model.config, "time_to_go", False):  # the model plans with the time left: train on suffixes
+            train = suffix_split(train, self.problem)
         plant = model.plant if model.plant is not None else self.problem.make_plant().to(device)
         # Loss scales: control half-ranges, the model's own state normalisation (or the data's
         # spread), and the floor of J* in the cost ratio from the median optimal cost.
@@ -431,9 +434,10 @@ class Trainer:
             count = 0
             for batch in self.loader:
                 batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
-                out = self.ddp(batch["x0"], batch["target"], return_all_iterations=True)
+                k = {"steps_to_go": batch["steps_to_go"]} if "steps_to_go" in batch else {}
+                out = self.ddp(batch["x0"], batch["target"], return_all_iterations=True, **k)
                 loss, parts = self.loss_fn(out, batch["x0"], batch["target"], batch["controls"], batch["cost"],
-                                           batch.get("states"))
+                                           batch.get("states"), **k)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip is not None:
