@@ -4,6 +4,7 @@ closed-loop harness; checked against the finite-horizon Riccati cost-to-go and I
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import control as ct
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from dynamics import tasks
-from dynamics.errors import ConfigError, DimensionError
+from dynamics.errors import ConfigError, DatasetError, DimensionError
 from trc import Problem
 from trc import closed_loop as cl
 from trc.data import load_dataset, suffix_split
@@ -21,8 +22,10 @@ from trc.export import export_controller, load_controller
 from trc.generators import make_solver
 from trc.generators.ipopt import RocketReference
 from trc.generators.pipeline import generate
+from trc.generators.storage import read_dataset, write_dataset
 from trc.models import TinyRecursiveControl, TRCConfig
 from trc.training import TrainConfig, Trainer
+from trc.training.dagger import DaggerConfig, run_dagger
 from trc.training.losses import imitation_loss
 
 DT, N = 0.2, 10
@@ -226,3 +229,71 @@ def test_the_harness_replans_a_time_to_go_model_with_the_time_left():
     result = cl.run(problem, cl.TRCController(model), config, timing=False)
     assert seen == [50, 49, 48]
     assert result.states.shape == (2, 4, 7) and np.isfinite(result.states).all()
+
+
+def test_suffixes_of_a_shrinking_plan_are_the_suffixes_of_the_whole_plan(lqr_data):
+    """A padded plan of k < N steps (steps_to_go in the split) expands into its k suffixes only,
+    and they equal the corresponding suffixes of the full plan it came from."""
+    _, data = lqr_data
+    once = suffix_split(data.train, data.problem)
+    twice = suffix_split(once, data.problem)
+    k = once.tensors["steps_to_go"].long()
+    assert len(twice) == int(k.sum())
+    i, j = 2, 4  # plan i's suffix from step j, then that plan's suffixes
+    start = int(k[: i * N + j].sum())
+    for r in range(N - j):
+        for key in ("x0", "controls", "states", "cost", "steps_to_go"):
+            torch.testing.assert_close(twice.tensors[key][start + r], once.tensors[key][i * N + j + r])
+
+
+def test_steps_to_go_round_trips_through_the_data_set_file_and_bad_values_are_refused(lqr_data, tmp_path):
+    _, data = lqr_data
+    raw = dataclasses.replace(data.raw, steps_to_go=np.arange(data.raw.num_samples) % N + 1)
+    write_dataset(tmp_path / "k.h5", raw)
+    np.testing.assert_array_equal(read_dataset(tmp_path / "k.h5").steps_to_go, raw.steps_to_go)
+    loaded = load_dataset(tmp_path / "k.h5")
+    np.testing.assert_array_equal(loaded.train.tensors["steps_to_go"].numpy(), raw.steps_to_go[raw.splits["train"]])
+    assert read_dataset(data.path).steps_to_go is None
+    for bad in (np.zeros(raw.num_samples), np.full(raw.num_samples, N + 1)):
+        with pytest.raises(DatasetError, match="steps_to_go"):
+            write_dataset(tmp_path / "bad.h5", dataclasses.replace(data.raw, steps_to_go=bad))
+    assert not (tmp_path / "bad.h5").exists()
+
+
+ROCKET_DAGGER = {
+    "problem": {"task": "rocket"},
+    "generator": {"solver": "rocket", "num_samples": 10, "out": "unused.h5"},
+    "model": TINY,
+    "training": {"batch_size": 64, "lr": 1e-3, "num_threads": 1, "val_every": 1, "ema_decay": None,
+                 "loss": {"imitation": 1.0, "cost": 0.0, "terminal": 0.0}},
+}
+
+
+def test_dagger_labels_each_visited_state_for_the_time_left(tmp_path):
+    """On the rocket (fixed final time) DAgger runs N-step episodes re-planned with the time
+    left and labels the state visited at step k with the optimal plan for the N - k steps left,
+    padded to N; one such label is checked against IPOPT on the original landing problem."""
+    exp = experiment_from_dict(ROCKET_DAGGER)
+    config = DaggerConfig(rounds=1, episodes=2, epochs=1, eval_episodes=2, labels_per_round=None,
+                          param_scale=[1.0, 1.0], process_noise=0.1, measurement_noise=0.1)
+    with pytest.raises(ConfigError, match="fixed final time"):
+        DaggerConfig(steps=60).horizon_steps(exp.problem)
+    result = run_dagger(exp, rocket_model(), config, tmp_path / "run", base_data=False)
+    labels = read_dataset(tmp_path / "run" / "round_1" / "labels.h5")
+    k = labels.steps_to_go
+    assert k is not None and labels.num_samples == result.rounds[1]["labels"]["solved"] > 0
+    assert ((k >= 1) & (k <= 50)).all() and (k < 50).any()
+    np.testing.assert_allclose(labels.states[:, 0], labels.initial_states, atol=1e-9)
+    for row in range(labels.num_samples):  # padded after step k with x_k and u_{k-1}
+        n = int(k[row])
+        np.testing.assert_array_equal(labels.states[row, n:], np.repeat(labels.states[row, n:n + 1], 51 - n, 0))
+        np.testing.assert_array_equal(labels.controls[row, n - 1:],
+                                      np.repeat(labels.controls[row, n - 1:n], 51 - n, 0))
+        assert labels.costs[row] == pytest.approx(labels.states[row, 0, 6] - labels.states[row, n, 6], rel=1e-9)
+    row = int(np.argmin(k))
+    tail = Problem(**{**tasks.task("rocket"), "horizon": int(k[row])})
+    ref = RocketReference(tail).solve(labels.initial_states[row], labels.target_states[row])
+    assert ref.success, ref.status
+    assert labels.costs[row] == pytest.approx(ref.cost, rel=1e-4)
+    for mode in ("nominal", "perturbed"):
+        assert 0.0 <= result.rounds[1]["heldout"][mode]["success_rate"] <= 1.0

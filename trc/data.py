@@ -19,8 +19,8 @@ key            one sample                      a batch
 ``cost``       ``()``                          ``(batch,)``
 =============  ==============================  ===============================
 
-:func:`suffix_split` adds ``steps_to_go`` (``()``; ``(batch,)``) for models that take the time
-remaining as an input.
+Data sets of shrinking-horizon plans (``steps_to_go`` in the file), and :func:`suffix_split`,
+add ``steps_to_go`` (``()``; ``(batch,)``) for models that take the time remaining as an input.
 """
 
 from __future__ import annotations
@@ -233,32 +233,35 @@ def load_dataset(
             key: torch.as_tensor(getattr(raw, array)[idx]).to(device=device, dtype=dtype)
             for key, array in FIELDS.items()
         }
+        if raw.steps_to_go is not None:
+            tensors["steps_to_go"] = torch.as_tensor(raw.steps_to_go[idx]).to(device=device, dtype=dtype)
         splits[name] = TrajectorySplit(name, tensors)
     return TrajectoryData(path=Path(path), problem=raw.problem, attrs=raw.attrs, raw=raw, splits=splits)
 
 
 def suffix_split(split: TrajectorySplit, problem) -> TrajectorySplit:
-    """Every suffix of every optimal trajectory, as samples with the steps to go.
+    """Every suffix of every optimal plan, as samples with the steps to go.
 
-    By Bellman's principle of optimality the tail ``u_j .. u_{N-1}`` of an optimal plan is
-    optimal from ``x_j`` for the ``k = N - j`` steps left (same path constraints and terminal
-    condition); this turns ``B`` trajectories into ``B N`` shrinking-horizon samples without a
-    solver call (Bellman, *Dynamic Programming*, 1957, Ch. III.3).
+    By Bellman's principle of optimality the tail ``u_j .. u_{k-1}`` of a plan optimal for ``k``
+    steps is optimal from ``x_j`` for the ``k - j`` steps left (same path constraints and
+    terminal condition); this turns ``B`` plans into up to ``B N`` shrinking-horizon samples
+    without a solver call (Bellman, *Dynamic Programming*, 1957, Ch. III.3).
 
     Parameters
     ----------
     split : TrajectorySplit
-        Optimal trajectories: ``states`` ``(B, N + 1, n)``, ``controls`` ``(B, N, m)``.
+        Optimal plans: ``states`` ``(B, N + 1, n)``, ``controls`` ``(B, N, m)``, and optionally
+        ``steps_to_go`` ``(B,)`` (plans of ``k <= N`` steps padded to ``N``; default ``N``).
     problem : trc.Problem
         Their problem (for the cost of each suffix, :func:`trc.cost.trajectory_cost`).
 
     Returns
     -------
     TrajectorySplit
-        ``B N`` samples, trajectory-major (sample ``i N + j`` starts at step ``j`` of trajectory
-        ``i``): ``x0 = x_j``; ``controls`` ``u_j .. u_{N-1}``, padded to ``N`` with ``u_{N-1}``;
-        ``states`` ``x_j .. x_N``, padded with ``x_N``; ``cost`` the suffix's ``J``;
-        ``steps_to_go`` ``N - j`` (the split's float dtype).
+        The ``sum_i k_i`` suffixes, plan-major (plan ``i``'s suffixes in order ``j = 0 .. k_i - 1``):
+        ``x0 = x_j``; ``controls`` ``u_j .. u_{k-1}``, padded to ``N`` with ``u_{k-1}``;
+        ``states`` ``x_j .. x_k``, padded with ``x_k``; ``cost`` the suffix's ``J``;
+        ``steps_to_go`` ``k - j`` (the split's float dtype).
 
     Raises
     ------
@@ -269,21 +272,29 @@ def suffix_split(split: TrajectorySplit, problem) -> TrajectorySplit:
     B, N = U.shape[0], U.shape[1]
     if N != problem.horizon:
         raise DimensionError(f"the split has horizon {N} but the problem {problem.horizon}")
-    j = torch.arange(N, device=U.device)
-    steps = torch.arange(N + 1, device=U.device)
-    state_index = torch.minimum(j[:, None] + steps[None, :], torch.tensor(N))          # (N, N + 1)
-    control_index = torch.minimum(j[:, None] + steps[None, :N], torch.tensor(N - 1))   # (N, N)
-    states = X[:, state_index]      # (B, N, N + 1, n)
-    controls = U[:, control_index]  # (B, N, N, m)
-    target = split.target.unsqueeze(1).expand(B, N, -1)
-    cost = torch.stack([trajectory_cost(problem, X[:, i:].double(), U[:, i:].double(), split.target.double())
-                        for i in range(N)], 1).to(X.dtype)
+    device = U.device
+    k = split.tensors.get("steps_to_go")
+    k = torch.full((B,), N, device=device) if k is None else torch.round(k).long().to(device)
+    j = torch.arange(N, device=device)
+    t = torch.arange(N + 1, device=device)
+    start = j[None, :, None] + t[None, None, :]                                   # (1, N, N + 1)
+    state_index = torch.minimum(start, k[:, None, None])                          # (B, N, N + 1)
+    control_index = torch.minimum(start[..., :N], (k - 1)[:, None, None])         # (B, N, N)
+    rows = torch.arange(B, device=device)[:, None, None]
+    states, controls = X[rows, state_index], U[rows, control_index]
+    # J of the suffix from step j, from the costs of the padded tails: C(j) - C(k) + T(k), where
+    # C(i) is the cost of the padded arrays from step i and T(i) the terminal term at x_i alone.
+    Xd, Ud, xt = X.double(), U.double(), split.target.double()
+    C = torch.stack([trajectory_cost(problem, Xd[:, i:], Ud[:, i:], xt) for i in range(N + 1)], 1)
+    T = torch.stack([trajectory_cost(problem, Xd[:, i:i + 1], Ud[:, i:i], xt) for i in range(N + 1)], 1)
+    cost = C[:, :N] - (C.gather(1, k[:, None]) - T.gather(1, k[:, None]))
+    valid = (j[None] < k[:, None]).reshape(-1)
     tensors = {
         "x0": X[:, :N].reshape(B * N, -1),
-        "target": target.reshape(B * N, -1),
+        "target": split.target.unsqueeze(1).expand(B, N, -1).reshape(B * N, -1),
         "states": states.reshape(B * N, N + 1, -1),
         "controls": controls.reshape(B * N, N, -1),
-        "cost": cost.reshape(B * N),
-        "steps_to_go": (N - j).to(X.dtype).repeat(B),
+        "cost": cost.to(X.dtype).reshape(B * N),
+        "steps_to_go": (k[:, None] - j[None]).to(X.dtype).reshape(B * N),
     }
-    return TrajectorySplit(split.name, tensors)
+    return TrajectorySplit(split.name, {key: value[valid] for key, value in tensors.items()})

@@ -110,6 +110,9 @@ class SplitData:
 def split_data(data, name: str) -> SplitData:
     """The split ``name`` of a loaded data set (:func:`trc.data.load_dataset`) as float64 tensors.
 
+    Plans of fewer steps than the horizon (shrinking-horizon labels, ``steps_to_go < N``) are left
+    out: the evaluation compares ``N``-step plans.
+
     Raises
     ------
     DimensionError
@@ -119,6 +122,8 @@ def split_data(data, name: str) -> SplitData:
     if name not in raw.splits:
         raise DimensionError(f"data set has no split {name!r}; it has {sorted(raw.splits)}")
     idx = raw.splits[name]
+    if getattr(raw, "steps_to_go", None) is not None:
+        idx = idx[raw.steps_to_go[idx] == raw.problem.horizon]
 
     def t(array):
         return torch.as_tensor(getattr(raw, array)[idx], dtype=torch.float64)

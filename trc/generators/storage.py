@@ -12,6 +12,8 @@ problem with horizon ``N``, ``n`` states and ``m`` controls::
     /iterations        (M,)          int64
     /solve_time        (M,)          float64   seconds (the only field that differs between runs)
     /instance_index    (M,)          int64     position in the seeded instance stream
+    /steps_to_go       (M,)          int64     optional: a plan of the k <= N steps left (shrinking
+                                               horizon), padded to N with x_k and u_{k-1}
     /splits/{train,val,test}         int64     row indices into the arrays above
     /failures/...                              failed instances (never training data)
     attributes: schema_version, problem (JSON), plant (name), plant_config (JSON), dt, N,
@@ -30,6 +32,7 @@ import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import h5py
 import numpy as np
@@ -50,6 +53,7 @@ __all__ = [
     "open_h5",
     "SCHEMA_VERSION",
     "ARRAY_NAMES",
+    "OPTIONAL_ARRAY_NAMES",
     "FAILURE_NAMES",
     "REQUIRED_ATTRS",
     "GeneratedDataset",
@@ -108,7 +112,10 @@ REQUIRED_ATTRS = (
 )
 
 _FLOAT = {"states", "controls", "initial_states", "target_states", "costs", "solve_time"}
-_INT = {"iterations", "instance_index"}
+_INT = {"iterations", "instance_index", "steps_to_go"}
+
+#: Optional per-sample arrays (absent: every plan covers the horizon ``N``).
+OPTIONAL_ARRAY_NAMES = {"steps_to_go": 1}
 
 
 @dataclass
@@ -147,6 +154,10 @@ class GeneratedDataset:
     attrs : dict
         Further metadata (creation info, timings, ...). :func:`read_dataset` fills it with
         every attribute of the file, JSON attributes decoded.
+    steps_to_go : ndarray of int64, shape ``(M,)``, optional
+        Plans of a shrinking horizon: sample ``i`` is optimal for the ``k_i <= N`` steps left
+        before a fixed final time, and its arrays are padded to ``N`` with ``x_k`` and
+        ``u_{k-1}``. None: every plan covers ``N`` steps.
     """
 
     problem: object
@@ -165,6 +176,7 @@ class GeneratedDataset:
     splits: dict
     failures: dict = field(default_factory=dict)
     attrs: dict = field(default_factory=dict)
+    steps_to_go: Optional[np.ndarray] = None
 
     @property
     def num_samples(self) -> int:
@@ -172,8 +184,9 @@ class GeneratedDataset:
         return int(self.states.shape[0])
 
     def arrays(self) -> dict:
-        """The per-sample arrays by name (see :data:`ARRAY_NAMES`)."""
-        return {name: getattr(self, name) for name in ARRAY_NAMES}
+        """The per-sample arrays by name (see :data:`ARRAY_NAMES`; optional ones when present)."""
+        names = [*ARRAY_NAMES, *(k for k in OPTIONAL_ARRAY_NAMES if getattr(self, k) is not None)]
+        return {name: getattr(self, name) for name in names}
 
     def split(self, name: str) -> dict:
         """The per-sample arrays of split ``name`` (``"train"``, ``"val"`` or ``"test"``).
@@ -250,10 +263,15 @@ def _check_shapes(data: GeneratedDataset) -> None:
         "solve_time": (M,),
         "instance_index": (M,),
     }
+    if data.steps_to_go is not None:
+        expected["steps_to_go"] = (M,)
     for name, shape in expected.items():
         got = np.shape(getattr(data, name))
         if got != shape:
             raise DatasetError(f"array {name!r} has shape {got}; expected {shape} (M={M}, N={N}, n={n}, m={m})")
+    k = data.steps_to_go
+    if k is not None and k.size and not (np.all(k == np.round(k)) and k.min() >= 1 and k.max() <= N):
+        raise DatasetError(f"array 'steps_to_go' must hold whole numbers in [1, N={N}], got [{k.min()}, {k.max()}]")
     _check_splits(data.splits, M, "in memory")
     F = len(data.failures.get("status", ()))
     for name, ndim in FAILURE_NAMES.items():
@@ -499,6 +517,8 @@ def read_dataset(path: str | os.PathLike) -> GeneratedDataset:
     with open_h5(path) as f:
         attrs = _attrs_of(f, path)
         arrays = {name: _read_array(f, name, ndim, path, "") for name, ndim in ARRAY_NAMES.items()}
+        arrays.update({name: _read_array(f, name, ndim, path, "") for name, ndim in OPTIONAL_ARRAY_NAMES.items()
+                       if name in f})
         if "splits" not in f or not isinstance(f["splits"], h5py.Group):
             raise DatasetError(f"data set {str(path)!r} lacks the group 'splits'")
         splits = {name: _read_array(f["splits"], name, 1, path, "splits/") for name in SPLIT_NAMES}

@@ -18,6 +18,12 @@ Alg. 3.1) fixes the training distribution: every round
    the labels of every round so far) and fine-tunes the model on the union with the project's
    trainer and losses (:class:`trc.training.Trainer`, :class:`trc.training.TRCLoss`).
 
+Problems with a fixed final time (the rocket's landing, :func:`trc.closed_loop.fixed_final_time`)
+run ``N``-step episodes re-planned with the time left (shrinking horizon, a model with
+``model.time_to_go``): the state visited at step ``k`` is labelled with the optimal plan for the
+``N - k`` steps left (a solver per horizon), stored padded to ``N`` with its ``steps_to_go``, and an
+episode succeeds when its final state is within the tolerance.
+
 The labels are the *nominal* optimal plans from the visited states (the solver knows only the
 nominal plant), as in DAgger's expert queries; the mismatch and the noise act on the states
 the closed loop visits. The controller stays the network and its plant feedback: no stage is
@@ -89,7 +95,9 @@ from ..config import check_int, check_real, check_seed, is_real
 from ..data import FIELDS, TrajectoryData, TrajectorySplit
 from ..evaluation import problem_violations, terminal_error
 from ..experiment import load_experiment
+from ..closed_loop import fixed_final_time
 from ..generators import make_solver
+from ..generators.base import Solution
 from ..generators.lqr import infinite_horizon_gain
 from ..generators.storage import SPLIT_NAMES, GeneratedDataset, read_dataset, write_dataset
 from ..io import atomic_path, atomic_write_text, output_lock
@@ -97,6 +105,7 @@ from ..kinds.base import load as load_model
 from ..kinds.base import save as save_model
 from ..kinds.continuous import run_training
 from ..models import TinyRecursiveControl
+from ..problem import Problem
 from .config import TrainConfig
 from .trainer import Trainer
 
@@ -241,13 +250,19 @@ class DaggerConfig:
         return dataclasses.asdict(self)
 
     def horizon_steps(self, problem) -> int:
-        """Control steps per episode for ``problem`` (``2 N`` unless set).
+        """Control steps per episode for ``problem`` (``2 N`` unless set; ``N`` with a fixed final time).
 
         Raises
         ------
         ConfigError
-            If ``steps`` is shorter than the horizon ``N``.
+            If ``steps`` is shorter than the horizon ``N``, or is not ``N`` for a problem with a
+            fixed final time.
         """
+        if fixed_final_time(problem):
+            if self.steps not in (None, problem.horizon):
+                raise ConfigError(f"dagger.steps must be the horizon N={problem.horizon} for a problem with a fixed "
+                                  f"final time, got {self.steps}")
+            return problem.horizon
         steps = 2 * problem.horizon if self.steps is None else self.steps
         if steps < problem.horizon:
             raise ConfigError(f"dagger.steps must be at least the horizon N={problem.horizon} (the closed-loop "
@@ -380,14 +395,16 @@ def model_policy(model: TinyRecursiveControl, feedback: bool = True) -> Policy:
     Returns
     -------
     callable
-        ``policy(y, target)`` with ``y``, ``target`` ``(E, state_dim)`` returning ``(E, control_dim)``.
+        ``policy(y, target)`` with ``y``, ``target`` ``(E, state_dim)`` returning ``(E, control_dim)``;
+        a model with ``time_to_go`` also takes ``steps_to_go`` (int).
     """
     net = copy.deepcopy(model).double().eval()
     plant = None if feedback else False
 
-    def policy(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def policy(y: torch.Tensor, target: torch.Tensor, steps_to_go: int | None = None) -> torch.Tensor:
+        k = {} if steps_to_go is None else {"steps_to_go": steps_to_go}
         with torch.no_grad():
-            return net(y, target, plant=plant)[:, 0]
+            return net(y, target, plant=plant, **k)[:, 0]
 
     return policy
 
@@ -440,8 +457,8 @@ def saturated_lqr_policy(problem, target: torch.Tensor) -> Policy:
 
 
 def closed_loop(policy: Policy, plant: dynamics.Plant, x0: torch.Tensor, target: torch.Tensor, steps: int, *,
-                process_noise=0.0, measurement_noise=0.0,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                process_noise=0.0, measurement_noise=0.0, generator: torch.Generator | None = None,
+                shrinking: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Simulate ``E`` receding-horizon episodes at once.
 
     ``y_k = x_k + v_k``, ``u_k = policy(y_k, x*)``, ``x_{k+1} = F(x_k, u_k) + w_k`` with ``F`` the
@@ -464,6 +481,8 @@ def closed_loop(policy: Policy, plant: dynamics.Plant, x0: torch.Tensor, target:
     generator : torch.Generator, optional
         Source of the noise (both noises are drawn every call, so the draws do not depend on
         the standard deviations).
+    shrinking : bool
+        Fixed final time after ``steps``: call ``policy(y, target, steps - k)`` at step ``k``.
 
     Returns
     -------
@@ -489,7 +508,7 @@ def closed_loop(policy: Policy, plant: dynamics.Plant, x0: torch.Tensor, target:
     diverged = torch.zeros(E, dtype=torch.bool)
     states, controls = [x], []
     for k in range(steps):  # time steps; the episodes are the batch
-        u = policy(x + v[k], xt).to(torch.float64)
+        u = (policy(x + v[k], xt, steps - k) if shrinking else policy(x + v[k], xt)).to(torch.float64)
         nxt = plant.step(x, u) + w[k]
         ok = torch.isfinite(nxt).all(dim=1)
         diverged = diverged | ~ok
@@ -525,7 +544,8 @@ def episode_metrics(problem, plant: dynamics.Plant, states: torch.Tensor, contro
     """
     E, T1, n = states.shape
     N = problem.horizon
-    tail = max(1, math.ceil(HOLD_FRACTION * (T1 - 1)))
+    # reach and hold over the last 10 %; with a fixed final time, the final state alone
+    tail = 1 if fixed_final_time(problem) else max(1, math.ceil(HOLD_FRACTION * (T1 - 1)))
     end = states[:, -tail:]
     err = terminal_error(problem, end.reshape(-1, n), target.repeat_interleave(tail, 0)).view(E, tail)
     err = torch.nan_to_num(err, nan=math.inf)
@@ -573,8 +593,10 @@ def summarize(metrics: dict[str, np.ndarray]) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------- labels and data
 def _dataset(problem, solver_name: str, options: dict, seed: int, sol, x0: np.ndarray, target: np.ndarray,
-             keep: np.ndarray, val_fraction: float, rng: np.random.Generator, attrs: dict) -> GeneratedDataset:
-    """The solved instances of a batch as a data set (failures kept apart); splits train/val."""
+             keep: np.ndarray, val_fraction: float, rng: np.random.Generator, attrs: dict,
+             steps_to_go: np.ndarray | None = None) -> GeneratedDataset:
+    """The solved instances of a batch as a data set (failures kept apart); splits train/val;
+    ``steps_to_go`` ``(B,)`` for shrinking-horizon plans (padded to ``N``)."""
     idx = np.flatnonzero(keep)
     bad = np.flatnonzero(~keep)
     M = idx.size
@@ -593,7 +615,35 @@ def _dataset(problem, solver_name: str, options: dict, seed: int, sol, x0: np.nd
         status=np.asarray(sol.status)[idx].astype(str), iterations=np.asarray(sol.iterations, dtype=np.int64)[idx],
         solve_time=np.asarray(sol.solve_time, dtype=np.float64)[idx], instance_index=idx.astype(np.int64),
         splits=splits, failures=failures, attrs=attrs,
+        steps_to_go=None if steps_to_go is None else np.asarray(steps_to_go, dtype=np.int64)[idx],
     )
+
+
+def _solve_shrinking(problem, solver_name: str, options: dict, solver, x0: np.ndarray, target: np.ndarray,
+                     steps_to_go: np.ndarray):
+    """Solve each instance for its steps to go ``k`` (a solver per horizon, ``solver`` for ``N``);
+    the plans padded to ``N`` with ``x_k`` and ``u_{k-1}``. Returns the solution and the usable mask."""
+    B, N = len(x0), problem.horizon
+    states = np.zeros((B, N + 1, problem.state_dim))
+    controls = np.zeros((B, N, problem.control_dim))
+    costs, solve_time = np.full(B, np.nan), np.zeros(B)
+    iterations, status = np.zeros(B, dtype=np.int64), np.empty(B, dtype=object)
+    keep = np.zeros(B, dtype=bool)
+    for k in np.unique(steps_to_go):
+        rows = np.flatnonzero(steps_to_go == k)
+        k = int(k)
+        horizon = solver if k == N else make_solver(solver_name, Problem(**{**problem.to_dict(), "horizon": k}),
+                                                    **options)
+        sol, ok = _solve(horizon, x0[rows], target[rows])
+        X, U = np.asarray(sol.states, float), np.asarray(sol.controls, float)
+        states[rows] = np.concatenate([X, np.repeat(X[:, -1:], N - k, 1)], 1)
+        controls[rows] = np.concatenate([U, np.repeat(U[:, -1:], N - k, 1)], 1)
+        costs[rows], solve_time[rows] = sol.costs, sol.solve_time
+        iterations[rows], status[rows], keep[rows] = sol.iterations, sol.status, ok
+    states[~keep], controls[~keep] = 0.0, 0.0  # failed instances: no arrays (they may hold NaN)
+    solution = Solution(states=states, controls=controls, costs=costs, success=keep, status=status.astype(str),
+                        iterations=iterations, solve_time=solve_time)
+    return solution, keep
 
 
 def _solve(solver, x0: np.ndarray, target: np.ndarray):
@@ -609,6 +659,10 @@ def _training_data(problem, parts: list[GeneratedDataset], path: Path) -> Trajec
     arrays = {name: np.concatenate([getattr(p, name) for p in parts]) for name in
               ("states", "controls", "initial_states", "target_states", "costs", "status", "iterations",
                "solve_time", "instance_index")}
+    if any(p.steps_to_go is not None for p in parts):  # shrinking-horizon labels: N for full plans
+        arrays["steps_to_go"] = np.concatenate([
+            np.full(p.num_samples, problem.horizon, dtype=np.int64) if p.steps_to_go is None else p.steps_to_go
+            for p in parts])
     offsets = np.cumsum([0] + [p.num_samples for p in parts])
     splits = {s: np.concatenate([np.asarray(p.splits[s], dtype=np.int64) + o for p, o in zip(parts, offsets)])
               for s in SPLIT_NAMES}
@@ -616,9 +670,10 @@ def _training_data(problem, parts: list[GeneratedDataset], path: Path) -> Trajec
                            seed=parts[-1].seed, splits=splits, **arrays)
     tensors = {}
     for name, index in splits.items():
-        tensors[name] = TrajectorySplit(name, {
-            key: torch.as_tensor(getattr(raw, array)[index]).to(torch.float32) for key, array in FIELDS.items()
-        })
+        fields = {key: torch.as_tensor(getattr(raw, array)[index]).to(torch.float32) for key, array in FIELDS.items()}
+        if raw.steps_to_go is not None:
+            fields["steps_to_go"] = torch.as_tensor(raw.steps_to_go[index]).to(torch.float32)
+        tensors[name] = TrajectorySplit(name, fields)
     return TrajectoryData(path=path, problem=problem, attrs={"solver": raw.solver}, raw=raw, splits=tensors)
 
 
@@ -711,7 +766,7 @@ def _evaluate(policy_of: Callable[[torch.Tensor], Policy], problem, config: Dagg
         gen = torch.Generator().manual_seed(int(held["noise_seed"]))
         t0 = time.perf_counter()
         X, U, div = closed_loop(policy_of(target), plant, x0, target, steps, process_noise=sw, measurement_noise=sv,
-                                generator=gen)
+                                generator=gen, shrinking=fixed_final_time(problem))
         seconds = time.perf_counter() - t0
         m = summarize(episode_metrics(problem, nominal, X, U, target, J_opt, div))
         m["ms_per_step"] = 1e3 * seconds / steps
@@ -912,10 +967,11 @@ def _collect(model, problem, config: DaggerConfig, solver, names: list[str], ste
     x0 = np.where(near[:, None], _near_target_states(problem, target, config.near_target_radius, rng), x0)
     scales = sample_parameter_scales(names, E, *config.param_scale, rng)
     gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+    shrinking = fixed_final_time(problem)
     X, U, div = closed_loop(model_policy(model), perturbed_plant(problem, scales),
                             torch.as_tensor(x0), torch.as_tensor(target), steps,
                             process_noise=config.process_noise, measurement_noise=config.measurement_noise,
-                            generator=gen)
+                            generator=gen, shrinking=shrinking)
     rollout_seconds = time.perf_counter() - t0
     # ---- which visited states to label: every x_0, and a random subset of the others
     visited = X[:, :steps].numpy()  # (E, steps, n): the states a control was computed from
@@ -930,7 +986,11 @@ def _collect(model, problem, config: DaggerConfig, solver, names: list[str], ste
     xs, ts = visited[e_all, k_all], target[e_all]
     finite = np.isfinite(xs).all(1) & ~div.numpy()[e_all]
     t1 = time.perf_counter()
-    sol, keep = _solve(solver, xs, ts)
+    steps_to_go = steps - k_all if shrinking else None
+    if shrinking:  # the plan for the time left: one solver per horizon
+        sol, keep = _solve_shrinking(problem, solver_name, options, solver, xs, ts, steps_to_go)
+    else:
+        sol, keep = _solve(solver, xs, ts)
     keep &= finite
     solve_seconds = time.perf_counter() - t1
     # ---- training-episode metrics (the optimal cost from x_0 is the label of x_0)
@@ -945,7 +1005,7 @@ def _collect(model, problem, config: DaggerConfig, solver, names: list[str], ste
         "seconds": {"rollout": rollout_seconds, "solve": solve_seconds, "total": time.perf_counter() - t0},
     }
     return _dataset(problem, solver_name, options, config.seed, sol, xs, ts, keep, config.val_fraction, rng,
-                    {"dagger": info})
+                    {"dagger": info}, steps_to_go)
 
 
 def _log_round(metrics: dict, lqr: dict) -> None:
