@@ -185,11 +185,17 @@ def test_training_on_suffixes_learns_the_shrinking_horizon_plan(lqr_data):
         return float(imitation_loss(u, s.controls, torch.ones(1, dtype=u.dtype), mask=mask).mean())
 
     before = error()
-    trainer = Trainer(model, data, TrainConfig.from_dict(cfg["training"]), progress=False)
+    training = TrainConfig.from_dict({**cfg["training"], "monitor": "first_control_error"})
+    trainer = Trainer(model, data, training, progress=False)
     assert len(trainer.loader.dataset) == len(data.train) * N
     result = trainer.fit()
     assert math.isfinite(result.history[-1]["train_loss"])
     assert error() < 0.5 * before
+    # the monitored validation metric: RMS error of u_0 over every suffix of the validation plans
+    with torch.no_grad():
+        u0 = result.model.eval()(s.x0, s.target, steps_to_go=k)[:, 0]
+    rms = float((((u0 - s.controls[:, 0]) / trainer.u_scale) ** 2).mean().sqrt())
+    assert result.history[-1]["val_first_control_error"] == pytest.approx(rms, rel=1e-4)
 
 
 # ----------------------------------------------------------------------------- export and closed loop

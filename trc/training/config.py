@@ -43,7 +43,8 @@ from ..config import check_int, check_real, from_dict, is_real
 __all__ = ["LossConfig", "FirstControlsConfig", "TrainConfig", "EvaluationConfig", "CYCLE_WEIGHT_SCHEMES", "MONITORS", "cycle_weights"]
 
 #: Validation metrics that ``training.monitor`` can select (all: lower is better).
-MONITORS = ("cost_gap_median", "cost_gap_p95", "cost_gap_mean", "failure_rate", "terminal_error_mean")
+MONITORS = ("cost_gap_median", "cost_gap_p95", "cost_gap_mean", "failure_rate", "terminal_error_mean",
+            "first_control_error")
 
 #: Named deep-supervision schemes over the ``K`` refinement cycles (see :func:`cycle_weights`).
 CYCLE_WEIGHT_SCHEMES = ("uniform", "linear", "last")
@@ -268,7 +269,9 @@ class TrainConfig:
         Minimum decrease of the monitored metric counted as an improvement.
     monitor : str
         Validation metric (lower is better) for early stopping and the choice of the exported
-        weights: one of :data:`MONITORS`.
+        weights: one of :data:`MONITORS`. ``first_control_error`` is the RMS error of the first
+        control ``u_0`` in units of the control half-range (of every suffix of the validation
+        plans for a model with ``time_to_go``): what a receding-horizon controller applies.
     val_every : int
         Validate every ``val_every`` epochs (and after the last one).
     eval_batch_size : int

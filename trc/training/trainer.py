@@ -268,9 +268,11 @@ class Trainer:
         model = self.eval_model()
         ev = evaluate_model(model, self.problem, self._val, batch_size=self.cfg.eval_batch_size,
                             plot_samples=0, timing=False)
+        u0_error = self._first_control_error(model)
         self.model.train()
         m = ev.metrics
         return {
+            "val_first_control_error": u0_error,
             "val_cost_gap_median": m["cost_gap_median"],
             "val_cost_gap_p95": m["cost_gap_p95"],
             "val_cost_gap_mean": m["cost_gap_mean"],
@@ -279,6 +281,22 @@ class Trainer:
             "val_terminal_error_mean": m["terminal_error_mean"],
             "val_gap_per_cycle": m["gap_per_cycle"],
         }
+
+    def _first_control_error(self, model) -> float:
+        """RMS of ``(u_0 - u*_0) / s_u`` over the validation plans (their suffixes for a model with
+        ``time_to_go``): the control a receding-horizon controller applies."""
+        val, time_to_go = self.data.val, getattr(model.config, "time_to_go", False)
+        if time_to_go:
+            val = suffix_split(val, self.problem)
+        device, total = self.ctx.device, 0.0
+        model.eval()
+        with torch.inference_mode():
+            for batch in val.batches(self.cfg.eval_batch_size, shuffle=False):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                k = {"steps_to_go": batch["steps_to_go"]} if time_to_go else {}
+                u0 = model(batch["x0"], batch["target"], **k)[:, 0]
+                total += float((((u0 - batch["controls"][:, 0]) / self.u_scale) ** 2).sum())
+        return math.sqrt(total / (max(len(val), 1) * self.problem.control_dim))
 
     def _state(self) -> dict:
         rng = rng_state(self.loader_generator)
