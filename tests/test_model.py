@@ -136,6 +136,29 @@ def test_bounds_one_sided_and_free_dimensions():
     assert model.squash(a)[0, 0, 3] == -3.5
 
 
+def test_an_output_margin_reaches_the_bounds_at_finite_pre_activations():
+    """With output_margin delta, a box control is exactly on its bound once (1 + delta) tanh(a) >= 1,
+    i.e. a >= atanh(1 / (1 + delta)), and the thrust magnitude under the rocket's norm bound
+    likewise; unsquash inverts squash inside the bounds. Without it the bound is never reached."""
+    delta = 0.05
+    a_bound = math.atanh(1 / (1 + delta))
+    cfg = TRCConfig(state_dim=2, control_dim=1, horizon=3, output_margin=delta, **TINY)
+    model = TinyRecursiveControl(cfg, u_min=[-2.0], u_max=[3.0])
+    a = torch.tensor([[[a_bound + 1e-3]], [[-a_bound - 1e-3]], [[0.3]]], dtype=torch.float64)
+    u = model.double().squash(a)
+    assert u[0, 0, 0] == 3.0 and u[1, 0, 0] == -2.0
+    assert u[2, 0, 0] == pytest.approx(0.5 + 2.5 * (1 + delta) * math.tanh(0.3))
+    torch.testing.assert_close(model.squash(model.unsquash(u[2:])), u[2:])
+    plain = TinyRecursiveControl(TRCConfig(state_dim=2, control_dim=1, horizon=3, **TINY), u_min=[-2.0], u_max=[3.0])
+    assert plain.double().squash(a)[0, 0, 0] < 3.0
+    rocket = TinyRecursiveControl.from_problem(Problem(task="rocket"), {**TINY, "output_margin": delta}).double()
+    lo, hi = rocket._norm_bounds
+    T = rocket.squash(torch.tensor([[[0.0, 0.0, a_bound + 1e-3], [0.0, 0.0, 0.0]]], dtype=torch.float64))
+    torch.testing.assert_close(T.norm(dim=-1), torch.tensor([[hi, lo]], dtype=torch.float64))
+    with pytest.raises(ConfigError, match="output_margin"):
+        TRCConfig(output_margin=-0.1)
+
+
 @pytest.mark.parametrize("dims", [(1, 1, 1), (4, 2, 40), (6, 3, 25)])
 def test_any_dimension_and_horizon_with_feedback(dims):
     n, m, N = dims

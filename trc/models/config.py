@@ -98,6 +98,12 @@ class TRCConfig(RecursionConfig):
     correction_tol : float
         The correction stops early once every sample's scaled terminal error
         ``||(x_N - x*) / s||`` (``s`` the state normalisation) is below this (> 0).
+    output_margin : float
+        ``delta >= 0``: bounded controls use ``clip((1 + delta) tanh(a), -1, 1)`` instead of
+        ``tanh(a)`` (boxes; the magnitude under a norm bound likewise), so a control on its
+        bound, where bang-bang optima put it (the rocket's fuel-optimal thrust is at its
+        maximum half of the time), is reached at a finite pre-activation instead of only in the
+        limit. ``0`` (default): plain ``tanh``.
     time_to_go : bool
         Take the number of steps to go ``k`` (``1 <= k <= N``) as an input, for problems with
         a fixed final time re-planned with the time remaining (shrinking horizon, as
@@ -133,6 +139,7 @@ class TRCConfig(RecursionConfig):
     correction_steps: int = 0
     correction_damping: float = 1e-3
     correction_tol: float = 1e-3
+    output_margin: float = 0.0
     time_to_go: bool = False
     state_dim: Optional[int] = None
     control_dim: Optional[int] = None
@@ -157,6 +164,7 @@ class TRCConfig(RecursionConfig):
         for name in ("correction_damping", "correction_tol"):
             check_real(getattr(self, name), f"model.{name} (a positive number)", 0.0, low_open=True)
         check_real(self.halt_threshold, "model.halt_threshold", 0.0, 1.0, high_open=True)
+        check_real(self.output_margin, "model.output_margin", 0.0)
         if self.time_to_go and (self.tracking or self.correction_steps > 0):
             raise ConfigError("model.time_to_go excludes model.tracking and model.correction_steps > 0: both act "
                               "on the state of step N, not of the steps to go")

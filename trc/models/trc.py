@@ -400,16 +400,17 @@ class TinyRecursiveControl(nn.Module):
         Box: ``c + h tanh(a)``; lower bound only: ``u_min + s softplus(a)``; upper only:
         ``u_max - s softplus(-a)``; free: ``s a``. With a norm bound ``(lo, hi)`` on the whole
         control vector: ``a / ||a|| * (lo + (hi - lo) tanh ||a||)`` (``a = 0`` points along the diagonal).
+        With ``config.output_margin = delta > 0``, ``tanh`` is ``clip((1 + delta) tanh, -1, 1)``.
         """
         if self._norm_bounds is not None:
             lo, hi = self._norm_bounds
             r = torch.linalg.vector_norm(a, dim=-1, keepdim=True)
             diagonal = torch.full_like(a, a.shape[-1] ** -0.5)  # the direction of a = 0
             direction = torch.where(r > 1e-12, a / r.clamp_min(1e-12), diagonal)
-            return direction * (lo + (hi - lo) * torch.tanh(r))
+            return direction * (lo + (hi - lo) * self._tanh(r))
         kind = self._kind
         # The clamp only removes floating-point overshoot of the exact bound.
-        box = torch.minimum(torch.maximum(self._u_center + self._u_half * torch.tanh(a), self._u_lo), self._u_hi)
+        box = torch.minimum(torch.maximum(self._u_center + self._u_half * self._tanh(a), self._u_lo), self._u_hi)
         if self._all_box:
             return box
         lower = self._u_lo + self.control_scale * nn.functional.softplus(a)
@@ -419,6 +420,11 @@ class TinyRecursiveControl(nn.Module):
         u = torch.where(kind == _LOWER, lower, u)
         return torch.where(kind == _UPPER, upper, u)
 
+    def _tanh(self, a: torch.Tensor) -> torch.Tensor:
+        """``tanh``, or ``clip((1 + delta) tanh(a), -1, 1)`` with an output margin ``delta``."""
+        delta = self.config.output_margin
+        return torch.tanh(a) if delta == 0 else ((1 + delta) * torch.tanh(a)).clamp(-1.0, 1.0)
+
     def unsquash(self, u: torch.Tensor) -> torch.Tensor:
         """Pre-activations ``a`` with ``squash(a) == u`` (up to rounding) for controls ``u``
         ``(..., control_dim)`` within the bounds; a control on a bound maps to a finite ``a``
@@ -427,9 +433,11 @@ class TinyRecursiveControl(nn.Module):
         if self._norm_bounds is not None:
             lo, hi = self._norm_bounds
             mag = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
-            r = torch.atanh(((mag - lo) / (hi - lo)).clamp(0.0, 1 - eps)).clamp_min(1e-3)
+            scale = 1 + self.config.output_margin
+            r = torch.atanh(((mag - lo) / (hi - lo) / scale).clamp(0.0, 1 - eps)).clamp_min(1e-3)
             return u / mag.clamp_min(1e-12) * r
-        box = torch.atanh(((u - self._u_center) / self._u_half).clamp(-1 + eps, 1 - eps))
+        scale = 1 + self.config.output_margin
+        box = torch.atanh(((u - self._u_center) / self._u_half / scale).clamp(-1 + eps, 1 - eps))
         if self._all_box:
             return box
 
