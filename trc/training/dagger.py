@@ -91,11 +91,11 @@ from dynamics.errors import CheckpointError, ConfigError, DimensionError, TRCErr
 from dynamics.registry import unknown_name
 
 from ..cli import add_quiet, add_seed, positive_int, run
+from ..closed_loop import fixed_final_time
 from ..config import check_int, check_real, check_seed, is_real
 from ..data import FIELDS, TrajectoryData, TrajectorySplit
 from ..evaluation import problem_violations, terminal_error
 from ..experiment import load_experiment
-from ..closed_loop import fixed_final_time
 from ..generators import make_solver
 from ..generators.base import Solution
 from ..generators.lqr import infinite_horizon_gain
