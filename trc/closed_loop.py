@@ -371,7 +371,6 @@ class TRCController(Controller):
             return self.model(xt, tt, **k).double().numpy()
 
 
-
 class ExportedTRCController(Controller):
     """An exported TRC program as a receding-horizon controller.
 
