@@ -6,6 +6,7 @@ import importlib.util
 import os
 
 import pytest
+import torch
 
 #: LIBERO's assets are found (``$TRC_LIBERO_ASSETS`` or ``../shared/libero-assets``) and robosuite imports.
 HAVE_LIBERO_ASSETS = False
@@ -13,6 +14,16 @@ if importlib.util.find_spec("robosuite") is not None:
     from dynamics import libero as _libero
 
     HAVE_LIBERO_ASSETS = bool(os.environ.get(_libero.ASSETS_ENV)) or _libero.default_assets_path().is_dir()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: tiny networks run faster on one thread than on two on a shared
+    machine, and deterministically; the previous number is restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -50,13 +50,7 @@ FAST = dict(episodes=5, epochs=2, eval_episodes=4, labels_per_round=20, process_
             measurement_noise=0.01)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the runs use (training.num_threads), on a machine shared with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_experiment(**problem):

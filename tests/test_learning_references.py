@@ -33,13 +33,7 @@ from trc.training.discrete import DiscreteTrainConfig, Instances, train_reinforc
 from trc.training.rl import ContinuousRLConfig, reinforce_continuous, stage_rewards
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is much faster than two on a shared machine (and deterministic)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -42,13 +42,7 @@ TINY_TRAINING = {"batch_size": 8, "value_steps": 4, "policy_steps": 4, "value_hi
                  "n_step": 3, "threads": 1, "arm_epochs": 1, "arm_hidden_dim": 16}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these networks are tiny, and threads only contend on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _episode(T, task, init, success, rng, intervention_from=None, size=16):

@@ -34,12 +34,7 @@ TINY = {"mode": "single_latent", "latent_dim": 16, "hidden_dim": 32, "num_layers
         "L_cycles": 1, "feedback_channels": 8, "detach_feedback": True, "time_to_go": True}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
