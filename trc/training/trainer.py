@@ -190,7 +190,8 @@ class Trainer:
         device = self.ctx.device
         self.model = model.to(device)
         train = data.train
-        if getattr(model.config, "time_to_go", False):  # the model plans with the time left: train on suffixes
+        self.time_to_go = bool(getattr(model.config, "time_to_go", False))
+        if self.time_to_go:  # the model plans with the time left: train on suffixes
             train = suffix_split(train, self.problem)
         plant = model.plant if model.plant is not None else self.problem.make_plant().to(device)
         # Loss scales: control half-ranges, the model's own state normalisation (or the data's
@@ -250,6 +251,7 @@ class Trainer:
         self.stop_reason = ""
         self.writer = None
         self._val = None
+        self._u0_val = None  # the validation plans of _first_control_error (suffixed once)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -285,15 +287,14 @@ class Trainer:
     def _first_control_error(self, model) -> float:
         """RMS of ``(u_0 - u*_0) / s_u`` over the validation plans (their suffixes for a model with
         ``time_to_go``): the control a receding-horizon controller applies."""
-        val, time_to_go = self.data.val, getattr(model.config, "time_to_go", False)
-        if time_to_go:
-            val = suffix_split(val, self.problem)
-        device, total = self.ctx.device, 0.0
+        if self._u0_val is None:
+            self._u0_val = suffix_split(self.data.val, self.problem) if self.time_to_go else self.data.val
+        val, device, total = self._u0_val, self.ctx.device, 0.0
         model.eval()
         with torch.inference_mode():
             for batch in val.batches(self.cfg.eval_batch_size, shuffle=False):
                 batch = {k: v.to(device) for k, v in batch.items()}
-                k = {"steps_to_go": batch["steps_to_go"]} if time_to_go else {}
+                k = {"steps_to_go": batch["steps_to_go"]} if self.time_to_go else {}
                 u0 = model(batch["x0"], batch["target"], **k)[:, 0]
                 total += float((((u0 - batch["controls"][:, 0]) / self.u_scale) ** 2).sum())
         return math.sqrt(total / (max(len(val), 1) * self.problem.control_dim))
