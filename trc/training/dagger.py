@@ -619,10 +619,11 @@ def _dataset(problem, solver_name: str, options: dict, seed: int, sol, x0: np.nd
     )
 
 
-def _solve_shrinking(problem, solver_name: str, options: dict, solver, x0: np.ndarray, target: np.ndarray,
+def _solve_shrinking(problem, solver_name: str, options: dict, solvers: dict, x0: np.ndarray, target: np.ndarray,
                      steps_to_go: np.ndarray):
-    """Solve each instance for its steps to go ``k`` (a solver per horizon, ``solver`` for ``N``);
-    the plans padded to ``N`` with ``x_k`` and ``u_{k-1}``. Returns the solution and the usable mask."""
+    """Solve each instance for its steps to go ``k`` with the solver of horizon ``k`` (``solvers``:
+    horizon -> solver, built here when missing and kept for the next rounds); the plans padded to
+    ``N`` with ``x_k`` and ``u_{k-1}``. Returns the solution and the usable mask."""
     B, N = len(x0), problem.horizon
     states = np.zeros((B, N + 1, problem.state_dim))
     controls = np.zeros((B, N, problem.control_dim))
@@ -632,9 +633,9 @@ def _solve_shrinking(problem, solver_name: str, options: dict, solver, x0: np.nd
     for k in np.unique(steps_to_go):
         rows = np.flatnonzero(steps_to_go == k)
         k = int(k)
-        horizon = solver if k == N else make_solver(solver_name, Problem(**{**problem.to_dict(), "horizon": k}),
-                                                    **options)
-        sol, ok = _solve(horizon, x0[rows], target[rows])
+        if k not in solvers:
+            solvers[k] = make_solver(solver_name, Problem(**{**problem.to_dict(), "horizon": k}), **options)
+        sol, ok = _solve(solvers[k], x0[rows], target[rows])
         X, U = np.asarray(sol.states, float), np.asarray(sol.controls, float)
         states[rows] = np.concatenate([X, np.repeat(X[:, -1:], N - k, 1)], 1)
         controls[rows] = np.concatenate([U, np.repeat(U[:, -1:], N - k, 1)], 1)
@@ -899,6 +900,7 @@ def _run(exp, model, config: DaggerConfig, out: Path, train_cfg: TrainConfig, so
             if part.problem.to_dict() != tagged["problem"]:
                 raise ConfigError(f"data set {str(data_path)!r} was generated for another problem than {exp.source!r}")
         current = model
+        solvers = {problem.horizon: solver}  # the labels' solver per horizon (shrinking horizons: one per k)
         for k in range(1, config.rounds + 1):
             rd = out / f"round_{k}"
             if (rd / "metrics.json").exists() and (rd / "model.pt").exists():
@@ -911,7 +913,7 @@ def _run(exp, model, config: DaggerConfig, out: Path, train_cfg: TrainConfig, so
             if labels_path.exists():
                 labels = read_dataset(labels_path)
             else:
-                labels = _collect(current, problem, config, solver, names, steps, k, options,
+                labels = _collect(current, problem, config, solvers, names, steps, k, options,
                                   exp.generator.solver)
                 write_dataset(labels_path, labels)
             parts.append(labels)
@@ -956,9 +958,10 @@ def _run(exp, model, config: DaggerConfig, out: Path, train_cfg: TrainConfig, so
     return DaggerResult(model=current, rounds=rounds, lqr=lqr, out_dir=out)
 
 
-def _collect(model, problem, config: DaggerConfig, solver, names: list[str], steps: int, k: int, options: dict,
+def _collect(model, problem, config: DaggerConfig, solvers: dict, names: list[str], steps: int, k: int, options: dict,
              solver_name: str) -> GeneratedDataset:
-    """Round ``k``'s closed-loop episodes of ``model`` and the labels of the visited states."""
+    """Round ``k``'s closed-loop episodes of ``model`` and the labels of the visited states
+    (``solvers``: horizon -> solver, at least the problem's)."""
     t0 = time.perf_counter()
     rng = np.random.default_rng([config.seed, _TRAIN_STREAM, k])
     E = config.episodes
@@ -988,9 +991,9 @@ def _collect(model, problem, config: DaggerConfig, solver, names: list[str], ste
     t1 = time.perf_counter()
     steps_to_go = steps - k_all if shrinking else None
     if shrinking:  # the plan for the time left: one solver per horizon
-        sol, keep = _solve_shrinking(problem, solver_name, options, solver, xs, ts, steps_to_go)
+        sol, keep = _solve_shrinking(problem, solver_name, options, solvers, xs, ts, steps_to_go)
     else:
-        sol, keep = _solve(solver, xs, ts)
+        sol, keep = _solve(solvers[problem.horizon], xs, ts)
     keep &= finite
     solve_seconds = time.perf_counter() - t1
     # ---- training-episode metrics (the optimal cost from x_0 is the label of x_0)
